@@ -1,0 +1,124 @@
+"""Configuration dataclasses: the backbone (`ModelConfig`) and the trimmers (`TrimConfig`).
+
+Both are saved, resolved, inside every checkpoint and exported artifact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ModelConfig", "TrimConfig", "PRESETS", "preset_config"]
+
+
+@dataclass
+class ModelConfig:
+    """METER-style backbone: ViT image encoder + text encoder + co-attention fusion."""
+
+    vocab_size: int = 64  # word-level vocabulary incl. [PAD]=0, [UNK]=1, [CLS]=2
+    max_text_len: int = 40  # position embeddings for text (incl. [CLS])
+    image_size: int = 64  # square input images, pixels
+    patch_size: int = 8  # ViT patch size; image_size must be a multiple
+    num_channels: int = 3
+    hidden_size: int = 192  # D, shared by both encoders and the fusion layers
+    num_heads: int = 6  # attention heads per attention module
+    intermediate_size: int = 768  # FFN hidden width
+    encoder_layers: int = 4  # per modality; both encoders run in lockstep
+    fusion_layers: int = 2  # co-attention layers (self-attn, cross-attn, FFN per stream)
+    num_labels: int = 13  # answer set size
+    layer_norm_eps: float = 1e-6
+    dropout: float = 0.0  # residual/attention dropout in training
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.encoder_layers < 1 or self.fusion_layers < 0:
+            raise ValueError("need encoder_layers >= 1 and fusion_layers >= 0")
+        if self.max_text_len < 2:
+            raise ValueError("max_text_len must leave room for [CLS] and one word")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def num_layers(self) -> int:
+        """Depth of the lockstep stack: encoder layers then fusion layers."""
+        return self.encoder_layers + self.fusion_layers
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        return _from_dict(cls, d)
+
+
+@dataclass
+class TrimConfig:
+    """SmartTrim trimmers (DESIGN.md §2)."""
+
+    token_trimming: bool = True  # XModal-aware token trimmers in every trimmed layer
+    head_trimming: bool = True  # modal-adaptive head trimmers on every attention module
+    first_trimmed_layer: int = 1  # lockstep depth of the first trimmed layer (0 = trim from the start)
+    local_only: bool = False  # ablation: token score = local MLP only (no cross-modal global score)
+    token_threshold: float = 0.0  # inference: keep a token where its logit > threshold
+    head_threshold: float = 0.0  # inference: keep a head where its logit > threshold
+    tau: float = 1.0  # Gumbel-sigmoid temperature in training
+    init_keep_logit: float = 5.0  # stable init: last bias of every trimmer (sigmoid(5) = 0.993)
+    score_hidden_ratio: int = 4  # local MLP is D -> D/ratio -> 1
+    proj_ratio: int = 4  # global score projection d_p = D/ratio
+    # static mode (calibrated): per trimmed layer, fraction of tokens kept per modality (vision, text)
+    static_keep_ratios: list[list[float]] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.first_trimmed_layer < 0:
+            raise ValueError("first_trimmed_layer must be >= 0")
+        if self.tau <= 0:
+            raise ValueError("tau must be > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrimConfig":
+        return _from_dict(cls, d)
+
+
+def _from_dict(cls, d: dict[str, Any]):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+    return cls(**d)
+
+
+# Presets: tiny (tests, < 1 M parameters), small (benchmarks on a 2-core CPU), base (METER-like sizes).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        max_text_len=16, image_size=32, patch_size=8, hidden_size=64, num_heads=4,
+        intermediate_size=128, encoder_layers=2, fusion_layers=1,
+    ),
+    "small": dict(
+        max_text_len=24, image_size=64, patch_size=8, hidden_size=192, num_heads=6,
+        intermediate_size=768, encoder_layers=4, fusion_layers=2,
+    ),
+    "base": dict(
+        max_text_len=40, image_size=224, patch_size=16, hidden_size=768, num_heads=12,
+        intermediate_size=3072, encoder_layers=12, fusion_layers=6,
+    ),
+}
+
+
+def preset_config(name: str, **overrides: Any) -> ModelConfig:
+    """The `ModelConfig` of a named preset, with overrides (e.g. vocab_size, num_labels)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return ModelConfig(**{**PRESETS[name], **overrides})

@@ -1,0 +1,71 @@
+"""Analytic FLOPs of the transformer layers from kept tokens and kept heads (DESIGN.md §2).
+
+A FLOP is one multiply or one add (a multiply-add is 2). Counted: the q/k/v and output
+projections, the attention scores (q k^T) and the weighted values (a v), and the FFN. Not
+counted: layer norms, softmax, activations, embeddings, the classifier and the trimmers
+themselves (reported separately by `trimmer_flops`). Every function is plain arithmetic,
+so it works on Python numbers and on tensors alike: with straight-through soft counts from
+`mask` mode the ratio is differentiable.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+from torch import Tensor
+
+from .config import ModelConfig
+
+Number = Union[int, float, Tensor]
+
+__all__ = [
+    "attention_flops",
+    "ffn_flops",
+    "encoder_layer_flops",
+    "fusion_stream_flops",
+    "trimmer_flops",
+]
+
+
+def attention_flops(n_q: Number, n_kv: Number, heads: Number, cfg: ModelConfig) -> Number:
+    """One attention module: n_q queries over n_kv keys with `heads` heads kept."""
+    d, dh = cfg.hidden_size, cfg.head_dim
+    width = heads * dh  # kept projection width
+    q_proj = 2 * n_q * d * width
+    kv_proj = 2 * 2 * n_kv * d * width
+    scores = 2 * n_q * n_kv * width  # q k^T
+    values = 2 * n_q * n_kv * width  # a v
+    out_proj = 2 * n_q * width * d
+    return q_proj + kv_proj + scores + values + out_proj
+
+
+def ffn_flops(n: Number, cfg: ModelConfig) -> Number:
+    """Two linear layers D -> F -> D on n tokens."""
+    return 2 * 2 * n * cfg.hidden_size * cfg.intermediate_size
+
+
+def encoder_layer_flops(n: Number, heads: Number, cfg: ModelConfig) -> Number:
+    """One encoder layer of one modality: self-attention over its n tokens + FFN."""
+    return attention_flops(n, n, heads, cfg) + ffn_flops(n, cfg)
+
+
+def fusion_stream_flops(
+    n_self: Number, n_other: Number, heads_self: Number, heads_cross: Number, cfg: ModelConfig
+) -> Number:
+    """One co-attention layer of one stream: self-attn, cross-attn to the other stream, FFN."""
+    return (
+        attention_flops(n_self, n_self, heads_self, cfg)
+        + attention_flops(n_self, n_other, heads_cross, cfg)
+        + ffn_flops(n_self, cfg)
+    )
+
+
+def trimmer_flops(n: Number, cfg: ModelConfig, *, hidden_ratio: int = 4, proj_ratio: int = 4,
+                  local_only: bool = False) -> Number:
+    """Matmul FLOPs of one token trimmer on n tokens plus one head trimmer (overhead, for reports)."""
+    d = cfg.hidden_size
+    hidden, dp = max(1, d // hidden_ratio), max(1, d // proj_ratio)
+    local = 2 * n * d * hidden + 2 * n * hidden
+    glob = 0 if local_only else 2 * n * d * dp + 2 * 2 * d * dp + 2 * n * dp
+    heads = 2 * 2 * d * cfg.num_heads
+    return local + glob + heads

@@ -1,0 +1,38 @@
+"""easy-VQA, from the `easy-vqa` package (4,000 train / 1,000 test images, 13 answers)."""
+
+from __future__ import annotations
+
+from ..errors import MissingDependencyError
+
+__all__ = ["answers", "questions", "image_paths"]
+
+
+def _pkg():
+    try:
+        import easy_vqa
+    except ImportError as e:  # pragma: no cover - easy-vqa is a runtime dependency
+        raise MissingDependencyError("easy-VQA needs the `easy-vqa` package: pip install easy-vqa") from e
+    return easy_vqa
+
+
+def answers() -> list[str]:
+    """The 13 answers, in the package's order (the label order of every easy-VQA model)."""
+    return list(_pkg().get_answers())
+
+
+def questions(split: str) -> tuple[list[str], list[str], list[int]]:
+    """(questions, answers, image ids) of split `train` or `test`."""
+    pkg = _pkg()
+    if split == "train":
+        q, a, i = pkg.get_train_questions()
+    elif split == "test":
+        q, a, i = pkg.get_test_questions()
+    else:
+        raise ValueError(f"easy-VQA has splits train and test, not {split!r}")
+    return list(q), list(a), [int(x) for x in i]
+
+
+def image_paths(split: str) -> dict[int, str]:
+    pkg = _pkg()
+    paths = pkg.get_train_image_paths() if split == "train" else pkg.get_test_image_paths()
+    return {int(k): str(v) for k, v in paths.items()}

@@ -1,0 +1,106 @@
+"""What is inside a checkpoint or an ONNX file, as plain dicts (the CLI renders them)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import model_from_checkpoint, read_checkpoint
+from .cost import encoder_layer_flops, fusion_stream_flops, trimmer_flops
+from .errors import BadInputError
+
+__all__ = ["describe", "describe_checkpoint", "describe_onnx"]
+
+
+def describe(path: str | os.PathLike, *, text_len: int | None = None) -> dict[str, Any]:
+    """Dispatch on the file: an ONNX model (by its `.onnx` suffix) or a trimkit checkpoint."""
+    p = Path(path)
+    if p.suffix == ".onnx":
+        return describe_onnx(p)
+    return describe_checkpoint(p, text_len=text_len)
+
+
+def describe_checkpoint(path: str | os.PathLike, *, text_len: int | None = None) -> dict[str, Any]:
+    ckpt = read_checkpoint(path)
+    model = model_from_checkpoint(ckpt, path)
+    c, t = model.config, model.trim
+    n_trim = sum(p.numel() for p in model.trimmer_parameters())
+    n_all = sum(p.numel() for p in model.parameters())
+    nv = c.num_patches + 1
+    nt = c.max_text_len if text_len is None else text_len
+    if not 1 <= nt <= c.max_text_len:
+        raise BadInputError(f"--text-len {nt} is outside 1..{c.max_text_len}")
+    layers = []
+    for depth in range(c.num_layers):
+        fusion = depth >= c.encoder_layers
+        if fusion:
+            flops = fusion_stream_flops(nv, nt, c.num_heads, c.num_heads, c) + \
+                fusion_stream_flops(nt, nv, c.num_heads, c.num_heads, c)
+        else:
+            flops = encoder_layer_flops(nv, c.num_heads, c) + encoder_layer_flops(nt, c.num_heads, c)
+        trimmed = depth >= t.first_trimmed_layer
+        overhead = 0
+        if trimmed:
+            kw = dict(hidden_ratio=t.score_hidden_ratio, proj_ratio=t.proj_ratio, local_only=t.local_only)
+            overhead = trimmer_flops(nv, c, **kw) + trimmer_flops(nt, c, **kw)
+            if fusion:  # two more head trimmers (cross-attention of each stream)
+                overhead += 2 * 2 * 2 * c.hidden_size * c.num_heads
+        layers.append({"depth": depth, "kind": "fusion" if fusion else "encoder", "trimmed": trimmed,
+                       "flops": int(flops), "trimmer_flops": int(overhead)})
+    return {
+        "kind": "checkpoint",
+        "path": str(path),
+        "format_version": ckpt["format_version"],
+        "trimkit_version": ckpt["trimkit_version"],
+        "meta": ckpt.get("meta") or {},
+        "model_config": c.to_dict(),
+        "trim_config": t.to_dict(),
+        "labels": list(model.labels),
+        "vocab_size": c.vocab_size,
+        "parameters": {"total": n_all, "backbone": n_all - n_trim, "trimmers": n_trim},
+        "trimmers": {"token": len(model.token_trimmers) * 2 if t.token_trimming else 0,
+                     "head": sum(len(h) for h in model.head_trimmers) if t.head_trimming else 0},
+        "flops_input": {"vision_tokens": nv, "text_tokens": nt},
+        "layers": layers,
+        "has_train_state": "train_state" in ckpt,
+    }
+
+
+def describe_onnx(path: str | os.PathLike) -> dict[str, Any]:
+    import onnx  # lazy: a runtime dependency, but not needed to import trimkit
+
+    p = Path(path)
+    if not p.exists():
+        raise BadInputError(f"{p}: no such file")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError and friends
+        raise BadInputError(f"{p}: not an ONNX model ({type(e).__name__})") from None
+    if not model.graph.node and not model.graph.input:
+        raise BadInputError(f"{p}: not an ONNX model (empty graph)")
+
+    def io(values) -> list[dict[str, Any]]:
+        out = []
+        for v in values:
+            tt = v.type.tensor_type
+            dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in tt.shape.dim]
+            out.append({"name": v.name, "dtype": onnx.TensorProto.DataType.Name(tt.elem_type).lower(),
+                        "shape": dims})
+        return out
+
+    ops: dict[str, int] = {}
+    for n in model.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    return {
+        "kind": "onnx",
+        "path": str(p),
+        "ir_version": model.ir_version,
+        "opsets": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "inputs": io(model.graph.input),
+        "outputs": io(model.graph.output),
+        "metadata": {m.key: m.value for m in model.metadata_props},
+        "ops": dict(sorted(ops.items())),
+        "nodes": len(model.graph.node),
+    }

@@ -1,0 +1,164 @@
+"""Transformer layers with per-instance token masks and head selection.
+
+One attention implementation serves every trim mode:
+- dense heads (`off`, `mask`): full projections; in `mask` mode a (B, H) gate multiplies
+  each head's output (straight-through in training);
+- gathered heads (`prune`, export): the kept heads' weight slices are gathered per sample,
+  so pruned heads cost nothing; filler heads (samples keeping fewer than the batch max) are
+  zeroed by their gate.
+Keys are weighted by a (B, Nk) key weight in {0, 1}: pruned tokens and text padding are
+removed from attention. The softmax is written out (no SDPA) because it must export with a
+data-dependent key length.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["HeadChoice", "masked_softmax", "Attention", "Mlp", "EncoderBlock", "FusionBlock"]
+
+
+@dataclass
+class HeadChoice:
+    """Which heads an attention module runs for each sample.
+
+    gate: (B, H) keep gate in {0, 1} (dense heads), or (B, kh) alive flags of gathered heads.
+    idx: None (dense heads), or (B, kh) int64 head indices (sorted) to gather.
+    """
+
+    gate: Tensor | None = None
+    idx: Tensor | None = None
+
+
+def masked_softmax(scores: Tensor, key_weight: Tensor) -> Tensor:
+    """Softmax over the last axis where keys with weight 0 are excluded.
+
+    scores: (B, H, Nq, Nk); key_weight: (B, 1, 1, Nk) in {0, 1}. Written as
+    exp(s - max) * w / sum(exp(s - max) * w) so that a straight-through key weight receives a
+    gradient (a pruned token learns what it would have added). The max is over kept keys, so
+    kept keys cannot underflow all at once; at least one key ([CLS]) is always kept.
+    """
+    kept = key_weight > 0
+    peak = scores.masked_fill(~kept, float("-inf")).amax(dim=-1, keepdim=True).detach()
+    e = torch.exp((scores - peak).clamp(max=0.0)) * key_weight  # (B, H, Nq, Nk)
+    return e / e.sum(dim=-1, keepdim=True)
+
+
+class Attention(nn.Module):
+    """Multi-head attention of queries x over keys/values y (y is x for self-attention)."""
+
+    def __init__(self, dim: int, num_heads: int, *, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.q_proj = nn.Linear(dim, dim)
+        self.kv_proj = nn.Linear(dim, 2 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, y: Tensor, key_weight: Tensor, heads: HeadChoice | None = None) -> Tensor:
+        """x: (B, Nq, D), y: (B, Nk, D), key_weight: (B, Nk) -> (B, Nq, D)."""
+        if heads is not None and heads.idx is not None:
+            q, k, v = self._project_gathered(x, y, heads.idx)
+        else:
+            q, k, v = self._project_dense(x, y)
+        scores = (q @ k.transpose(-1, -2)) * self.scale  # (B, h, Nq, Nk)
+        attn = masked_softmax(scores, key_weight[:, None, None, :].to(scores.dtype))
+        ctx = attn @ v  # (B, h, Nq, dh)
+        if heads is not None and heads.gate is not None:
+            ctx = ctx * heads.gate[:, :, None, None].to(ctx.dtype)  # pruned / filler heads -> 0
+        if heads is not None and heads.idx is not None:
+            out = self._out_gathered(ctx, heads.idx)
+        else:
+            b, h, n, dh = ctx.shape
+            out = self.out_proj(ctx.transpose(1, 2).reshape(b, n, h * dh))  # (B, Nq, D)
+        return self.drop(out)
+
+    def _project_dense(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, nq, _ = x.shape
+        nk = y.shape[1]
+        h, dh = self.num_heads, self.head_dim
+        q = self.q_proj(x).view(b, nq, h, dh).transpose(1, 2)  # (B, H, Nq, dh)
+        kv = self.kv_proj(y).view(b, nk, 2, h, dh).permute(2, 0, 3, 1, 4)  # (2, B, H, Nk, dh)
+        return q, kv[0], kv[1]
+
+    def _project_gathered(self, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Only the kept heads' slices of W_q, W_k, W_v are gathered and multiplied."""
+        h, dh, d = self.num_heads, self.head_dim, x.shape[-1]
+        wq = self.q_proj.weight.view(h, dh, d)[idx]  # (B, kh, dh, D)
+        bq = self.q_proj.bias.view(h, dh)[idx]  # (B, kh, dh)
+        wkv = self.kv_proj.weight.view(2, h, dh, d)[:, idx]  # (2, B, kh, dh, D)
+        bkv = self.kv_proj.bias.view(2, h, dh)[:, idx]  # (2, B, kh, dh)
+        q = torch.einsum("bnd,bhed->bhne", x, wq) + bq.unsqueeze(2)  # (B, kh, Nq, dh)
+        k = torch.einsum("bnd,bhed->bhne", y, wkv[0]) + bkv[0].unsqueeze(2)  # (B, kh, Nk, dh)
+        v = torch.einsum("bnd,bhed->bhne", y, wkv[1]) + bkv[1].unsqueeze(2)  # (B, kh, Nk, dh)
+        return q, k, v
+
+    def _out_gathered(self, ctx: Tensor, idx: Tensor) -> Tensor:
+        h, dh = self.num_heads, self.head_dim
+        d = self.out_proj.weight.shape[0]
+        wo = self.out_proj.weight.view(d, h, dh).permute(1, 2, 0)[idx]  # (B, kh, dh, D)
+        return torch.einsum("bhne,bhed->bnd", ctx, wo) + self.out_proj.bias  # (B, Nq, D)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, *, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(F.gelu(self.fc1(x))))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN transformer encoder layer of one modality."""
+
+    def __init__(self, dim: int, num_heads: int, hidden: int, *, eps: float, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, dropout=dropout)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, hidden, dropout=dropout)
+
+    def forward(self, x: Tensor, key_weight: Tensor, heads: HeadChoice | None = None) -> Tensor:
+        """x: (B, N, D), key_weight: (B, N) -> (B, N, D)."""
+        h = self.norm1(x)
+        x = x + self.attn(h, h, key_weight, heads)
+        return x + self.mlp(self.norm2(x))
+
+
+class FusionBlock(nn.Module):
+    """One stream of a METER co-attention layer: self-attn, cross-attn to the other stream, FFN."""
+
+    def __init__(self, dim: int, num_heads: int, hidden: int, *, eps: float, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.self_attn = Attention(dim, num_heads, dropout=dropout)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.norm_other = nn.LayerNorm(dim, eps=eps)
+        self.cross_attn = Attention(dim, num_heads, dropout=dropout)
+        self.norm3 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, hidden, dropout=dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        other: Tensor,
+        key_weight: Tensor,
+        other_weight: Tensor,
+        heads_self: HeadChoice | None = None,
+        heads_cross: HeadChoice | None = None,
+    ) -> Tensor:
+        """x: (B, N, D) this stream; other: (B, M, D) the other stream's layer input -> (B, N, D)."""
+        h = self.norm1(x)
+        x = x + self.self_attn(h, h, key_weight, heads_self)
+        x = x + self.cross_attn(self.norm2(x), self.norm_other(other), other_weight, heads_cross)
+        return x + self.mlp(self.norm3(x))

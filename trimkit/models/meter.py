@@ -1,0 +1,315 @@
+"""METER-style vision-language backbone with SmartTrim trimmers (DESIGN.md §2).
+
+A ViT image encoder and a text encoder run layer by layer in lockstep, then M co-attention
+fusion layers; the [CLS] states of both streams feed a classifier over the answer set.
+Lockstep depth l = 0 .. encoder_layers + fusion_layers - 1; trimmers sit at every depth
+l >= first_trimmed_layer and decide, from the layer's input, which tokens and heads the
+layer runs.
+
+Trim modes, all on the same weights:
+- `off`:   the untrimmed backbone (text padding is still masked out as keys);
+- `mask`:  training-style masking (hard Gumbel-sigmoid with straight-through gradients in
+           training, deterministic thresholds in eval); pruned tokens stay in the tensors but
+           are removed as keys, pruned heads are zeroed;
+- `prune`: tokens and heads physically removed per instance (TopK -> sort -> Gather), with
+           batch-invariant filler slots; the path the ONNX export traces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from torch import Tensor, nn
+
+from ..config import ModelConfig, TrimConfig
+from ..cost import encoder_layer_flops, fusion_stream_flops
+from ..trimmers import HeadTrimmer, TokenTrimmer, gather_tokens, head_gate, select_topk_sorted, token_gate
+from .layers import EncoderBlock, FusionBlock, HeadChoice
+
+__all__ = ["MeterModel", "TrimOutput", "TRIM_MODES"]
+
+TrimMode = Literal["off", "mask", "prune"]
+TRIM_MODES: tuple[str, ...] = ("off", "mask", "prune")
+VISION, TEXT = 0, 1
+
+
+@dataclass
+class TrimOutput:
+    """What the model returns.
+
+    logits:           (B, num_labels)
+    keep_counts:      (B, T, 2) int64, tokens kept entering each trimmed layer (vision, text)
+    layer_flops:      (B, L) analytic FLOPs per lockstep layer for this instance (differentiable
+                      through the straight-through masks in `mask` training)
+    full_layer_flops: (B, L) the same for the untrimmed model on the same input
+    token_masks:      details only: per trimmed layer, ((B, Nv), (B, Nt)) keep masks over the
+                      original token positions
+    head_masks:       details only: per trimmed layer, list of (B, H) head keep masks, one per
+                      attention module (encoder: [vision, text]; fusion: [v-self, v-cross,
+                      t-self, t-cross])
+    """
+
+    logits: Tensor
+    keep_counts: Tensor
+    layer_flops: Tensor
+    full_layer_flops: Tensor
+    token_masks: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    head_masks: list[list[Tensor]] = field(default_factory=list)
+
+    @property
+    def flops_ratio(self) -> Tensor:
+        """(B,) FLOPs(trimmed) / FLOPs(full) per instance."""
+        return self.layer_flops.sum(dim=1) / self.full_layer_flops.sum(dim=1)
+
+
+@dataclass
+class _Stream:
+    """State of one modality through the lockstep stack."""
+
+    x: Tensor  # (B, N, D) hidden states (N shrinks in prune mode)
+    weight: Tensor  # (B, N) key weight / keep mask in {0, 1} (straight-through in mask training)
+    pos: Tensor  # (B, N) int64 original positions of the rows of x
+    n_orig: int  # token count before any pruning
+
+
+class MeterModel(nn.Module):
+    """METER-style VLM; `forward(pixel_values, input_ids, attention_mask)` -> `TrimOutput`."""
+
+    def __init__(self, config: ModelConfig, trim: TrimConfig | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.trim = trim if trim is not None else TrimConfig()
+        c, t = config, self.trim
+        d = c.hidden_size
+        if t.first_trimmed_layer > c.num_layers:
+            raise ValueError(f"first_trimmed_layer {t.first_trimmed_layer} exceeds the depth {c.num_layers}")
+        # embeddings
+        self.patch_embed = nn.Conv2d(c.num_channels, d, kernel_size=c.patch_size, stride=c.patch_size)
+        self.vision_cls = nn.Parameter(torch.zeros(1, 1, d))
+        self.vision_pos = nn.Parameter(torch.zeros(1, c.num_patches + 1, d))
+        self.token_embed = nn.Embedding(c.vocab_size, d)
+        self.text_pos = nn.Parameter(torch.zeros(1, c.max_text_len, d))
+        self.type_embed = nn.Parameter(torch.zeros(2, d))  # modality type, added at fusion entry
+        # lockstep encoders and fusion
+        blk = dict(eps=c.layer_norm_eps, dropout=c.dropout)
+        self.vision_layers = nn.ModuleList(
+            [EncoderBlock(d, c.num_heads, c.intermediate_size, **blk) for _ in range(c.encoder_layers)])
+        self.text_layers = nn.ModuleList(
+            [EncoderBlock(d, c.num_heads, c.intermediate_size, **blk) for _ in range(c.encoder_layers)])
+        self.vision_fusion = nn.ModuleList(
+            [FusionBlock(d, c.num_heads, c.intermediate_size, **blk) for _ in range(c.fusion_layers)])
+        self.text_fusion = nn.ModuleList(
+            [FusionBlock(d, c.num_heads, c.intermediate_size, **blk) for _ in range(c.fusion_layers)])
+        self.vision_norm = nn.LayerNorm(d, eps=c.layer_norm_eps)
+        self.text_norm = nn.LayerNorm(d, eps=c.layer_norm_eps)
+        self.vision_pool = nn.Linear(d, d)
+        self.text_pool = nn.Linear(d, d)
+        self.classifier = nn.Sequential(
+            nn.Linear(2 * d, 2 * d), nn.LayerNorm(2 * d, eps=c.layer_norm_eps), nn.GELU(), nn.Linear(2 * d, c.num_labels))
+        # trimmers, one set per trimmed depth
+        tok = dict(hidden_ratio=t.score_hidden_ratio, proj_ratio=t.proj_ratio, local_only=t.local_only,
+                   init_keep_logit=t.init_keep_logit, eps=c.layer_norm_eps)
+        n_trim = c.num_layers - t.first_trimmed_layer
+        self.token_trimmers = nn.ModuleList(
+            [nn.ModuleList([TokenTrimmer(d, **tok), TokenTrimmer(d, **tok)]) for _ in range(n_trim)])
+        self.head_trimmers = nn.ModuleList()
+        for depth in range(t.first_trimmed_layer, c.num_layers):
+            n_mod = 2 if depth < c.encoder_layers else 4
+            self.head_trimmers.append(nn.ModuleList(
+                [HeadTrimmer(d, c.num_heads, init_keep_logit=t.init_keep_logit) for _ in range(n_mod)]))
+        self._init_weights()
+
+    # ------------------------------------------------------------------ init
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for p in (self.vision_pos, self.text_pos, self.vision_cls, self.type_embed):
+            nn.init.trunc_normal_(p, std=0.02)
+        self.reset_trimmers()
+
+    def reset_trimmers(self, init_keep_logit: float | None = None) -> None:
+        """Stable initialization of every trimmer: everything kept, model equals the untrimmed one."""
+        logit = self.trim.init_keep_logit if init_keep_logit is None else init_keep_logit
+        for m in self.modules():
+            if isinstance(m, (TokenTrimmer, HeadTrimmer)):
+                m.reset_stable(logit)
+
+    def trimmer_parameters(self) -> list[nn.Parameter]:
+        return [*self.token_trimmers.parameters(), *self.head_trimmers.parameters()]
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        ids = {id(p) for p in self.trimmer_parameters()}
+        return [p for p in self.parameters() if id(p) not in ids]
+
+    # ------------------------------------------------------------------ forward
+
+    def embed_image(self, pixel_values: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, 1 + P, D)."""
+        x = self.patch_embed(pixel_values).flatten(2).transpose(1, 2)  # (B, P, D)
+        cls = self.vision_cls.expand(x.shape[0], -1, -1)  # (B, 1, D)
+        return torch.cat([cls, x], dim=1) + self.vision_pos
+
+    def embed_text(self, input_ids: Tensor) -> Tensor:
+        """(B, Nt) -> (B, Nt, D); position 0 holds [CLS]."""
+        return self.token_embed(input_ids) + self.text_pos[:, : input_ids.shape[1]]
+
+    def forward(
+        self,
+        pixel_values: Tensor,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        mode: TrimMode | None = None,
+        details: bool = False,
+    ) -> TrimOutput:
+        """pixel_values (B, 3, H, W) float, input_ids (B, Nt) int64, attention_mask (B, Nt) int64.
+
+        mode defaults to `mask` in training and `prune` in eval.
+        """
+        mode = mode or ("mask" if self.training else "prune")
+        if mode not in TRIM_MODES:
+            raise ValueError(f"unknown trim mode {mode!r}; choose from {', '.join(TRIM_MODES)}")
+        if mode == "prune" and self.training and torch.is_grad_enabled():
+            raise RuntimeError("prune mode is for inference: call model.eval() or train in mask mode")
+        c, t = self.config, self.trim
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        xv = self.embed_image(pixel_values)
+        xt = self.embed_text(input_ids)
+        b = xv.shape[0]
+        # [CLS] is always a key: position 0 of the text is kept whatever the mask says.
+        wt = attention_mask.to(xt.dtype)
+        wt = torch.cat([torch.ones_like(wt[:, :1]), wt[:, 1:]], dim=1)  # (B, Nt)
+        streams = [
+            _Stream(xv, torch.ones(xv.shape[:2], dtype=xv.dtype, device=xv.device),
+                    torch.arange(xv.shape[1], device=xv.device).expand(b, -1), xv.shape[1]),
+            _Stream(xt, wt, torch.arange(xt.shape[1], device=xt.device).expand(b, -1), xt.shape[1]),
+        ]
+        n_full = [torch.full((b,), float(xv.shape[1]), device=xv.device), wt.sum(dim=1).detach()]
+        counts: list[Tensor] = []
+        flops: list[Tensor] = []
+        full_flops: list[Tensor] = []
+        token_masks: list[tuple[Tensor, Tensor]] = []
+        head_masks: list[list[Tensor]] = []
+
+        for depth in range(c.num_layers):
+            trim_index = depth - t.first_trimmed_layer
+            trimmed = trim_index >= 0 and mode != "off"
+            fusion = depth >= c.encoder_layers
+            n_mod = 4 if fusion else 2
+            heads: list[HeadChoice | None] = [None] * n_mod
+            if fusion and depth == c.encoder_layers:
+                for m, s in enumerate(streams):
+                    s.x = s.x + self.type_embed[m]
+            if trimmed:
+                cls = [s.x[:, 0] for s in streams]  # (B, D) each, layer input
+                if t.token_trimming:
+                    for m, s in enumerate(streams):
+                        logits = self.token_trimmers[trim_index][m](s.x, cls[m], cls[1 - m])  # (B, N)
+                        self._trim_tokens(s, logits, mode)
+                if t.head_trimming:
+                    trimmers = self.head_trimmers[trim_index]
+                    for j in range(n_mod):
+                        m = j // (n_mod // 2)  # module j belongs to stream m
+                        heads[j] = self._choose_heads(trimmers[j](cls[m], cls[1 - m]), mode)
+                if details:
+                    token_masks.append(tuple(self._orig_mask(s) for s in streams))
+                    head_masks.append([self._head_mask(h, b, xv) for h in heads])
+            if trim_index >= 0:
+                counts.append(torch.stack([(s.weight > 0).sum(dim=1) for s in streams], dim=1))  # (B, 2)
+            flops.append(self._layer_flops(depth, [s.weight.sum(dim=1) for s in streams], heads))
+            full_flops.append(self._layer_flops(depth, n_full, [None] * n_mod))
+            self._run_layer(depth, streams, heads)
+
+        vis, txt = streams
+        pooled = torch.cat([
+            torch.tanh(self.vision_pool(self.vision_norm(vis.x[:, 0]))),
+            torch.tanh(self.text_pool(self.text_norm(txt.x[:, 0]))),
+        ], dim=-1)  # (B, 2D)
+        logits = self.classifier(pooled)  # (B, num_labels)
+        keep_counts = (torch.stack(counts, dim=1) if counts
+                       else torch.zeros(b, 0, 2, dtype=torch.int64, device=logits.device))
+        return TrimOutput(
+            logits=logits,
+            keep_counts=keep_counts.to(torch.int64),
+            layer_flops=torch.stack(flops, dim=1),
+            full_layer_flops=torch.stack(full_flops, dim=1),
+            token_masks=token_masks,
+            head_masks=head_masks,
+        )
+
+    # ------------------------------------------------------------------ pieces
+
+    def _trim_tokens(self, s: _Stream, logits: Tensor, mode: str) -> None:
+        t = self.trim
+        gate = token_gate(logits, training=self.training and mode == "mask", tau=t.tau,
+                          threshold=t.token_threshold)  # (B, N)
+        if mode == "mask":
+            s.weight = s.weight * gate  # masks multiply: pruned stays pruned
+            return
+        keep = (s.weight > 0) & (gate > 0)  # (B, N)
+        idx, alive = select_topk_sorted(keep, logits)  # (B, k), (B, k)
+        s.x = gather_tokens(s.x, idx)  # (B, k, D)
+        s.pos = torch.gather(s.pos, 1, idx)  # (B, k)
+        s.weight = alive.to(s.x.dtype)  # fillers: weight 0, pruned from here on
+
+    def _choose_heads(self, logits: Tensor, mode: str) -> HeadChoice:
+        t = self.trim
+        gate = head_gate(logits, training=self.training and mode == "mask", tau=t.tau,
+                         threshold=t.head_threshold)  # (B, H)
+        if mode == "mask":
+            return HeadChoice(gate=gate)
+        idx, alive = select_topk_sorted(gate > 0, logits)  # (B, kh)
+        return HeadChoice(gate=alive.to(logits.dtype), idx=idx)
+
+    @staticmethod
+    def _orig_mask(s: _Stream) -> Tensor:
+        """Keep mask over the original positions, (B, N_orig)."""
+        out = torch.zeros(s.x.shape[0], s.n_orig, dtype=s.weight.dtype, device=s.weight.device)
+        return out.scatter(1, s.pos, s.weight)
+
+    def _head_mask(self, h: HeadChoice | None, b: int, ref: Tensor) -> Tensor:
+        """(B, H) keep mask of one attention module."""
+        n = self.config.num_heads
+        if h is None:
+            return torch.ones(b, n, dtype=ref.dtype, device=ref.device)
+        if h.idx is None:
+            return h.gate
+        return torch.zeros(b, n, dtype=h.gate.dtype, device=h.gate.device).scatter(1, h.idx, h.gate)
+
+    def _kept_heads(self, h: HeadChoice | None) -> Tensor | int:
+        return self.config.num_heads if h is None else h.gate.sum(dim=1)
+
+    def _layer_flops(self, depth: int, n: list[Tensor], heads: list[HeadChoice | None]) -> Tensor:
+        c = self.config
+        hk = [self._kept_heads(h) for h in heads]
+        if depth < c.encoder_layers:
+            return encoder_layer_flops(n[VISION], hk[0], c) + encoder_layer_flops(n[TEXT], hk[1], c)
+        return (fusion_stream_flops(n[VISION], n[TEXT], hk[0], hk[1], c)
+                + fusion_stream_flops(n[TEXT], n[VISION], hk[2], hk[3], c))
+
+    def _run_layer(self, depth: int, streams: list[_Stream], heads: list[HeadChoice | None]) -> None:
+        c = self.config
+        vis, txt = streams
+        if depth < c.encoder_layers:
+            vis.x = self.vision_layers[depth](vis.x, vis.weight, heads[0])
+            txt.x = self.text_layers[depth](txt.x, txt.weight, heads[1])
+            return
+        f = depth - c.encoder_layers
+        xv, xt = vis.x, txt.x  # both streams attend to the other's layer input
+        vis.x = self.vision_fusion[f](xv, xt, vis.weight, txt.weight, heads[0], heads[1])
+        txt.x = self.text_fusion[f](xt, xv, txt.weight, vis.weight, heads[2], heads[3])
+
+

@@ -1,0 +1,163 @@
+"""SmartTrim trimmers: pure tensor functions plus thin modules (DESIGN.md §2).
+
+Nothing here imports a model. The training path (`mask` mode: hard Gumbel-sigmoid with
+straight-through gradients) and the inference path (`prune` mode and the ONNX export:
+deterministic threshold -> per-sample keep count -> TopK -> sort -> Gather) share the
+scoring code (`TokenTrimmer.forward`, `HeadTrimmer.forward`) and the helpers below.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "TokenTrimmer",
+    "HeadTrimmer",
+    "gumbel_sigmoid_st",
+    "token_gate",
+    "head_gate",
+    "force_one_head",
+    "select_topk_sorted",
+    "gather_tokens",
+]
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+def gumbel_sigmoid_st(logits: Tensor, tau: float = 1.0) -> Tensor:
+    """Hard Gumbel-sigmoid sample with a straight-through gradient.
+
+    Forward: exactly 0.0 or 1.0 (keep where logits + logistic noise > 0).
+    Backward: the gradient of sigmoid((logits + noise) / tau).
+    """
+    u = torch.rand_like(logits).clamp_(1e-6, 1.0 - 1e-6)
+    noise = torch.log(u) - torch.log1p(-u)  # Logistic(0, 1) = difference of two Gumbels
+    soft = torch.sigmoid((logits + noise) / tau)
+    hard = (soft > 0.5).to(logits.dtype)
+    return hard + (soft - soft.detach())
+
+
+def token_gate(logits: Tensor, *, training: bool, tau: float, threshold: float) -> Tensor:
+    """Per-token keep gate (B, N) in {0, 1}; [CLS] (position 0) is always kept.
+
+    training: stochastic hard Gumbel-sigmoid with straight-through gradient;
+    otherwise: deterministic `logits > threshold`.
+    """
+    if training:
+        gate = gumbel_sigmoid_st(logits, tau)
+    else:
+        gate = (logits > threshold).to(logits.dtype)
+    return torch.cat([torch.ones_like(gate[:, :1]), gate[:, 1:]], dim=1)  # (B, N), CLS kept
+
+
+def force_one_head(gate: Tensor, logits: Tensor) -> Tensor:
+    """At least one head kept: the highest-logit head is forced to 1 (gradient of `gate` kept)."""
+    top = F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).to(gate.dtype)  # (B, H)
+    return gate + (top * (1.0 - gate)).detach()
+
+
+def head_gate(logits: Tensor, *, training: bool, tau: float, threshold: float) -> Tensor:
+    """Per-head keep gate (B, H) in {0, 1}, at least one head kept."""
+    if training:
+        gate = gumbel_sigmoid_st(logits, tau)
+    else:
+        gate = (logits > threshold).to(logits.dtype)
+    return force_one_head(gate, logits)
+
+
+# ----------------------------------------------------------------------------- pruning
+
+
+def select_topk_sorted(keep: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
+    """Batch-invariant selection: per-sample keep counts -> k = max -> TopK(k) -> sort by position.
+
+    keep: (B, N) bool, scores: (B, N) float. Returns `idx` (B, k) int64 positions in ascending
+    order and `alive` (B, k) bool: False marks the k - k_b filler slots of samples that keep fewer
+    than the batch maximum. Fillers are real (pruned) positions; callers mask them as attention
+    keys and keep them pruned, so each sample's result equals its batch-of-one result.
+    """
+    n = keep.shape[1]
+    k = keep.sum(dim=1).max().item()  # data-dependent: TopK's K in the exported graph
+    torch._check(k >= 1)
+    torch._check(k <= n)
+    ranked = torch.where(keep, scores, torch.full_like(scores, float("-inf")))  # (B, N)
+    _, idx = torch.topk(ranked, k, dim=1)  # (B, k): kept positions first, then fillers
+    idx, _ = torch.sort(idx, dim=1)  # (B, k) ascending positions; [CLS] stays at slot 0
+    alive = torch.gather(keep, 1, idx)  # (B, k)
+    return idx, alive
+
+
+def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
+    """x: (B, N, D), idx: (B, k) -> (B, k, D)."""
+    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+class TokenTrimmer(nn.Module):
+    """XModal-aware token trimmer: logit s_i = MLP(LN(x_i)) + (P x_i) . (G [c_m ; c_m']) / sqrt(d_p).
+
+    Stable initialization: the local MLP's last weights are zero and its bias is `init_keep_logit`;
+    G is zero, so every logit equals `init_keep_logit` at step 0 and everything is kept.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        hidden_ratio: int = 4,
+        proj_ratio: int = 4,
+        local_only: bool = False,
+        init_keep_logit: float = 5.0,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        hidden = max(1, dim // hidden_ratio)
+        self.proj_dim = max(1, dim // proj_ratio)
+        self.local_only = local_only
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, 1)
+        self.proj = nn.Linear(dim, self.proj_dim, bias=False)  # P
+        self.cls_proj = nn.Linear(2 * dim, self.proj_dim, bias=False)  # G
+        self.reset_stable(init_keep_logit)
+
+    @torch.no_grad()
+    def reset_stable(self, init_keep_logit: float) -> None:
+        self.fc2.weight.zero_()
+        self.fc2.bias.fill_(init_keep_logit)
+        self.cls_proj.weight.zero_()
+
+    def forward(self, x: Tensor, cls_self: Tensor, cls_other: Tensor) -> Tensor:
+        """x: (B, N, D); cls_self, cls_other: (B, D) -> logits (B, N)."""
+        local = self.fc2(F.gelu(self.fc1(self.norm(x)))).squeeze(-1)  # (B, N)
+        if self.local_only:
+            return local
+        g = self.cls_proj(torch.cat([cls_self, cls_other], dim=-1))  # (B, d_p)
+        p = self.proj(x)  # (B, N, d_p)
+        glob = torch.einsum("bnp,bp->bn", p, g) / math.sqrt(self.proj_dim)  # (B, N)
+        return local + glob
+
+
+class HeadTrimmer(nn.Module):
+    """Modal-adaptive head trimmer: h = W_h [c_m ; c_m'] + b_h, one logit per head."""
+
+    def __init__(self, dim: int, num_heads: int, *, init_keep_logit: float = 5.0) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2 * dim, num_heads)
+        self.reset_stable(init_keep_logit)
+
+    @torch.no_grad()
+    def reset_stable(self, init_keep_logit: float) -> None:
+        self.fc.weight.zero_()
+        self.fc.bias.fill_(init_keep_logit)
+
+    def forward(self, cls_self: Tensor, cls_other: Tensor) -> Tensor:
+        """cls_self, cls_other: (B, D) -> logits (B, H)."""
+        return self.fc(torch.cat([cls_self, cls_other], dim=-1))
