@@ -74,7 +74,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many types on foreign or damaged files
         msg = str(e).strip()
-        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in msg:
+        if isinstance(e, pickle.UnpicklingError) and "GLOBAL" in msg:
             raise BadInputError(
                 f"{p}: refused: the file holds pickled objects other than tensors and plain containers "
                 "(possibly code); trimkit never unpickles code") from None

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -56,7 +56,7 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version_callback, is_eager=True,
+    version: Annotated[bool | None, typer.Option("--version", callback=_version_callback, is_eager=True,
                                                     help="Print the version and exit.")] = None,
 ) -> None:
     """SmartTrim adaptive pruning for vision-language models."""
@@ -87,8 +87,8 @@ def init(
 @app.command()
 def inspect(
     path: Annotated[Path, typer.Argument(help="A trimkit checkpoint (.pt) or an ONNX file (.onnx).")],
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the description as JSON.")] = None,
-    text_len: Annotated[Optional[int], typer.Option("--text-len", help="Text length for the FLOPs table.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the description as JSON.")] = None,
+    text_len: Annotated[int | None, typer.Option("--text-len", help="Text length for the FLOPs table.")] = None,
 ) -> None:
     """Show what a checkpoint or an ONNX file holds."""
     from .inspect import describe

@@ -57,7 +57,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         return _from_dict(cls, d)
 
 
@@ -88,7 +88,7 @@ class TrimConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrimConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrimConfig:
         return _from_dict(cls, d)
 
 

@@ -35,7 +35,7 @@ class WordTokenizer:
         return _WORD.findall(text.lower())
 
     @classmethod
-    def build(cls, texts: Iterable[str], max_len: int) -> "WordTokenizer":
+    def build(cls, texts: Iterable[str], max_len: int) -> WordTokenizer:
         words = sorted({w for t in texts for w in cls.words(t)})
         return cls([PAD, UNK, CLS, *words], max_len)
 
@@ -74,7 +74,7 @@ class WordTokenizer:
         return {"type": "word", "vocab": list(self.vocab), "max_len": self.max_len}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "WordTokenizer":
+    def from_dict(cls, d: dict) -> WordTokenizer:
         if d.get("type") != "word":
             raise BadInputError(f"unknown tokenizer type {d.get('type')!r}")
         return cls(d["vocab"], int(d["max_len"]))

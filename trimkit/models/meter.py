@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-
 from torch import Tensor, nn
 
 from ..config import ModelConfig, TrimConfig

@@ -1,0 +1,154 @@
+"""The three trim modes on the same weights: off / mask / prune."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trimkit.factory import new_model
+
+from ..conftest import make_inputs, randomize_trimmers
+
+
+def run(model, inputs, mode):
+    with torch.no_grad():
+        return model(*inputs, mode=mode, details=True)
+
+
+@pytest.mark.parametrize("batch,text_len", [(1, 6), (4, 11)])
+def test_keep_everything_reproduces_untrimmed(tiny_model, batch, text_len):
+    inputs = make_inputs(tiny_model, batch, text_len, seed=batch)
+    off, mask, prune = (run(tiny_model, inputs, m) for m in ("off", "mask", "prune"))
+    torch.testing.assert_close(mask.logits, off.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(prune.logits, off.logits, atol=1e-5, rtol=0)
+    for o in (off, mask, prune):
+        assert torch.allclose(o.flops_ratio, torch.ones(batch))
+    assert torch.equal(prune.keep_counts, off.keep_counts)
+    real = inputs[2].sum(1)
+    assert torch.equal(prune.keep_counts[:, :, 1], real[:, None].expand_as(prune.keep_counts[:, :, 1]))
+
+
+def test_stable_init_keeps_all_tokens_and_heads(tiny_model):
+    inputs = make_inputs(tiny_model, 3, 9)
+    out = run(tiny_model, inputs, "mask")
+    for vis, txt in out.token_masks:
+        assert vis.min() == 1
+        assert torch.equal(txt, inputs[2].float())
+    for mods in out.head_masks:
+        for h in mods:
+            assert h.min() == 1
+    # in training, too, the Gumbel draws at logit 5 keep nearly everything
+    tiny_model.train()
+    torch.manual_seed(0)
+    out = tiny_model(*inputs, mode="mask", details=True)
+    kept = torch.cat([v.flatten() for v, _ in out.token_masks])
+    assert kept.mean() > 0.98
+
+
+def assert_prune_equals_mask(model, inputs):
+    mask, prune = run(model, inputs, "mask"), run(model, inputs, "prune")
+    torch.testing.assert_close(prune.logits, mask.logits, atol=1e-4, rtol=0)
+    assert torch.equal(prune.keep_counts, mask.keep_counts)
+    for (mv, mt), (pv, pt) in zip(mask.token_masks, prune.token_masks):
+        assert torch.equal(mv, pv) and torch.equal(mt, pt)  # same kept sets
+    for mh, ph in zip(mask.head_masks, prune.head_masks):
+        for a, b in zip(mh, ph):
+            assert torch.equal(a, b)
+    torch.testing.assert_close(prune.layer_flops, mask.layer_flops)
+    return prune
+
+
+def test_prune_equals_mask_batch_of_one(pruning_model):
+    ratios = []
+    for seed in range(5):
+        out = assert_prune_equals_mask(pruning_model, make_inputs(pruning_model, 1, 10, seed=seed))
+        ratios.append(out.flops_ratio.item())
+    assert max(ratios) < 0.95  # real pruning happened
+
+
+def test_prune_equals_mask_mixed_batch(pruning_model):
+    out = assert_prune_equals_mask(pruning_model, make_inputs(pruning_model, 6, 13, seed=3))
+    counts = out.keep_counts[:, -1, 0]
+    assert counts.min() < counts.max()  # samples keep different numbers: filler slots are exercised
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), batch=st.integers(2, 6), text_len=st.integers(2, 16))
+def test_batch_invariance(seed, batch, text_len):
+    model = _MODEL
+    inputs = make_inputs(model, batch, text_len, seed=seed)
+    batched = run(model, inputs, "prune")
+    for i in range(batch):
+        n = int(inputs[2][i].sum())
+        single = run(model, (inputs[0][i:i + 1], inputs[1][i:i + 1, :n], inputs[2][i:i + 1, :n]), "prune")
+        torch.testing.assert_close(batched.logits[i:i + 1], single.logits, atol=1e-5, rtol=1e-5)
+        assert torch.equal(batched.keep_counts[i:i + 1], single.keep_counts)
+
+
+_MODEL = randomize_trimmers(new_model("tiny", "easyvqa", seed=2), seed=2)
+
+
+def test_straight_through_gradients_reach_every_trimmer_parameter(pruning_model):
+    model = pruning_model.train()
+    torch.manual_seed(0)
+    pv, ids, mask = make_inputs(model, 4, 10)
+    out = model(pv, ids, mask, mode="mask")
+    loss = F.cross_entropy(out.logits, torch.tensor([0, 1, 2, 3])) + (out.flops_ratio.mean() - 0.5) ** 2
+    loss.backward()
+    missing = [n for n, p in model.named_parameters()
+               if ("trimmers" in n) and (p.grad is None or p.grad.abs().sum() == 0)]
+    assert not missing, f"no gradient: {missing}"
+
+
+def test_stable_init_gradients_reach_last_trimmer_layers(tiny_model):
+    model = tiny_model.train()
+    torch.manual_seed(0)
+    pv, ids, mask = make_inputs(model, 4, 10)
+    out = model(pv, ids, mask, mode="mask")
+    (F.cross_entropy(out.logits, torch.tensor([0, 1, 2, 3])) + out.flops_ratio.mean()).backward()
+    for tt in model.token_trimmers:
+        for t in tt:
+            assert t.fc2.bias.grad.abs().sum() > 0 and t.cls_proj.weight.grad.abs().sum() > 0
+    for ht in model.head_trimmers:
+        for h in ht:
+            assert h.fc.bias.grad.abs().sum() > 0
+
+
+def test_masks_are_cumulative_and_cls_kept(pruning_model):
+    out = run(pruning_model, make_inputs(pruning_model, 5, 12, seed=7), "mask")
+    for m in range(2):
+        prev = None
+        for layer in out.token_masks:
+            cur = layer[m]
+            assert cur[:, 0].min() == 1
+            if prev is not None:
+                assert (cur <= prev).all()
+            prev = cur
+    for mods in out.head_masks:
+        for h in mods:
+            assert h.sum(1).min() >= 1
+
+
+def test_default_modes_and_prune_refuses_training(tiny_model):
+    inputs = make_inputs(tiny_model, 2, 5)
+    tiny_model.train()
+    with pytest.raises(RuntimeError, match="inference"):
+        tiny_model(*inputs, mode="prune")
+    with pytest.raises(ValueError, match="unknown trim mode"):
+        tiny_model(*inputs, mode="bogus")
+    tiny_model.eval()
+    out = tiny_model(*inputs)
+    assert out.keep_counts.dtype == torch.int64
+    assert out.keep_counts.shape == (2, tiny_model.config.num_layers - tiny_model.trim.first_trimmed_layer, 2)
+
+
+@pytest.mark.parametrize("token,head", [(True, False), (False, True), (False, False)])
+def test_partial_trimming_configs(token, head):
+    from trimkit.config import TrimConfig
+
+    model = randomize_trimmers(new_model("tiny", "easyvqa", trim=TrimConfig(token_trimming=token, head_trimming=head)))
+    out = assert_prune_equals_mask(model, make_inputs(model, 3, 9, seed=1))
+    if not token:
+        full = make_inputs(model, 3, 9, seed=1)[2].sum(1)
+        assert torch.equal(out.keep_counts[:, -1, 1], full)

@@ -1,0 +1,83 @@
+"""The real CLI: in-process through `main(argv)` and, for exit codes and imports, as a subprocess."""
+
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from trimkit.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "trimkit.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_does_not_import_runtimes():
+    code = ("import sys; from trimkit.cli import main; rc = main(['--help']);"
+            "bad = [m for m in ('onnxruntime', 'tensorrt', 'torch', 'polygraphy') if m in sys.modules];"
+            "print(bad); sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0
+    assert "init" in r.stdout and "inspect" in r.stdout
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_init_then_inspect(tmp_path, capsys):
+    out = tmp_path / "base.pt"
+    assert main(["init", "--preset", "tiny", "--data", "easyvqa", "--out", str(out), "--seed", "3"]) == 0
+    assert out.exists()
+    assert main(["inspect", str(out), "--json", str(tmp_path / "info.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "FLOPs per layer" in printed and "trimmers" in printed
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert info["meta"] == {"preset": "tiny", "data": "easyvqa", "seed": 3}
+    assert info["parameters"]["total"] < 1_000_000
+    assert len(info["layers"]) == 3 and info["labels"][0] == "circle"
+    # refusing to overwrite, then --force
+    assert main(["init", "--out", str(out)]) == 2
+    assert main(["init", "--out", str(out), "--force"]) == 0
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", b""])
+def test_inspect_bad_file_is_one_line_exit_2(tmp_path, content):
+    bad = tmp_path / "not-a-checkpoint.pt"
+    bad.write_bytes(content)
+    r = run_cli("inspect", str(bad))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and "Traceback" not in r.stderr
+
+
+def test_debug_env_shows_traceback(tmp_path):
+    bad = tmp_path / "x.pt"
+    bad.write_bytes(b"junk")
+    r = subprocess.run([sys.executable, "-m", "trimkit.cli", "inspect", str(bad)], capture_output=True, text=True,
+                       timeout=120, env={**__import__("os").environ, "TRIMKIT_DEBUG": "1"})
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_unknown_dataset_and_preset(tmp_path):
+    assert main(["init", "--data", "nope", "--out", str(tmp_path / "a.pt")]) == 2
+    assert main(["init", "--preset", "huge", "--out", str(tmp_path / "a.pt")]) == 2
+    assert not (tmp_path / "a.pt").exists()
+
+
+def test_inspect_onnx(tmp_path, capsys):
+    x = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "text_len"])
+    y = helper.make_tensor_value_info("keep_counts", TensorProto.INT64, ["batch", "text_len"])
+    graph = helper.make_graph([helper.make_node("Identity", ["input_ids"], ["keep_counts"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    helper.set_model_props(model, {"trimkit_mode": "adaptive", "labels": '["yes", "no"]'})
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    assert main(["inspect", str(path), "--json", str(tmp_path / "i.json")]) == 0
+    info = json.loads((tmp_path / "i.json").read_text())
+    assert info["inputs"][0] == {"name": "input_ids", "dtype": "int64", "shape": ["batch", "text_len"]}
+    assert info["metadata"]["trimkit_mode"] == "adaptive" and info["opsets"]["ai.onnx"] == 18
+    assert "Identity" in capsys.readouterr().out
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00garbage")
+    assert main(["inspect", str(bad)]) == 2
