@@ -42,3 +42,23 @@ def tiny_model() -> MeterModel:
 @pytest.fixture
 def pruning_model() -> MeterModel:
     return randomize_trimmers(new_model("tiny", "easyvqa", seed=1), seed=1)
+
+
+@pytest.fixture(scope="session")
+def jsonl_data(tmp_path_factory):
+    """A small JSONL dataset (60 `shapes` scenes as PNG files, 180 questions)."""
+    import json
+
+    from PIL import Image
+
+    from trimkit.data.shapes import generate
+
+    root = tmp_path_factory.mktemp("jsonl")
+    raw = generate(60, image_size=32, seed=5)
+    for i, img in enumerate(raw["images"]):
+        Image.fromarray(img).save(root / f"{i}.png")
+    lines = [json.dumps({"image": f"{i}.png", "question": q, "answer": a})
+             for i, q, a in zip(raw["image_index"], raw["questions"], raw["answers"])]
+    path = root / "data.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path

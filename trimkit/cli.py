@@ -38,7 +38,7 @@ class Preset(str, enum.Enum):
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Where to write (atomic; see --force).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
-DataOpt = Annotated[str, typer.Option("--data", help="Dataset: easyvqa.")]
+DataOpt = Annotated[str, typer.Option("--data", help="Dataset: easyvqa, shapes or FILE.jsonl.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 
 
@@ -100,6 +100,85 @@ def inspect(
         from .fileio import atomic_write
 
         atomic_write(json_out, lambda tmp: tmp.write_text(json.dumps(info, indent=2)), force=True)
+
+
+@app.command()
+def train(
+    ckpt: Annotated[Path, typer.Argument(help="Checkpoint to start from (with --resume: a .last.pt).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Best checkpoint; the latest state goes to <stem>.last.pt.")] = None,
+    data: DataOpt = "easyvqa",
+    no_trim: Annotated[bool, typer.Option("--no-trim", help="Fine-tune the backbone only (trimmers off).")] = False,
+    target_ratio: Annotated[float, typer.Option("--target-ratio", help="Final FLOPs ratio target.")] = 0.5,
+    distill_weight: Annotated[float, typer.Option("--distill-weight", help="lambda_SD: KL(full || trimmed).")] = 1.0,
+    ratio_weight: Annotated[float, typer.Option("--ratio-weight", help="lambda_R: (ratio - target)^2.")] = 5.0,
+    full_task_weight: Annotated[float, typer.Option("--full-task-weight", help="alpha: CE of the untrimmed pass.")] = 1.0,
+    tau: Annotated[float, typer.Option("--tau", help="Gumbel-sigmoid temperature.")] = 1.0,
+    warmup_frac: Annotated[float, typer.Option("--warmup-frac", help="Curriculum ramp 1.0 -> target over this fraction.")] = 0.3,
+    no_distill: Annotated[bool, typer.Option("--no-distill", help="Ablation: no self-distillation.")] = False,
+    no_curriculum: Annotated[bool, typer.Option("--no-curriculum", help="Ablation: no stable init, no linear scheduler.")] = False,
+    local_only: Annotated[bool, typer.Option("--local-only", help="Ablation: local token scores only.")] = False,
+    epochs: Annotated[float, typer.Option("--epochs", help="Epochs (ignored with --steps).")] = 3.0,
+    steps: Annotated[int | None, typer.Option("--steps", help="Total optimizer steps.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Global batch size.")] = 64,
+    lr: Annotated[float, typer.Option("--lr", help="Backbone peak learning rate.")] = 3e-4,
+    trimmer_lr: Annotated[float, typer.Option("--trimmer-lr", help="Trimmer peak learning rate.")] = 5e-3,
+    eval_every: Annotated[int | None, typer.Option("--eval-every", help="Steps between evaluations (default: each epoch).")] = None,
+    eval_samples: Annotated[int | None, typer.Option("--eval-samples", help="Validation questions per evaluation.")] = 2000,
+    seed: SeedOpt = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a run from its .last.pt, bit for bit.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    force: ForceOpt = False,
+) -> None:
+    """Fine-tune the backbone (--no-trim) or train SmartTrim trimmers with self-distillation and a curriculum."""
+    from .train import TrainConfig
+    from .train import train as run_train
+
+    if out is None and not resume:
+        raise typer.BadParameter("--out is required (except with --resume)", param_hint="--out")
+    try:
+        cfg = TrainConfig(data=data, out=str(out) if out else "", epochs=epochs, steps=steps, batch_size=batch_size,
+                          lr=lr, trimmer_lr=trimmer_lr, seed=seed, eval_every=eval_every, eval_samples=eval_samples,
+                          no_trim=no_trim, target_ratio=target_ratio, full_task_weight=full_task_weight,
+                          distill_weight=distill_weight, ratio_weight=ratio_weight, tau=tau, warmup_frac=warmup_frac,
+                          no_distill=no_distill, no_curriculum=no_curriculum, local_only=local_only)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    result = run_train(ckpt, cfg, resume=resume, force=force, console=_console(), show_progress=not quiet)
+    import os as _os
+
+    if _os.environ.get("RANK", "0") != "0":
+        return
+    if result.interrupted:
+        typer.echo(f"stopped at step {result.steps_done}/{result.total_steps}; latest state in {result.last}; "
+                   f"continue with: trimkit train {result.last} --resume")
+        raise typer.Exit(130)
+    b = result.best or {}
+    acc = b.get("val_accuracy")
+    typer.echo(f"done: {result.steps_done} steps in {result.seconds:.0f} s; best {result.out} "
+               f"(step {b.get('step')}, val acc {100 * acc:.2f}%, FLOPs ratio {b.get('val_ratio_mean', 1.0):.3f}); "
+               f"latest {result.last}" if acc is not None else f"done: {result.steps_done} steps; {result.out}")
+
+
+@app.command("eval")
+def eval_cmd(
+    ckpt: Annotated[Path, typer.Argument(help="A trimkit checkpoint.")],
+    data: DataOpt = "easyvqa",
+    split: Annotated[str, typer.Option("--split", help="train, val or test.")] = "test",
+    samples: Annotated[int | None, typer.Option("--samples", help="Evaluate a seeded subset of N questions.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 256,
+    seed: SeedOpt = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
+) -> None:
+    """Accuracy in each trim mode, FLOPs ratio mean/p10/p90 and kept tokens per layer."""
+    from .evaluation import evaluate_checkpoint
+    from .render import render_eval
+
+    report = evaluate_checkpoint(ckpt, data, split=split, samples=samples, batch_size=batch_size, seed=seed)
+    render_eval(report, _console())
+    if json_out is not None:
+        from .fileio import atomic_write
+
+        atomic_write(json_out, lambda tmp: tmp.write_text(json.dumps(report, indent=2)), force=True)
 
 
 def main(argv: list[str] | None = None) -> int:

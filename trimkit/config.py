@@ -75,8 +75,10 @@ class TrimConfig:
     init_keep_logit: float = 5.0  # stable init: last bias of every trimmer (sigmoid(5) = 0.993)
     score_hidden_ratio: int = 4  # local MLP is D -> D/ratio -> 1
     proj_ratio: int = 4  # global score projection d_p = D/ratio
-    # static mode (calibrated): per trimmed layer, fraction of tokens kept per modality (vision, text)
+    # static mode (calibrated): per trimmed layer, the fraction of each modality's input length kept
+    # ([vision, text]) and the heads kept per attention module; k then depends on input shapes only
     static_keep_ratios: list[list[float]] | None = field(default=None)
+    static_head_keep: list[list[int]] | None = field(default=None)
 
     def __post_init__(self) -> None:
         if self.first_trimmed_layer < 0:

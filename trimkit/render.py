@@ -58,3 +58,24 @@ def render_description(info: dict[str, Any], console) -> None:
                       f"{100 * r['flops'] / total:.1f}%", fmt_flops(r["trimmer_flops"]))
     table.add_row("all", "", "", fmt_flops(total), "100%", fmt_flops(sum(r["trimmer_flops"] for r in info["layers"])))
     console.print(table)
+
+
+def render_eval(report: dict[str, Any], console) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{report['checkpoint']} on {report['data']}/{report['split']} ({report['samples']} questions)")
+    for col in ("mode", "accuracy", "FLOPs ratio mean", "p10", "p50", "p90"):
+        t.add_column(col, justify="left" if col == "mode" else "right")
+    for mode in report["modes"]:
+        r = report[mode]
+        f = r["flops_ratio"]
+        t.add_row(mode, f"{100 * r['accuracy']:.2f}%", f"{f['mean']:.3f}", f"{f['p10']:.3f}", f"{f['p50']:.3f}",
+                  f"{f['p90']:.3f}")
+    console.print(t)
+    mode = "prune" if "prune" in report["modes"] else report["modes"][-1]
+    k = Table(title=f"mean tokens kept entering each trimmed layer ({mode})")
+    for col in ("depth", "kind", "vision", "text"):
+        k.add_column(col, justify="right")
+    for layer, (v, tx) in zip(report["trimmed_layers"], report[mode]["keep_per_layer"]):
+        k.add_row(str(layer["depth"]), layer["kind"], f"{v:.1f}", f"{tx:.1f}")
+    console.print(k)

@@ -23,33 +23,58 @@ __all__ = [
     "force_one_head",
     "select_topk_sorted",
     "gather_tokens",
+    "static_count",
+    "select_static",
+    "BatchNoise",
 ]
+
+
+class BatchNoise:
+    """Uniform noise for the Gumbel draws, a function of (seed, sample position in the global batch).
+
+    Every draw is made for the whole global batch from a generator seeded once per step, and
+    this process takes its rows [offset, offset + local batch). So a sample sees the same noise
+    whether it is trained in one process or in one shard of a DistributedDataParallel batch,
+    and a resumed run draws what the uninterrupted one drew.
+    """
+
+    def __init__(self, seed: int, global_batch: int, offset: int = 0) -> None:
+        self.gen = torch.Generator().manual_seed(seed)
+        self.global_batch = global_batch
+        self.offset = offset
+
+    def __call__(self, shape: torch.Size | tuple[int, ...]) -> Tensor:
+        u = torch.rand((self.global_batch, *shape[1:]), generator=self.gen)  # (B_global, ...)
+        return u[self.offset: self.offset + shape[0]]
 
 
 # ----------------------------------------------------------------------------- masks
 
 
-def gumbel_sigmoid_st(logits: Tensor, tau: float = 1.0) -> Tensor:
+def gumbel_sigmoid_st(logits: Tensor, tau: float = 1.0, uniform: Tensor | None = None) -> Tensor:
     """Hard Gumbel-sigmoid sample with a straight-through gradient.
 
     Forward: exactly 0.0 or 1.0 (keep where logits + logistic noise > 0).
     Backward: the gradient of sigmoid((logits + noise) / tau).
+    `uniform` (same shape as logits, in (0, 1)) supplies the randomness; default torch.rand_like.
     """
-    u = torch.rand_like(logits).clamp_(1e-6, 1.0 - 1e-6)
+    u = torch.rand_like(logits) if uniform is None else uniform.to(logits)
+    u = u.clamp(1e-6, 1.0 - 1e-6)
     noise = torch.log(u) - torch.log1p(-u)  # Logistic(0, 1) = difference of two Gumbels
     soft = torch.sigmoid((logits + noise) / tau)
     hard = (soft > 0.5).to(logits.dtype)
     return hard + (soft - soft.detach())
 
 
-def token_gate(logits: Tensor, *, training: bool, tau: float, threshold: float) -> Tensor:
+def token_gate(logits: Tensor, *, training: bool, tau: float, threshold: float,
+               uniform: Tensor | None = None) -> Tensor:
     """Per-token keep gate (B, N) in {0, 1}; [CLS] (position 0) is always kept.
 
     training: stochastic hard Gumbel-sigmoid with straight-through gradient;
     otherwise: deterministic `logits > threshold`.
     """
     if training:
-        gate = gumbel_sigmoid_st(logits, tau)
+        gate = gumbel_sigmoid_st(logits, tau, uniform)
     else:
         gate = (logits > threshold).to(logits.dtype)
     return torch.cat([torch.ones_like(gate[:, :1]), gate[:, 1:]], dim=1)  # (B, N), CLS kept
@@ -61,10 +86,11 @@ def force_one_head(gate: Tensor, logits: Tensor) -> Tensor:
     return gate + (top * (1.0 - gate)).detach()
 
 
-def head_gate(logits: Tensor, *, training: bool, tau: float, threshold: float) -> Tensor:
+def head_gate(logits: Tensor, *, training: bool, tau: float, threshold: float,
+              uniform: Tensor | None = None) -> Tensor:
     """Per-head keep gate (B, H) in {0, 1}, at least one head kept."""
     if training:
-        gate = gumbel_sigmoid_st(logits, tau)
+        gate = gumbel_sigmoid_st(logits, tau, uniform)
     else:
         gate = (logits > threshold).to(logits.dtype)
     return force_one_head(gate, logits)
@@ -90,6 +116,24 @@ def select_topk_sorted(keep: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
     idx, _ = torch.sort(idx, dim=1)  # (B, k) ascending positions; [CLS] stays at slot 0
     alive = torch.gather(keep, 1, idx)  # (B, k)
     return idx, alive
+
+
+def static_count(n: int, ratio: float) -> int:
+    """k = ceil(ratio * n) in integer arithmetic (per-mille), clamped to [1, n]; shape-only for export."""
+    milli = int(round(ratio * 1000))
+    return max(1, min(n, (milli * n + 999) // 1000))
+
+
+def select_static(keep: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Static selection: the k highest-scoring live positions (k from shapes only), sorted by position.
+
+    Returns idx (B, k) and alive (B, k); slots beyond a sample's live tokens are dead fillers.
+    """
+    ranked = torch.where(keep, scores, torch.full_like(scores, float("-inf")))  # (B, N)
+    ranked = torch.cat([torch.full_like(ranked[:, :1], float("inf")), ranked[:, 1:]], dim=1)  # [CLS] first
+    _, idx = torch.topk(ranked, k, dim=1)  # (B, k)
+    idx, _ = torch.sort(idx, dim=1)
+    return idx, torch.gather(keep, 1, idx)
 
 
 def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
@@ -124,15 +168,17 @@ class TokenTrimmer(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, 1)
-        self.proj = nn.Linear(dim, self.proj_dim, bias=False)  # P
-        self.cls_proj = nn.Linear(2 * dim, self.proj_dim, bias=False)  # G
+        if not local_only:  # the ablation has no global branch at all
+            self.proj = nn.Linear(dim, self.proj_dim, bias=False)  # P
+            self.cls_proj = nn.Linear(2 * dim, self.proj_dim, bias=False)  # G
         self.reset_stable(init_keep_logit)
 
     @torch.no_grad()
     def reset_stable(self, init_keep_logit: float) -> None:
         self.fc2.weight.zero_()
         self.fc2.bias.fill_(init_keep_logit)
-        self.cls_proj.weight.zero_()
+        if not self.local_only:
+            self.cls_proj.weight.zero_()
 
     def forward(self, x: Tensor, cls_self: Tensor, cls_other: Tensor) -> Tensor:
         """x: (B, N, D); cls_self, cls_other: (B, D) -> logits (B, N)."""

@@ -152,3 +152,30 @@ def test_partial_trimming_configs(token, head):
     if not token:
         full = make_inputs(model, 3, 9, seed=1)[2].sum(1)
         assert torch.equal(out.keep_counts[:, -1, 1], full)
+
+
+def test_static_mode_keeps_shape_derived_counts(pruning_model):
+    import dataclasses
+
+    from trimkit.trimmers import static_count
+
+    model = pruning_model
+    n_trim = len(model.token_trimmers)
+    everything = dataclasses.replace(model.trim, static_keep_ratios=[[1.0, 1.0]] * n_trim,
+                                     static_head_keep=[[4] * len(m) for m in model.head_trimmers])
+    inputs = make_inputs(model, 3, 10, ragged=False)
+    model.trim = everything
+    torch.testing.assert_close(run(model, inputs, "static").logits, run(model, inputs, "off").logits, atol=1e-5, rtol=0)
+    model.trim = dataclasses.replace(everything, static_keep_ratios=[[0.5, 0.6], [0.3, 0.6]],
+                                     static_head_keep=[[2, 1], [1, 2, 3, 4]])
+    out = run(model, inputs, "static")
+    nv, nt = model.config.num_patches + 1, 10
+    assert out.keep_counts[:, 0].tolist() == [[static_count(nv, 0.5), static_count(nt, 0.6)]] * 3
+    assert out.keep_counts[:, 1, 0].tolist() == [min(static_count(nv, 0.3), static_count(nv, 0.5))] * 3
+    assert [int(h[0].sum()) for h in out.head_masks[1]] == [1, 2, 3, 4]
+    assert static_count(17, 0.5) == 9 and static_count(10, 0.0001) == 1
+
+
+def test_static_mode_requires_calibration(tiny_model):
+    with pytest.raises(ValueError, match="calibrated"):
+        run(tiny_model, make_inputs(tiny_model, 1, 4), "static")

@@ -12,11 +12,14 @@ Trim modes, all on the same weights:
            training, deterministic thresholds in eval); pruned tokens stay in the tensors but
            are removed as keys, pruned heads are zeroed;
 - `prune`: tokens and heads physically removed per instance (TopK -> sort -> Gather), with
-           batch-invariant filler slots; the path the ONNX export traces.
+           batch-invariant filler slots; the path the ONNX export traces;
+- `static`: calibrated per-layer keep ratios (`TrimConfig.static_keep_ratios`) and head counts:
+           the k highest-scoring tokens/heads, k derived from input shapes only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -25,13 +28,22 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig, TrimConfig
 from ..cost import encoder_layer_flops, fusion_stream_flops
-from ..trimmers import HeadTrimmer, TokenTrimmer, gather_tokens, head_gate, select_topk_sorted, token_gate
+from ..trimmers import (
+    HeadTrimmer,
+    TokenTrimmer,
+    gather_tokens,
+    head_gate,
+    select_static,
+    select_topk_sorted,
+    static_count,
+    token_gate,
+)
 from .layers import EncoderBlock, FusionBlock, HeadChoice
 
 __all__ = ["MeterModel", "TrimOutput", "TRIM_MODES"]
 
-TrimMode = Literal["off", "mask", "prune"]
-TRIM_MODES: tuple[str, ...] = ("off", "mask", "prune")
+TrimMode = Literal["off", "mask", "prune", "static"]
+TRIM_MODES: tuple[str, ...] = ("off", "mask", "prune", "static")
 VISION, TEXT = 0, 1
 
 
@@ -172,16 +184,20 @@ class MeterModel(nn.Module):
         *,
         mode: TrimMode | None = None,
         details: bool = False,
+        noise: Callable[[torch.Size], Tensor] | None = None,
     ) -> TrimOutput:
         """pixel_values (B, 3, H, W) float, input_ids (B, Nt) int64, attention_mask (B, Nt) int64.
 
-        mode defaults to `mask` in training and `prune` in eval.
+        mode defaults to `mask` in training and `prune` in eval. `noise(shape)` supplies the uniform
+        draws of the Gumbel gates in training (default: torch.rand); see `trimmers.BatchNoise`.
         """
         mode = mode or ("mask" if self.training else "prune")
         if mode not in TRIM_MODES:
             raise ValueError(f"unknown trim mode {mode!r}; choose from {', '.join(TRIM_MODES)}")
-        if mode == "prune" and self.training and torch.is_grad_enabled():
-            raise RuntimeError("prune mode is for inference: call model.eval() or train in mask mode")
+        if mode in ("prune", "static") and self.training and torch.is_grad_enabled():
+            raise RuntimeError(f"{mode} mode is for inference: call model.eval() or train in mask mode")
+        if mode == "static" and not self.trim.static_keep_ratios:
+            raise ValueError("static mode needs calibrated keep ratios (trimkit calibrate budget)")
         c, t = self.config, self.trim
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -217,12 +233,19 @@ class MeterModel(nn.Module):
                 if t.token_trimming:
                     for m, s in enumerate(streams):
                         logits = self.token_trimmers[trim_index][m](s.x, cls[m], cls[1 - m])  # (B, N)
-                        self._trim_tokens(s, logits, mode)
+                        if mode == "static":
+                            self._static_tokens(s, logits, t.static_keep_ratios[trim_index][m])
+                        else:
+                            self._trim_tokens(s, logits, mode, noise)
                 if t.head_trimming:
                     trimmers = self.head_trimmers[trim_index]
                     for j in range(n_mod):
                         m = j // (n_mod // 2)  # module j belongs to stream m
-                        heads[j] = self._choose_heads(trimmers[j](cls[m], cls[1 - m]), mode)
+                        logits = trimmers[j](cls[m], cls[1 - m])  # (B, H)
+                        if mode == "static":
+                            heads[j] = self._static_heads(logits, trim_index, j)
+                        else:
+                            heads[j] = self._choose_heads(logits, mode, noise)
                 if details:
                     token_masks.append(tuple(self._orig_mask(s) for s in streams))
                     head_masks.append([self._head_mask(h, b, xv) for h in heads])
@@ -251,10 +274,11 @@ class MeterModel(nn.Module):
 
     # ------------------------------------------------------------------ pieces
 
-    def _trim_tokens(self, s: _Stream, logits: Tensor, mode: str) -> None:
+    def _trim_tokens(self, s: _Stream, logits: Tensor, mode: str, noise) -> None:
         t = self.trim
-        gate = token_gate(logits, training=self.training and mode == "mask", tau=t.tau,
-                          threshold=t.token_threshold)  # (B, N)
+        training = self.training and mode == "mask"
+        gate = token_gate(logits, training=training, tau=t.tau, threshold=t.token_threshold,
+                          uniform=noise(logits.shape) if training and noise else None)  # (B, N)
         if mode == "mask":
             s.weight = s.weight * gate  # masks multiply: pruned stays pruned
             return
@@ -264,10 +288,29 @@ class MeterModel(nn.Module):
         s.pos = torch.gather(s.pos, 1, idx)  # (B, k)
         s.weight = alive.to(s.x.dtype)  # fillers: weight 0, pruned from here on
 
-    def _choose_heads(self, logits: Tensor, mode: str) -> HeadChoice:
+    def _static_tokens(self, s: _Stream, logits: Tensor, ratio: float) -> None:
+        k = static_count(s.n_orig, ratio)  # from the input length only
+        if k >= s.x.shape[1]:
+            return
+        idx, alive = select_static(s.weight > 0, logits, k)  # (B, k)
+        s.x = gather_tokens(s.x, idx)
+        s.pos = torch.gather(s.pos, 1, idx)
+        s.weight = alive.to(s.x.dtype)
+
+    def _static_heads(self, logits: Tensor, trim_index: int, module: int) -> HeadChoice | None:
+        counts = self.trim.static_head_keep
+        kh = self.config.num_heads if counts is None else int(counts[trim_index][module])
+        if kh >= self.config.num_heads:
+            return None
+        _, idx = torch.topk(logits, max(1, kh), dim=1)  # (B, kh)
+        idx, _ = torch.sort(idx, dim=1)
+        return HeadChoice(gate=torch.ones(idx.shape, dtype=logits.dtype, device=logits.device), idx=idx)
+
+    def _choose_heads(self, logits: Tensor, mode: str, noise) -> HeadChoice:
         t = self.trim
-        gate = head_gate(logits, training=self.training and mode == "mask", tau=t.tau,
-                         threshold=t.head_threshold)  # (B, H)
+        training = self.training and mode == "mask"
+        gate = head_gate(logits, training=training, tau=t.tau, threshold=t.head_threshold,
+                         uniform=noise(logits.shape) if training and noise else None)  # (B, H)
         if mode == "mask":
             return HeadChoice(gate=gate)
         idx, alive = select_topk_sorted(gate > 0, logits)  # (B, kh)

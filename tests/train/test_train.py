@@ -1,0 +1,198 @@
+"""Tiny-model training runs of a few steps on a small JSONL dataset."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import trimkit
+from trimkit.checkpoint import read_checkpoint
+from trimkit.factory import new_model
+from trimkit.train import SmartTrimObjective, TrainConfig, last_path, train
+from trimkit.train.loop import with_trim_config
+from trimkit.train.objective import kl_teacher_student
+from trimkit.trimmers import BatchNoise
+
+from ..conftest import make_inputs, randomize_trimmers
+
+
+@pytest.fixture
+def base_ckpt(jsonl_data, tmp_path):
+    path = tmp_path / "base.pt"
+    trimkit.save_checkpoint(new_model("tiny", str(jsonl_data), seed=0), path)
+    return path
+
+
+def cfg_for(jsonl_data, out, **kw):
+    base = dict(data=str(jsonl_data), out=str(out), steps=6, batch_size=16, eval_every=3, eval_samples=None)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_loss_falls_backbone(base_ckpt, jsonl_data, tmp_path):
+    cfg = cfg_for(jsonl_data, tmp_path / "b.pt", steps=40, no_trim=True, lr=2e-3, eval_every=40)
+    losses = []
+    model = trimkit.load_checkpoint(base_ckpt)
+    obj = SmartTrimObjective(model, cfg)
+    from trimkit.data import load_dataset
+
+    data = load_dataset(cfg.data, tokenizer=model.tokenizer, labels=model.labels, image_size=32, splits=("train",))
+    batch = data.train.batch(torch.arange(32))
+    opt = torch.optim.AdamW(model.backbone_parameters(), lr=2e-3)
+    model.train()
+    for _ in range(25):
+        parts = obj(*batch, target=1.0)
+        opt.zero_grad()
+        parts.loss.backward()
+        opt.step()
+        losses.append(parts.loss.item())
+    assert losses[-1] < 0.7 * losses[0] and sum(losses[-5:]) < sum(losses[:5])
+    # and the real loop writes both checkpoints, the best one carrying its metrics
+    result = train(base_ckpt, cfg, show_progress=False)
+    assert result.out.exists() and result.last.exists() and result.steps_done == 40
+    assert read_checkpoint(result.out)["meta"]["train"]["step"] == 40
+    assert "train_state" in read_checkpoint(result.last)
+
+
+def test_curriculum_schedule():
+    cfg = TrainConfig(target_ratio=0.4, warmup_frac=0.5)
+    assert cfg.target_at(0, 100) == 1.0
+    assert cfg.target_at(25, 100) == pytest.approx(0.7)
+    assert cfg.target_at(50, 100) == pytest.approx(0.4) and cfg.target_at(99, 100) == pytest.approx(0.4)
+    assert not cfg.curriculum_done(49, 100) and cfg.curriculum_done(50, 100)
+    flat = TrainConfig(target_ratio=0.4, no_curriculum=True)
+    assert flat.target_at(0, 100) == 0.4 and flat.curriculum_done(0, 100)
+
+
+def test_ratio_follows_the_curriculum(base_ckpt, jsonl_data, tmp_path):
+    cfg = cfg_for(jsonl_data, tmp_path / "t.pt", steps=60, eval_every=20, target_ratio=0.5, warmup_frac=0.5,
+                  trimmer_lr=2e-2, ratio_weight=20.0)
+    result = train(base_ckpt, cfg, show_progress=False)
+    targets = [h["target"] for h in result.history]
+    ratios = [h["val_ratio_mean"] for h in result.history]
+    assert targets == pytest.approx([1.0 - 0.5 * 19 / 30, 0.5, 0.5])  # target of the last step before each eval
+    assert ratios[0] > ratios[-1]  # cost comes down as the target does
+    assert abs(ratios[-1] - 0.5) < 0.15
+
+
+def _parts(model, cfg, batch, target=0.6):
+    torch.manual_seed(0)
+    model.train()
+    return SmartTrimObjective(model, cfg)(*batch, target=target, noise=BatchNoise(3, batch[0].shape[0]))
+
+
+def test_objective_terms_and_ablations(pruning_model):
+    pv, ids, mask = make_inputs(pruning_model, 6, 9)
+    batch = (pv, ids, mask, torch.arange(6) % 13)
+    cfg = TrainConfig(full_task_weight=0.7, distill_weight=1.3, ratio_weight=4.0)
+    p = _parts(pruning_model, cfg, batch)
+    assert p.kl > 0 and p.ce_full > 0 and p.ratio < 1
+    expected = p.ce + 0.7 * p.ce_full + 1.3 * p.kl + 4.0 * (p.ratio - 0.6) ** 2
+    torch.testing.assert_close(p.loss, expected)
+    # --no-distill drops exactly the KL term
+    nd = _parts(pruning_model, TrainConfig(full_task_weight=0.7, distill_weight=1.3, ratio_weight=4.0,
+                                           no_distill=True), batch)
+    torch.testing.assert_close(nd.loss, p.loss - 1.3 * p.kl)
+    assert nd.kl == 0
+    # --no-trim: plain cross-entropy of the untrimmed model
+    nt = _parts(pruning_model, TrainConfig(no_trim=True), batch)
+    with torch.no_grad():
+        off = pruning_model(pv, ids, mask, mode="off").logits
+    torch.testing.assert_close(nt.loss, torch.nn.functional.cross_entropy(off, batch[3]))
+    # the KL is teacher-detached: no gradient flows into the full pass through it
+    t = torch.randn(4, 5, requires_grad=True)
+    s = torch.randn(4, 5, requires_grad=True)
+    kl_teacher_student(t, s).backward()
+    assert t.grad is None and s.grad.abs().sum() > 0
+
+
+def test_no_curriculum_and_local_only_change_the_model(base_ckpt, jsonl_data, tmp_path):
+    from trimkit.train.loop import _prepare
+
+    stable, _, _ = _prepare(base_ckpt, cfg_for(jsonl_data, tmp_path / "a.pt"), False)
+    ablated, _, _ = _prepare(base_ckpt, cfg_for(jsonl_data, tmp_path / "a.pt", no_curriculum=True), False)
+    inputs = make_inputs(stable, 4, 8)
+    with torch.no_grad():
+        assert stable(*inputs, mode="prune").flops_ratio.min() == 1.0  # stable init keeps all
+        assert ablated(*inputs, mode="prune").flops_ratio.max() < 1.0  # random init prunes at step 0
+        assert not torch.equal(stable(*inputs, mode="prune").logits, ablated(*inputs, mode="prune").logits)
+    assert TrainConfig(no_curriculum=True, target_ratio=0.5).target_at(0, 10) == 0.5
+    local, _, _ = _prepare(base_ckpt, cfg_for(jsonl_data, tmp_path / "a.pt", local_only=True), False)
+    assert local.trim.local_only and not hasattr(local.token_trimmers[0][0], "cls_proj")
+    # local-only logits ignore the [CLS] tokens; the full trimmer's do not
+    randomize_trimmers(local)
+    tt = local.token_trimmers[0][0]
+    x = torch.randn(2, 5, 64)
+    assert torch.equal(tt(x, torch.randn(2, 64), torch.randn(2, 64)), tt(x, torch.randn(2, 64), torch.randn(2, 64)))
+    full = randomize_trimmers(with_trim_config(local, stable.trim)).token_trimmers[0][0]
+    assert not torch.equal(full(x, torch.randn(2, 64), torch.randn(2, 64)), full(x, torch.randn(2, 64), torch.randn(2, 64)))
+
+
+def test_resume_equals_uninterrupted(base_ckpt, jsonl_data, tmp_path):
+    cfg = cfg_for(jsonl_data, tmp_path / "full.pt", steps=8, eval_every=3)
+    whole = train(base_ckpt, cfg, show_progress=False)
+    cfg2 = cfg_for(jsonl_data, tmp_path / "part.pt", steps=8, eval_every=3)
+    half = train(base_ckpt, cfg2, show_progress=False, stop_at_step=5)
+    assert half.interrupted and half.steps_done == 5
+    resumed = train(half.last, TrainConfig(out=""), resume=True, show_progress=False)
+    assert resumed.steps_done == 8 and not resumed.interrupted
+    a = read_checkpoint(whole.last)
+    b = read_checkpoint(resumed.last)
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert a["train_state"]["history"] == b["train_state"]["history"]
+
+
+def test_refuses_to_overwrite_and_resume_without_state(base_ckpt, jsonl_data, tmp_path):
+    from trimkit.errors import BadInputError
+
+    cfg = cfg_for(jsonl_data, base_ckpt)
+    with pytest.raises(BadInputError, match="already exists"):
+        train(base_ckpt, cfg, show_progress=False)
+    with pytest.raises(BadInputError, match="no train state"):
+        train(base_ckpt, TrainConfig(out=str(tmp_path / "x.pt")), resume=True, show_progress=False)
+
+
+def _cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "trimkit.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_ctrl_c_leaves_a_usable_checkpoint(base_ckpt, jsonl_data, tmp_path):
+    out = tmp_path / "run.pt"
+    proc = _cli("train", str(base_ckpt), "--data", str(jsonl_data), "--out", str(out), "--steps", "100000",
+                "--batch-size", "16", "--eval-every", "2", "--eval-samples", "20", "--quiet")
+    last = last_path(out)
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert last.exists(), proc.communicate()[1]
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stdout
+    model = trimkit.load_checkpoint(last)  # loads, and carries what resume needs
+    state = read_checkpoint(last)["train_state"]
+    assert state["step"] >= 2 and model.config.num_labels == len(model.labels)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_two_process_ddp_equals_one_process(base_ckpt, jsonl_data, tmp_path):
+    common = ["train", str(base_ckpt), "--data", str(jsonl_data), "--steps", "4", "--batch-size", "16",
+              "--eval-every", "4", "--eval-samples", "20", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "trimkit.cli", *common, "--out", str(tmp_path / "one.pt")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "trimkit.cli", *common, "--out", str(tmp_path / "two.pt")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr
+    a = read_checkpoint(tmp_path / "one.last.pt")["state_dict"]
+    b = read_checkpoint(tmp_path / "two.last.pt")["state_dict"]
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst < 1e-5, worst
+    changed = max((a[k].float() - read_checkpoint(base_ckpt)["state_dict"][k].float()).abs().max().item() for k in a)
+    assert changed > 1e-4  # the runs did train

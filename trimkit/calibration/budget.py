@@ -1,0 +1,95 @@
+"""Budget calibration without retraining.
+
+Static part (used by `trimkit export --mode static` and by the adaptive-vs-static comparison):
+per-layer fixed keep ratios and head counts that reproduce a target mean FLOPs ratio, derived
+from the adaptive model's own average behaviour on a calibration set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from ..config import TrimConfig
+from ..data import VQASplit
+from ..models import MeterModel
+from ..train.evaluate import sample_indices
+
+__all__ = ["adaptive_profile", "static_trim_config", "match_static_budget", "measure"]
+
+
+@torch.no_grad()
+def adaptive_profile(model: MeterModel, split: VQASplit, *, samples: int | None = 1000, batch_size: int = 256,
+                     seed: int = 0) -> dict[str, Any]:
+    """Mean kept fraction per trimmed layer and modality (of the input length) and mean kept heads."""
+    model.eval()
+    idx = sample_indices(len(split), samples, seed)
+    frac_sum = None
+    head_sum: list[list[float]] | None = None
+    ratios = []
+    for start in range(0, idx.numel(), batch_size):
+        pv, ids, mask, _ = split.batch(idx[start: start + batch_size])
+        out = model(pv, ids, mask, mode="prune", details=True)
+        lengths = torch.stack([torch.full((pv.shape[0],), out.token_masks[0][0].shape[1], dtype=torch.float32),
+                               mask.sum(1).float()], dim=1)  # (B, 2) input lengths
+        frac = (out.keep_counts.float() / lengths[:, None, :]).sum(0)  # (T, 2)
+        frac_sum = frac if frac_sum is None else frac_sum + frac
+        hs = [[float(h.sum(1).sum()) for h in mods] for mods in out.head_masks]
+        head_sum = hs if head_sum is None else [[a + b for a, b in zip(x, y)] for x, y in zip(head_sum, hs)]
+        ratios.append(out.flops_ratio)
+    n = idx.numel()
+    return {"samples": n, "flops_ratio": float(torch.cat(ratios).mean()),
+            "token_frac": (frac_sum / n).tolist(), "heads": [[h / n for h in mods] for mods in head_sum]}
+
+
+def static_trim_config(model: MeterModel, profile: dict[str, Any], scale: float = 1.0) -> TrimConfig:
+    """Static keep ratios = scale x the adaptive mean fractions; head counts = rounded means (>= 1)."""
+    ratios = [[min(1.0, max(0.001, f * scale)) for f in layer] for layer in profile["token_frac"]]
+    h = model.config.num_heads
+    heads = [[int(min(h, max(1, round(x * min(1.0, scale) if scale < 1 else x)))) for x in mods]
+             for mods in profile["heads"]]
+    return dataclasses.replace(model.trim, static_keep_ratios=ratios, static_head_keep=heads)
+
+
+@torch.no_grad()
+def measure(model: MeterModel, split: VQASplit, mode: str, *, samples: int | None = 1000, batch_size: int = 256,
+            seed: int = 0) -> dict[str, float]:
+    """Accuracy and mean FLOPs ratio in one mode."""
+    model.eval()
+    idx = sample_indices(len(split), samples, seed)
+    correct, ratios = [], []
+    for start in range(0, idx.numel(), batch_size):
+        pv, ids, mask, y = split.batch(idx[start: start + batch_size])
+        out = model(pv, ids, mask, mode=mode)
+        correct.append(out.logits.argmax(-1) == y)
+        ratios.append(out.flops_ratio)
+    return {"accuracy": float(torch.cat(correct).float().mean()), "flops_ratio": float(torch.cat(ratios).mean())}
+
+
+def match_static_budget(model: MeterModel, split: VQASplit, target_ratio: float, *, samples: int | None = 1000,
+                        profile: dict[str, Any] | None = None, tol: float = 0.005, max_iter: int = 20,
+                        seed: int = 0) -> tuple[TrimConfig, dict[str, float]]:
+    """Static keep ratios whose measured mean FLOPs ratio on `split` is target_ratio (+- tol), by
+    bisection on a common scale of the adaptive model's per-layer fractions."""
+    profile = profile or adaptive_profile(model, split, samples=samples, seed=seed)
+    original = model.trim
+    lo, hi = 0.05, 4.0
+    best: tuple[TrimConfig, dict[str, float]] | None = None
+    try:
+        for _ in range(max_iter):
+            mid = (lo + hi) / 2
+            model.trim = static_trim_config(model, profile, mid)
+            m = measure(model, split, "static", samples=samples, seed=seed)
+            if best is None or abs(m["flops_ratio"] - target_ratio) < abs(best[1]["flops_ratio"] - target_ratio):
+                best = (model.trim, m)
+            if abs(m["flops_ratio"] - target_ratio) <= tol:
+                break
+            if m["flops_ratio"] > target_ratio:
+                hi = mid
+            else:
+                lo = mid
+    finally:
+        model.trim = original
+    return best

@@ -1,0 +1,86 @@
+"""The SmartTrim objective as one module (so DistributedDataParallel sees a single forward).
+
+loss = CE(f(x;P), y) + alpha CE(f(x;0), y) + lambda_SD KL(f(x;0) || f(x;P)) + lambda_R (ratio - target_t)^2
+
+f(x;0) is the same weights with the trimmers off (the self-distillation teacher, detached in
+the KL); `ratio` is the mean per-instance FLOPs ratio over the *global* batch (all-reduced with
+gradients under torchrun), so the ratio term only steers the average and leaves each instance
+free to spend more or less.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..models import MeterModel
+from .config import TrainConfig
+
+__all__ = ["SmartTrimObjective", "LossParts", "kl_teacher_student"]
+
+
+@dataclass
+class LossParts:
+    loss: Tensor
+    ce: Tensor
+    ce_full: Tensor
+    kl: Tensor
+    ratio_loss: Tensor
+    ratio: Tensor  # mean FLOPs ratio of the global batch
+    correct: Tensor  # number of correct predictions (trimmed) in this process's batch
+
+    def floats(self) -> dict[str, float]:
+        return {k: float(getattr(self, k).detach()) for k in ("loss", "ce", "ce_full", "kl", "ratio_loss", "ratio")}
+
+
+def kl_teacher_student(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
+    """KL(p_teacher || p_student), mean over the batch; the teacher is detached."""
+    t = F.log_softmax(teacher_logits.detach(), dim=-1)
+    s = F.log_softmax(student_logits, dim=-1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean")
+
+
+def _global_mean(x: Tensor) -> Tensor:
+    """Mean over every process's rows, differentiable (all_reduce with autograd under torchrun)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x.mean()
+    from torch.distributed.nn.functional import all_reduce
+
+    total = all_reduce(x.sum())
+    count = x.new_tensor(float(x.shape[0] * dist.get_world_size()))
+    return total / count
+
+
+class SmartTrimObjective(nn.Module):
+    def __init__(self, model: MeterModel, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+
+    def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, labels: Tensor,
+                target: float, noise=None) -> LossParts:
+        cfg = self.cfg
+        zero = pixel_values.new_zeros(())
+        if cfg.no_trim:
+            out = self.model(pixel_values, input_ids, attention_mask, mode="off")
+            ce = F.cross_entropy(out.logits, labels)
+            return LossParts(ce, ce, zero, zero, zero, zero + 1.0, (out.logits.argmax(-1) == labels).sum())
+        out = self.model(pixel_values, input_ids, attention_mask, mode="mask", noise=noise)
+        ce = F.cross_entropy(out.logits, labels)
+        need_full = cfg.full_task_weight > 0 or cfg.distill > 0
+        ce_full = kl = zero
+        if need_full:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.full_task_weight > 0):
+                full = self.model(pixel_values, input_ids, attention_mask, mode="off")
+            ce_full = F.cross_entropy(full.logits, labels)
+            if cfg.distill > 0:
+                kl = kl_teacher_student(full.logits, out.logits)
+        ratio = _global_mean(out.flops_ratio)
+        ratio_loss = (ratio - target) ** 2
+        loss = ce + cfg.full_task_weight * ce_full + cfg.distill * kl + cfg.ratio_weight * ratio_loss
+        return LossParts(loss, ce, ce_full, kl, ratio_loss, ratio.detach(), (out.logits.argmax(-1) == labels).sum())
