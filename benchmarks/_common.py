@@ -1,0 +1,47 @@
+"""Helpers shared by the benchmark scripts: run a trimkit command once, keep results as JSON + Markdown."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def trimkit_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "trimkit.cli", *map(str, args)]
+
+
+def run_stage(name: str, args: list[str], output: Path, log: Path, record: dict) -> None:
+    """Run `trimkit ARGS` unless `output` exists; record the command and its duration."""
+    cmd = trimkit_cmd(*args)
+    shown = "trimkit " + " ".join(shlex.quote(str(a).replace(f"{ROOT}/", "")) for a in args)
+    record.setdefault("commands", {})[name] = shown
+    if output.exists():
+        print(f"[skip] {name}: {output} exists", flush=True)
+        return
+    print(f"[run ] {name}: {shown}", flush=True)
+    t0 = time.perf_counter()
+    with open(log, "a") as f:
+        f.write(f"\n$ {shown}\n")
+        f.flush()
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed (exit {proc.returncode}); see {log}")
+    record.setdefault("seconds", {})[name] = round(time.perf_counter() - t0, 1)
+
+
+def save_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
