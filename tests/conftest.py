@@ -5,24 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from trimkit.export.inputs import sample_inputs
 from trimkit.factory import new_model
 from trimkit.models import MeterModel
 
 
 def make_inputs(model: MeterModel, batch: int, text_len: int, *, seed: int = 0, ragged: bool = True):
     """Random pixels, random word ids with [CLS] first, and (if ragged) padded rows."""
-    g = torch.Generator().manual_seed(seed)
-    c = model.config
-    pv = torch.randn(batch, c.num_channels, c.image_size, c.image_size, generator=g)
-    ids = torch.randint(3, c.vocab_size, (batch, text_len), generator=g)
-    ids[:, 0] = 2  # [CLS]
-    mask = torch.ones(batch, text_len, dtype=torch.int64)
-    if ragged and text_len > 2:
-        lengths = torch.randint(2, text_len + 1, (batch,), generator=g)
-        for i, n in enumerate(lengths.tolist()):
-            mask[i, n:] = 0
-            ids[i, n:] = 0
-    return pv, ids, mask
+    return sample_inputs(model.config, batch, text_len, seed=seed, ragged=ragged)
 
 
 def randomize_trimmers(model: MeterModel, *, seed: int = 0, std: float = 0.5) -> MeterModel:
@@ -62,3 +52,48 @@ def jsonl_data(tmp_path_factory):
     path = root / "data.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _gpu_ready() -> str | None:
+    """None when TensorRT and an NVIDIA GPU are usable, else the reason to skip."""
+    from trimkit.errors import MissingDependencyError
+    from trimkit.export.trt import check_trt_ready
+
+    try:
+        check_trt_ready()
+    except MissingDependencyError as e:
+        return f"needs TensorRT and an NVIDIA GPU: {e}"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [i for i in items if "gpu" in i.keywords]
+    if not gpu_items:
+        return
+    reason = _gpu_ready()
+    if reason:
+        for item in gpu_items:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """A tiny pruning checkpoint and its adaptive, full and static ONNX exports (made once)."""
+    import dataclasses
+
+    from trimkit import save_checkpoint
+    from trimkit.export.onnx import to_onnx
+
+    root = tmp_path_factory.mktemp("export")
+    model = randomize_trimmers(new_model("tiny", "easyvqa", seed=4), seed=4)
+    n = len(model.token_trimmers)
+    model.trim = dataclasses.replace(model.trim, static_keep_ratios=[[0.6, 0.8], [0.4, 0.7]][:n],
+                                     static_head_keep=[[3, 2], [2, 3, 1, 4]][:n])
+    ckpt = root / "model.pt"
+    save_checkpoint(model, ckpt)
+    paths = {"ckpt": ckpt}
+    for mode in ("adaptive", "full", "static"):
+        res = to_onnx(ckpt, root / f"{mode}.onnx", mode=mode)
+        assert res.check["passed"]
+        paths[mode] = res.path
+    return paths

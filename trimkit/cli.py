@@ -30,6 +30,27 @@ app = typer.Typer(
 )
 
 
+class ExportFormat(str, enum.Enum):
+    onnx = "onnx"
+    trt = "trt"
+
+
+class ExportMode(str, enum.Enum):
+    adaptive = "adaptive"
+    static = "static"
+    full = "full"
+
+
+class Precision(str, enum.Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+
+
+class HeadImpl(str, enum.Enum):
+    gather = "gather"
+    mask = "mask"
+
+
 class Preset(str, enum.Enum):
     tiny = "tiny"
     small = "small"
@@ -179,6 +200,56 @@ def eval_cmd(
         from .fileio import atomic_write
 
         atomic_write(json_out, lambda tmp: tmp.write_text(json.dumps(report, indent=2)), force=True)
+
+
+@app.command()
+def export(
+    source: Annotated[Path, typer.Argument(help="A checkpoint (or, for --format trt, a trimkit .onnx file).")],
+    out: OutOpt,
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="onnx or trt (TensorRT engine + manifest).")] = ExportFormat.onnx,
+    mode: Annotated[ExportMode, typer.Option("--mode", help="adaptive (data-dependent k), static (calibrated k) or full.")] = ExportMode.adaptive,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 18,
+    precision: Annotated[Precision, typer.Option("--precision", help="fp16: an fp16 graph with fp32 inputs/outputs.")] = Precision.fp32,
+    keep_ratios: Annotated[str | None, typer.Option("--keep-ratios", help="static mode: 'v,t;v,t;...' per trimmed layer (default: calibrated).")] = None,
+    heads: Annotated[HeadImpl, typer.Option("--heads", help="Head pruning: gather kept heads' weights, or mask.")] = HeadImpl.gather,
+    ort_optimize: Annotated[bool, typer.Option("--ort-optimize", help="Write an ONNX Runtime-optimized graph (CPU).")] = False,
+    profile: Annotated[list[str] | None, typer.Option("--profile", help="trt: NAME=min:opt:max (batch, text); forms one profile.")] = None,
+    profile_set: Annotated[list[str] | None, typer.Option("--profile-set", help="trt: one more profile, 'batch=1:1:1,text=2:8:16'.")] = None,
+    timing_cache: Annotated[Path | None, typer.Option("--timing-cache", help="trt: timing cache file, reused and updated.")] = None,
+    onnx_out: Annotated[Path | None, typer.Option("--onnx-out", help="trt: keep the intermediate ONNX here.")] = None,
+    workspace: Annotated[float, typer.Option("--workspace", help="trt: builder workspace, GiB.")] = 4.0,
+    force: ForceOpt = False,
+) -> None:
+    """Export the model with its adaptive pruning: ONNX (TopK/Gather, dynamic batch and text length) or TensorRT."""
+    console = _console()
+
+    def log(msg: str) -> None:
+        console.print(msg)
+
+    if fmt is ExportFormat.onnx:
+        from .export.onnx import to_onnx
+
+        if profile or profile_set or timing_cache or onnx_out:
+            raise typer.BadParameter("--profile/--profile-set/--timing-cache/--onnx-out go with --format trt")
+        res = to_onnx(source, out, mode=mode.value, opset=opset, precision=precision.value, keep_ratios=keep_ratios,
+                      head_impl=heads.value, ort_optimize=ort_optimize, force=force, log=log)
+        typer.echo(f"wrote {res.path} ({res.size_bytes / 2**20:.1f} MiB, {res.mode}, opset {res.opset}, "
+                   f"{res.precision}), sha256 {res.sha256[:16]}…")
+        return
+    from .export.profiles import parse_profiles
+    from .export.trt import export_engine, onnx_model_config
+
+    if source.suffix == ".onnx":
+        config, _ = onnx_model_config(source)
+    else:
+        from .checkpoint import model_from_checkpoint, read_checkpoint
+
+        config = model_from_checkpoint(read_checkpoint(source), source).config
+    profiles = parse_profiles(profile, profile_set, config)
+    res = export_engine(source, out, profiles=profiles, mode=mode.value, precision=precision.value, opset=opset,
+                        keep_ratios=keep_ratios, head_impl=heads.value, onnx_out=onnx_out, timing_cache=timing_cache,
+                        workspace_gib=workspace, force=force, log=log)
+    typer.echo(f"wrote {res.path} and {res.manifest} (TensorRT {res.tensorrt_version}, {res.seconds:.1f} s)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,7 +121,7 @@ def select_topk_sorted(keep: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
 def static_count(n: int, ratio: float) -> int:
     """k = ceil(ratio * n) in integer arithmetic (per-mille), clamped to [1, n]; shape-only for export."""
     milli = int(round(ratio * 1000))
-    return max(1, min(n, (milli * n + 999) // 1000))
+    return torch.sym_max(1, torch.sym_min(n, (milli * n + 999) // 1000))  # symbolic in n under torch.export
 
 
 def select_static(keep: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -89,22 +89,26 @@ class Attention(nn.Module):
         return q, kv[0], kv[1]
 
     def _project_gathered(self, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Only the kept heads' slices of W_q, W_k, W_v are gathered and multiplied."""
+        """Only the kept heads' slices of W_q, W_k, W_v are gathered and multiplied (batched matmuls)."""
         h, dh, d = self.num_heads, self.head_dim, x.shape[-1]
-        wq = self.q_proj.weight.view(h, dh, d)[idx]  # (B, kh, dh, D)
-        bq = self.q_proj.bias.view(h, dh)[idx]  # (B, kh, dh)
+        b, kh = idx.shape
+        wq = self.q_proj.weight.view(h, dh, d)[idx].reshape(b, kh * dh, d)  # (B, kh*dh, D)
+        bq = self.q_proj.bias.view(h, dh)[idx].reshape(b, 1, kh * dh)  # (B, 1, kh*dh)
         wkv = self.kv_proj.weight.view(2, h, dh, d)[:, idx]  # (2, B, kh, dh, D)
         bkv = self.kv_proj.bias.view(2, h, dh)[:, idx]  # (2, B, kh, dh)
-        q = torch.einsum("bnd,bhed->bhne", x, wq) + bq.unsqueeze(2)  # (B, kh, Nq, dh)
-        k = torch.einsum("bnd,bhed->bhne", y, wkv[0]) + bkv[0].unsqueeze(2)  # (B, kh, Nk, dh)
-        v = torch.einsum("bnd,bhed->bhne", y, wkv[1]) + bkv[1].unsqueeze(2)  # (B, kh, Nk, dh)
-        return q, k, v
+        wkv = wkv.permute(1, 0, 2, 3, 4).reshape(b, 2 * kh * dh, d)  # (B, 2*kh*dh, D)
+        bkv = bkv.permute(1, 0, 2, 3).reshape(b, 1, 2 * kh * dh)  # (B, 1, 2*kh*dh)
+        q = (x @ wq.transpose(1, 2) + bq).view(b, -1, kh, dh).transpose(1, 2)  # (B, kh, Nq, dh)
+        kv = (y @ wkv.transpose(1, 2) + bkv).view(b, -1, 2, kh, dh).permute(2, 0, 3, 1, 4)  # (2, B, kh, Nk, dh)
+        return q, kv[0], kv[1]
 
     def _out_gathered(self, ctx: Tensor, idx: Tensor) -> Tensor:
         h, dh = self.num_heads, self.head_dim
         d = self.out_proj.weight.shape[0]
-        wo = self.out_proj.weight.view(d, h, dh).permute(1, 2, 0)[idx]  # (B, kh, dh, D)
-        return torch.einsum("bhne,bhed->bnd", ctx, wo) + self.out_proj.bias  # (B, Nq, D)
+        b, kh = idx.shape
+        wo = self.out_proj.weight.view(d, h, dh).permute(1, 2, 0)[idx].reshape(b, kh * dh, d)  # (B, kh*dh, D)
+        merged = ctx.transpose(1, 2).reshape(b, -1, kh * dh)  # (B, Nq, kh*dh)
+        return merged @ wo + self.out_proj.bias  # (B, Nq, D)
 
 
 class Mlp(nn.Module):

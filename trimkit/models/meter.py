@@ -131,6 +131,9 @@ class MeterModel(nn.Module):
             n_mod = 2 if depth < c.encoder_layers else 4
             self.head_trimmers.append(nn.ModuleList(
                 [HeadTrimmer(d, c.num_heads, init_keep_logit=t.init_keep_logit) for _ in range(n_mod)]))
+        # How `prune` mode drops heads: "gather" the kept heads' weight slices per sample (saves the
+        # work), or "mask" them (dense projections, pruned heads zeroed); an export-time choice.
+        self.head_impl = "gather"
         self._init_weights()
 
     # ------------------------------------------------------------------ init
@@ -289,9 +292,7 @@ class MeterModel(nn.Module):
         s.weight = alive.to(s.x.dtype)  # fillers: weight 0, pruned from here on
 
     def _static_tokens(self, s: _Stream, logits: Tensor, ratio: float) -> None:
-        k = static_count(s.n_orig, ratio)  # from the input length only
-        if k >= s.x.shape[1]:
-            return
+        k = torch.sym_min(static_count(s.n_orig, ratio), s.x.shape[1])  # from input shapes only
         idx, alive = select_static(s.weight > 0, logits, k)  # (B, k)
         s.x = gather_tokens(s.x, idx)
         s.pos = torch.gather(s.pos, 1, idx)
@@ -311,7 +312,7 @@ class MeterModel(nn.Module):
         training = self.training and mode == "mask"
         gate = head_gate(logits, training=training, tau=t.tau, threshold=t.head_threshold,
                          uniform=noise(logits.shape) if training and noise else None)  # (B, H)
-        if mode == "mask":
+        if mode == "mask" or self.head_impl == "mask":
             return HeadChoice(gate=gate)
         idx, alive = select_topk_sorted(gate > 0, logits)  # (B, kh)
         return HeadChoice(gate=alive.to(logits.dtype), idx=idx)

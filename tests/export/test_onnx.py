@@ -1,0 +1,135 @@
+"""The ONNX contract (DESIGN.md §3) on tiny exports, checked with ONNX Runtime at shapes never traced."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import trimkit
+from trimkit.cli import main
+from trimkit.errors import BadInputError, CheckFailedError
+from trimkit.export.inputs import sample_inputs
+from trimkit.export.onnx import TRIM_MODE_OF, ort_session, parse_keep_ratios, to_onnx
+
+
+def ops(path):
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def run_ort(sess, pv, ids, mask):
+    return sess.run(["logits", "keep_counts"], {"pixel_values": pv.numpy(), "input_ids": ids.numpy(),
+                                                "attention_mask": mask.numpy()})
+
+
+def test_contract(exported):
+    m = onnx.load(str(exported["adaptive"]))
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in [*m.graph.input, *m.graph.output]}
+    types = {v.name: v.type.tensor_type.elem_type for v in [*m.graph.input, *m.graph.output]}
+    assert [i.name for i in m.graph.input] == ["pixel_values", "input_ids", "attention_mask"]
+    assert [o.name for o in m.graph.output] == ["logits", "keep_counts"]
+    assert dims["pixel_values"] == ["batch", 3, 32, 32] and dims["input_ids"] == ["batch", "text_len"]
+    assert dims["logits"] == ["batch", 13] and dims["keep_counts"] == ["batch", 2, 2]
+    assert types["pixel_values"] == onnx.TensorProto.FLOAT and types["input_ids"] == onnx.TensorProto.INT64
+    assert types["attention_mask"] == onnx.TensorProto.INT64 and types["keep_counts"] == onnx.TensorProto.INT64
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert meta["trimkit_version"] == trimkit.__version__ and meta["trimkit_mode"] == "adaptive"
+    assert json.loads(meta["labels"])[0] == "circle"
+    assert json.loads(meta["trimkit_config"])["model_config"]["hidden_size"] == 64
+    assert json.loads(meta["trimkit_tokenizer"])["vocab"][:3] == ["[PAD]", "[UNK]", "[CLS]"]
+    assert not [f for f in exported["adaptive"].parent.iterdir() if f.suffix == ".data"]  # one file
+
+
+def test_topk_and_gather_in_adaptive_not_in_full(exported):
+    adaptive, full = ops(exported["adaptive"]), ops(exported["full"])
+    assert {"TopK", "GatherElements"} <= adaptive
+    assert not {"TopK", "GatherElements", "GatherND"} & full
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "full", "static"])
+def test_unseen_shapes_match_pytorch(exported, mode):
+    model = trimkit.load_checkpoint(exported["ckpt"])
+    sess = ort_session(exported[mode])
+    for seed, (b, n) in enumerate([(1, 3), (2, 16), (5, 9), (7, 2), (4, 13)]):
+        pv, ids, mask = sample_inputs(model.config, b, n, seed=100 + seed)
+        logits, counts = run_ort(sess, pv, ids, mask)
+        with torch.no_grad():
+            ref = model(pv, ids, mask, mode=TRIM_MODE_OF[mode])
+        np.testing.assert_allclose(logits, ref.logits.numpy(), atol=1e-4, rtol=1e-3)
+        np.testing.assert_array_equal(counts, ref.keep_counts.numpy())
+        if mode == "adaptive" and b > 1:
+            assert counts[:, -1, 0].min() < 17  # pruning happened on these inputs
+
+
+def test_static_counts_depend_on_shape_only(exported):
+    sess = ort_session(exported["static"])
+    model = trimkit.load_checkpoint(exported["ckpt"])
+    seen = set()
+    for seed in range(4):
+        pv, ids, mask = sample_inputs(model.config, 3, 8, seed=seed, ragged=False)
+        _, counts = run_ort(sess, pv * (seed + 1), ids, mask)
+        seen.add(counts.tobytes())
+    assert len(seen) == 1
+
+
+_SESS = {}
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), batch=st.integers(2, 6), text_len=st.integers(3, 16))
+def test_batch_invariance_in_onnx_runtime(exported, seed, batch, text_len):
+    sess = _SESS.setdefault("s", ort_session(exported["adaptive"]))
+    config = trimkit.load_checkpoint(exported["ckpt"]).config if "c" not in _SESS else _SESS["c"]
+    _SESS["c"] = config
+    pv, ids, mask = sample_inputs(config, batch, text_len, seed=seed)
+    logits, counts = run_ort(sess, pv, ids, mask)
+    for i in range(batch):
+        n = int(mask[i].sum())
+        one_logits, one_counts = run_ort(sess, pv[i:i + 1], ids[i:i + 1, :n], mask[i:i + 1, :n])
+        np.testing.assert_allclose(logits[i:i + 1], one_logits, atol=2e-5, rtol=1e-4)
+        np.testing.assert_array_equal(counts[i:i + 1], one_counts)
+
+
+def test_failed_check_leaves_no_file(exported, tmp_path, monkeypatch):
+    import trimkit.export.onnx as mod
+
+    def failing(*a, **k):
+        return {"passed": False, "tolerance": {"atol": 0}, "shapes": [
+            {"batch": 1, "text_len": 4, "max_abs_err": 1.0, "logits_close": False, "keep_counts_equal": True}]}
+
+    monkeypatch.setattr(mod, "check_onnx", failing)
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(CheckFailedError, match="does not match PyTorch"):
+        to_onnx(exported["ckpt"], out, mode="full")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refusals(exported, tmp_path):
+    with pytest.raises(BadInputError, match="already exists"):
+        to_onnx(exported["ckpt"], exported["full"], mode="full")
+    with pytest.raises(BadInputError, match="keep ratios"):
+        model = trimkit.load_checkpoint(exported["ckpt"])
+        import dataclasses
+        model.trim = dataclasses.replace(model.trim, static_keep_ratios=None)
+        to_onnx(model, tmp_path / "s.onnx", mode="static")
+    assert parse_keep_ratios("0.5,0.7", 2) == [[0.5, 0.7], [0.5, 0.7]]
+    with pytest.raises(BadInputError):
+        parse_keep_ratios("0.5,0.7;0.1", 2)
+    with pytest.raises(BadInputError):
+        parse_keep_ratios("1.5,0.7", 1)
+
+
+def test_cli_export_ort_optimized_and_inspect(exported, tmp_path, capsys):
+    out = tmp_path / "opt.onnx"
+    assert main(["export", str(exported["ckpt"]), "--format", "onnx", "--mode", "full", "--ort-optimize",
+                 "--out", str(out)]) == 0
+    assert out.exists()
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert "ort_optimized" in json.loads(meta["trimkit_config"])
+    assert main(["inspect", str(out)]) == 0
+    assert "trimkit_mode" in capsys.readouterr().out
+    assert main(["export", str(exported["ckpt"]), "--out", str(out)]) == 2  # exists, no --force

@@ -1,0 +1,50 @@
+import pytest
+
+from trimkit.config import preset_config
+from trimkit.errors import BadInputError
+from trimkit.export.profiles import TOPK_MAX_K, Profile, max_topk_k, parse_profiles
+
+
+@pytest.fixture
+def config():
+    return preset_config("tiny", vocab_size=30, num_labels=13)
+
+
+def test_parse_one_and_several_profiles(config):
+    (p,) = parse_profiles(["batch=1:4:16", "text=2:8:16"], None, config)
+    assert p == Profile(batch=(1, 4, 16), text=(2, 8, 16))
+    ps = parse_profiles(["batch=1:4:16"], ["batch=1:1:1,text_len=2:4:8", "text=16"], config)
+    assert len(ps) == 3
+    assert ps[0].text == (2, 16, 16)  # default text axis: 2:max:max
+    assert ps[1] == Profile(batch=(1, 1, 1), text=(2, 4, 8))
+    assert ps[2] == Profile(batch=(1, 1, 1), text=(16, 16, 16))
+    shapes = ps[1].input_shapes(config)
+    assert shapes["pixel_values"] == ((1, 3, 32, 32),) * 3
+    assert shapes["input_ids"] == ((1, 2), (1, 4), (1, 8))
+    assert ps[0].contains(16, 2) and not ps[0].contains(17, 2)
+    assert parse_profiles(None, None, config) == [Profile(batch=(1, 1, 1), text=(2, 16, 16))]
+
+
+@pytest.mark.parametrize("items,message", [
+    (["batch=4:2:8"], "min <= opt <= max"),
+    (["text=2:8:17"], "exceeds the model's max_text_len"),
+    (["text=1:2:3"], "text length must be >= 2"),
+    (["batch=0:1:2"], "batch must lie"),
+    (["pixels=1:1:1"], "unknown axis"),
+    (["batch=a:b:c"], "integers"),
+    (["batch"], "NAME=min:opt:max"),
+    (["batch=1:2"], "min:opt:max"),
+    (["batch=1:1:1", "batch=2:2:2"], "given twice"),
+])
+def test_profile_errors(config, items, message):
+    with pytest.raises(BadInputError, match=message):
+        parse_profiles(items, None, config)
+
+
+def test_topk_limit():
+    big = preset_config("tiny", image_size=1024, patch_size=16)  # 4097 vision tokens
+    assert max_topk_k([Profile((1, 1, 1), (2, 8, 16))], big) == 4097 > TOPK_MAX_K
+    with pytest.raises(BadInputError, match="3840"):
+        parse_profiles(None, None, big)
+    ok = preset_config("tiny", image_size=960, patch_size=16)  # 3601 tokens
+    assert parse_profiles(None, None, ok)

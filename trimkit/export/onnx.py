@@ -1,0 +1,267 @@
+"""ONNX export with the adaptive pruning alive (DESIGN.md §3).
+
+`adaptive`: trimmer scores -> per-sample keep counts -> k = batch max -> TopK(k) -> sort -> Gather,
+for tokens and heads (the model's `prune` path, traced by torch.export with a data-dependent k);
+`static`: calibrated per-layer keep ratios, k from input shapes only; `full`: no pruning.
+
+Every export is checked before it is kept: onnx.checker (full check), then ONNX Runtime against
+PyTorch on batch 1 and 3 at two text lengths. A failed check leaves no file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import io
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import __version__
+from ..checkpoint import load_checkpoint
+from ..errors import BadInputError, CheckFailedError
+from ..fileio import atomic_path, check_writable, sha256_file
+from ..models import MeterModel
+from . import EXPORT_MODES
+from .inputs import sample_inputs
+
+__all__ = ["to_onnx", "OnnxExport", "ExportWrapper", "check_onnx", "TRIM_MODE_OF", "parse_keep_ratios",
+           "INPUT_NAMES", "OUTPUT_NAMES", "onnx_metadata", "ort_session"]
+
+TRIM_MODE_OF = {"adaptive": "prune", "static": "static", "full": "off"}
+INPUT_NAMES = ["pixel_values", "input_ids", "attention_mask"]
+OUTPUT_NAMES = ["logits", "keep_counts"]
+MAX_PROTO_BYTES = 2**31 - 1  # one file, no external data
+TOLERANCE = {"fp32": dict(atol=1e-4, rtol=1e-3), "fp16": dict(atol=5e-2, rtol=5e-2)}
+
+
+class ExportWrapper(nn.Module):
+    """(pixel_values, input_ids, attention_mask) -> (logits float32, keep_counts int64) in one trim mode."""
+
+    def __init__(self, model: MeterModel, trim_mode: str, *, fp16: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.trim_mode = trim_mode
+        self.fp16 = fp16
+
+    def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        if self.fp16:
+            pixel_values = pixel_values.to(torch.float16)  # fp32 in, fp16 inside
+        out = self.model(pixel_values, input_ids, attention_mask, mode=self.trim_mode)
+        return out.logits.to(torch.float32), out.keep_counts
+
+
+@dataclass
+class OnnxExport:
+    path: Path
+    mode: str
+    opset: int
+    precision: str
+    seconds: dict[str, float]
+    size_bytes: int
+    sha256: str
+    check: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_keep_ratios(text: str, n_layers: int) -> list[list[float]]:
+    """'0.5,0.8;0.3,0.7' (vision,text per trimmed layer) or one 'v,t' pair for every layer."""
+    try:
+        layers = [[float(x) for x in part.split(",")] for part in text.split(";") if part.strip()]
+    except ValueError:
+        raise BadInputError(f"--keep-ratios {text!r}: expected numbers like 0.5,0.8;0.3,0.7") from None
+    if len(layers) == 1:
+        layers = layers * n_layers
+    if len(layers) != n_layers or any(len(x) != 2 for x in layers):
+        raise BadInputError(f"--keep-ratios needs {n_layers} 'vision,text' pairs separated by ';' (or one pair)")
+    if any(not 0.0 < r <= 1.0 for x in layers for r in x):
+        raise BadInputError("--keep-ratios must be in (0, 1]")
+    return layers
+
+
+def onnx_metadata(model: MeterModel, mode: str, precision: str, extra: dict | None = None) -> dict[str, str]:
+    cfg = {"model_config": model.config.to_dict(), "trim_config": model.trim.to_dict(), "mode": mode,
+           "trim_mode": TRIM_MODE_OF[mode], "precision": precision, "head_impl": model.head_impl,
+           "dynamic_axes": {"batch": "all inputs/outputs", "text_len": "input_ids, attention_mask"},
+           "image_size": model.config.image_size, **(extra or {})}
+    meta = {"trimkit_version": __version__, "trimkit_mode": mode, "trimkit_config": json.dumps(cfg),
+            "labels": json.dumps(list(model.labels or []))}
+    if getattr(model, "tokenizer", None) is not None:
+        meta["trimkit_tokenizer"] = json.dumps(model.tokenizer.to_dict())
+    return meta
+
+
+def _prepare_model(source: str | os.PathLike | MeterModel, mode: str, keep_ratios, head_impl: str,
+                   precision: str) -> MeterModel:
+    if mode not in EXPORT_MODES:
+        raise BadInputError(f"unknown export mode {mode!r}; choose {', '.join(EXPORT_MODES)}")
+    if precision not in TOLERANCE:
+        raise BadInputError(f"unknown precision {precision!r}; choose fp32 or fp16")
+    if head_impl not in ("gather", "mask"):
+        raise BadInputError(f"unknown head pruning {head_impl!r}; choose gather or mask")
+    model = load_checkpoint(source) if not isinstance(source, nn.Module) else source
+    model = copy.deepcopy(model).eval()
+    for attr in ("labels", "tokenizer", "meta"):
+        setattr(model, attr, getattr(source, attr, getattr(model, attr, None)))
+    model.head_impl = head_impl
+    if mode == "static":
+        n = len(model.token_trimmers)
+        if keep_ratios is not None:
+            ratios = parse_keep_ratios(keep_ratios, n) if isinstance(keep_ratios, str) else keep_ratios
+            model.trim = dataclasses.replace(model.trim, static_keep_ratios=ratios)
+        if not model.trim.static_keep_ratios:
+            raise BadInputError("static export needs keep ratios: run `trimkit calibrate budget` or pass --keep-ratios")
+    return model
+
+
+def _export_proto(model: MeterModel, mode: str, opset: int, precision: str):
+    """torch.export -> ONNX ModelProto (in memory) with dynamic batch and text_len."""
+    from torch.export import Dim
+
+    wrapper = ExportWrapper(model, TRIM_MODE_OF[mode], fp16=precision == "fp16").eval()
+    if precision == "fp16":
+        wrapper = wrapper.half()
+    c = model.config
+    example = sample_inputs(c, 2, min(c.max_text_len, 6), ragged=False)
+    batch = Dim("batch", min=1, max=4096)
+    text = Dim("text_len", min=2, max=c.max_text_len)
+    shapes = {"pixel_values": {0: batch}, "input_ids": {0: batch, 1: text}, "attention_mask": {0: batch, 1: text}}
+    quiet = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet), \
+            _quiet_logs(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(wrapper, example, dynamo=True, dynamic_shapes=shapes,
+                                        input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+                                        opset_version=opset, verbose=False)
+        except Exception as e:  # the exporter's failures are long; keep the first line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckFailedError(f"torch.onnx.export failed ({mode}, opset {opset}): {first}") from e
+    return program.model_proto
+
+
+@contextlib.contextmanager
+def _quiet_logs():
+    names = ["torch.onnx", "torch.export", "torch._export", "torch.fx", "onnxscript", "torch._dynamo"]
+    old = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for n, lvl in old.items():
+            logging.getLogger(n).setLevel(lvl)
+
+
+def ort_session(path: str | os.PathLike, *, threads: int | None = None, providers: list[str] | None = None,
+                optimized_out: str | None = None, level: str = "all"):
+    """An ONNX Runtime session (lazy import; clear error when onnxruntime is missing)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        from ..errors import MissingDependencyError
+
+        raise MissingDependencyError("onnxruntime is not installed: pip install onnxruntime") from None
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    if optimized_out:
+        so.optimized_model_filepath = str(optimized_out)
+    return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def check_onnx(model: MeterModel, path: str | os.PathLike, mode: str, *, precision: str = "fp32",
+               shapes: list[tuple[int, int]] | None = None, seed: int = 0) -> dict[str, Any]:
+    """ONNX Runtime vs PyTorch on random inputs: max |logits| error and keep_counts equality per shape."""
+    c = model.config
+    short = min(c.max_text_len, max(2, c.max_text_len // 3))
+    shapes = shapes or [(1, short), (3, short), (1, c.max_text_len), (3, c.max_text_len)]
+    tol = TOLERANCE[precision]
+    sess = ort_session(path)
+    rows, ok = [], True
+    for i, (b, n) in enumerate(shapes):
+        pv, ids, mask = sample_inputs(c, b, n, seed=seed + i)
+        ref = model(pv, ids, mask, mode=TRIM_MODE_OF[mode])
+        logits, counts = sess.run(OUTPUT_NAMES, {"pixel_values": pv.numpy(), "input_ids": ids.numpy(),
+                                                 "attention_mask": mask.numpy()})
+        got = torch.from_numpy(logits)
+        err = float((got - ref.logits).abs().max())
+        close = bool(torch.allclose(got, ref.logits, **tol))
+        same = bool((torch.from_numpy(counts) == ref.keep_counts).all())
+        ok &= close and same
+        rows.append({"batch": b, "text_len": n, "max_abs_err": err, "logits_close": close, "keep_counts_equal": same})
+    return {"passed": ok, "tolerance": tol, "shapes": rows}
+
+
+def to_onnx(source: str | os.PathLike | MeterModel, out: str | os.PathLike, *, mode: str = "adaptive",
+            opset: int = 18, precision: str = "fp32", keep_ratios: str | list | None = None,
+            head_impl: str = "gather", ort_optimize: bool = False, force: bool = False,
+            check: bool = True, log=None) -> OnnxExport:
+    """Export a checkpoint (or model) to one ONNX file; checked, atomic, never overwriting without force."""
+    say = log or (lambda msg: None)
+    out = check_writable(out, force=force)
+    t = {}
+    t0 = time.perf_counter()
+    model = _prepare_model(source, mode, keep_ratios, head_impl, precision)
+    proto = _export_proto(model, mode, opset, precision)
+    t["export"] = time.perf_counter() - t0
+    say(f"exported {mode} graph in {t['export']:.1f} s")
+    import onnx
+
+    del proto.metadata_props[:]
+    for k, v in onnx_metadata(model, mode, precision).items():
+        proto.metadata_props.add(key=k, value=v)
+    if proto.ByteSize() > MAX_PROTO_BYTES:
+        raise BadInputError(f"the {mode} graph is {proto.ByteSize() / 2**30:.1f} GiB: above the 2 GB single-file limit")
+    report: dict[str, Any] = {}
+    with atomic_path(out, force=force) as tmp:
+        onnx.save(proto, str(tmp))
+        t1 = time.perf_counter()
+        onnx.checker.check_model(str(tmp), full_check=True)
+        t["checker"] = time.perf_counter() - t1
+        if ort_optimize:
+            t1 = time.perf_counter()
+            optimized = tmp.with_name(tmp.name + ".opt")
+            try:
+                ort_session(tmp, optimized_out=optimized, level="extended")
+                opt_proto = onnx.load(str(optimized))
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    optimized.unlink()
+            del opt_proto.metadata_props[:]
+            meta = onnx_metadata(model, mode, precision, {"ort_optimized": "extended, CPU"})
+            for k, v in meta.items():
+                opt_proto.metadata_props.add(key=k, value=v)
+            onnx.save(opt_proto, str(tmp))
+            t["ort_optimize"] = time.perf_counter() - t1
+            say(f"ONNX Runtime-optimized graph (extended, CPU) in {t['ort_optimize']:.1f} s")
+        if check:
+            t1 = time.perf_counter()
+            report = check_onnx(model, tmp, mode, precision=precision)
+            t["check"] = time.perf_counter() - t1
+            worst = max(r["max_abs_err"] for r in report["shapes"])
+            say(f"ONNX Runtime vs PyTorch: max |logits err| {worst:.2e} (atol {report['tolerance']['atol']}), "
+                f"keep_counts equal: {all(r['keep_counts_equal'] for r in report['shapes'])}, in {t['check']:.1f} s")
+            if not report["passed"]:
+                bad = [r for r in report["shapes"] if not (r["logits_close"] and r["keep_counts_equal"])]
+                raise CheckFailedError(
+                    f"{out}: exported graph does not match PyTorch at batch {bad[0]['batch']}, text length "
+                    f"{bad[0]['text_len']} (max |err| {bad[0]['max_abs_err']:.2e}, keep_counts equal: "
+                    f"{bad[0]['keep_counts_equal']}); nothing written")
+        size = tmp.stat().st_size
+        digest = sha256_file(tmp)
+    return OnnxExport(Path(out), mode, opset, precision, t, size, digest, report)

@@ -1,0 +1,203 @@
+"""TensorRT engines from the exported ONNX, with optimization profiles and a JSON manifest.
+
+Written against the TensorRT 10 and 11 Python APIs (tensor-name I/O, no bindings). Precision
+comes from the ONNX graph on both: the network is strongly typed (a flag on 10, always on 11,
+which has no FP16/INT8 builder flags), so `--precision fp16` exports an fp16 graph with fp32
+inputs/outputs and an INT8 Q/DQ graph builds as explicit quantization. TensorRT is imported
+lazily; without it, or without a GPU, `check_trt_ready` raises one line saying what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import ModelConfig
+from ..errors import BadInputError, CheckFailedError, MissingDependencyError
+from ..fileio import atomic_write, check_writable, sha256_file
+from .manifest import build_manifest, manifest_path, write_manifest
+from .profiles import Profile, validate_profiles
+
+__all__ = ["lazy_import_trt", "gpu_info", "check_trt_ready", "build_engine", "EngineBuild", "onnx_model_config",
+           "INSTALL_HINT"]
+
+INSTALL_HINT = "pip install 'trimkit[gpu]' (tensorrt>=10, onnxruntime-gpu) on a machine with an NVIDIA GPU and driver"
+
+
+def lazy_import_trt():
+    """The tensorrt module, or MissingDependencyError (no import at trimkit import time)."""
+    try:
+        import tensorrt as trt  # noqa: PLC0415
+    except ImportError:
+        raise MissingDependencyError(f"TensorRT is not installed: {INSTALL_HINT}") from None
+    return trt
+
+
+def gpu_info() -> dict[str, str] | None:
+    """Name, driver and CUDA version of the first NVIDIA GPU (from nvidia-smi), or None."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        q = subprocess.run([smi, "--query-gpu=name,driver_version", "--format=csv,noheader"], capture_output=True,
+                           text=True, timeout=20)
+        header = subprocess.run([smi], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if q.returncode != 0 or not q.stdout.strip():
+        return None
+    name, _, driver = q.stdout.strip().splitlines()[0].partition(",")
+    cuda = None
+    if "CUDA Version:" in header:
+        cuda = header.split("CUDA Version:")[1].split()[0]
+    return {"name": name.strip(), "driver": driver.strip(), "cuda": cuda}
+
+
+def check_trt_ready():
+    """(tensorrt module, gpu info); one MissingDependencyError naming whatever is missing."""
+    try:
+        trt = lazy_import_trt()
+        trt_missing = None
+    except MissingDependencyError as e:
+        trt, trt_missing = None, str(e)
+    gpu = gpu_info()
+    if trt_missing and gpu is None:
+        raise MissingDependencyError(f"TensorRT is not installed and no NVIDIA GPU was found: {INSTALL_HINT}")
+    if trt_missing:
+        raise MissingDependencyError(trt_missing)
+    if gpu is None:
+        raise MissingDependencyError(
+            "no NVIDIA GPU found (nvidia-smi is missing or lists none): TensorRT builds engines on the GPU that "
+            "runs them")
+    return trt, gpu
+
+
+@dataclass
+class EngineBuild:
+    path: Path
+    manifest: Path
+    seconds: float
+    tensorrt_version: str
+    manifest_data: dict[str, Any]
+
+
+def onnx_model_config(onnx_path: str | os.PathLike) -> tuple[ModelConfig, dict[str, str]]:
+    """The model config and metadata a trimkit ONNX file carries."""
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as e:
+        raise BadInputError(f"{onnx_path}: not an ONNX model ({type(e).__name__})") from None
+    meta = {m.key: m.value for m in model.metadata_props}
+    if "trimkit_config" not in meta:
+        raise BadInputError(f"{onnx_path}: not a trimkit export (no trimkit_config metadata)")
+    names = [i.name for i in model.graph.input]
+    if names != ["pixel_values", "input_ids", "attention_mask"]:
+        raise BadInputError(f"{onnx_path}: inputs {names} are not pixel_values, input_ids, attention_mask")
+    cfg = json.loads(meta["trimkit_config"])
+    return ModelConfig.from_dict(cfg["model_config"]), meta
+
+
+def _major(version: str) -> int:
+    try:
+        return int(version.split(".")[0])
+    except ValueError:
+        return 0
+
+
+def build_engine(onnx_path: str | os.PathLike, out: str | os.PathLike, *, profiles: list[Profile],
+                 timing_cache: str | os.PathLike | None = None, workspace_gib: float = 4.0, force: bool = False,
+                 log=None) -> EngineBuild:
+    """Build a serialized TensorRT engine + manifest from a trimkit ONNX file."""
+    say = log or (lambda msg: None)
+    config, meta = onnx_model_config(onnx_path)
+    validate_profiles(profiles, config)
+    check_writable(out, force=force)
+    check_writable(manifest_path(out), force=force)
+    trt, gpu = check_trt_ready()
+    t0 = time.perf_counter()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    if builder is None:
+        raise MissingDependencyError("TensorRT could not create a builder (CUDA initialization failed)")
+    version = trt.__version__
+    flags = 0
+    if _major(version) < 11 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)  # precision from the graph, as on 11
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise CheckFailedError(f"{onnx_path}: TensorRT could not parse the graph: {errors}")
+    bconfig = builder.create_builder_config()
+    bconfig.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
+    for p in profiles:
+        prof = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in p.input_shapes(config).items():
+            prof.set_shape(name, lo, opt, hi)
+        bconfig.add_optimization_profile(prof)
+    cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).exists() else b""
+    cache = bconfig.create_timing_cache(cache_bytes)
+    bconfig.set_timing_cache(cache, ignore_mismatch=False)
+    say(f"building TensorRT {version} engine: {len(profiles)} profile(s), timing cache "
+        f"{'reused' if cache_bytes else 'new'}")
+    serialized = builder.build_serialized_network(network, bconfig)
+    if serialized is None:
+        raise CheckFailedError(f"{onnx_path}: TensorRT engine build failed (see the TensorRT log above)")
+    engine_bytes = bytes(serialized)
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(engine_bytes)
+    io = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        io.append({"name": name, "mode": "input" if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+                   else "output", "dtype": str(engine.get_tensor_dtype(name)).split(".")[-1].lower(),
+                   "shape": list(engine.get_tensor_shape(name))})
+    seconds = time.perf_counter() - t0
+    atomic_write(out, lambda tmp: tmp.write_bytes(engine_bytes), force=force)
+    if timing_cache:
+        atomic_write(timing_cache, lambda tmp: tmp.write_bytes(bytes(bconfig.get_timing_cache().serialize())),
+                     force=True)
+    cfg = json.loads(meta["trimkit_config"])
+    manifest = build_manifest(
+        engine_sha256=sha256_file(out), onnx_sha256=sha256_file(onnx_path), onnx_metadata=meta, profiles=profiles,
+        io=io, precision=cfg.get("precision", "fp32"), tensorrt_version=version, cuda_version=gpu.get("cuda"),
+        gpu_name=gpu.get("name"), build_seconds=round(seconds, 2), timing_cache=str(timing_cache) if timing_cache
+        else None)
+    mpath = write_manifest(out, manifest, force=force)
+    say(f"wrote {out} ({Path(out).stat().st_size / 2**20:.1f} MiB) and {mpath.name} in {seconds:.1f} s")
+    return EngineBuild(Path(out), mpath, seconds, version, manifest)
+
+
+def export_engine(source, out: str | os.PathLike, *, profiles: list[Profile], mode: str = "adaptive",
+                  precision: str = "fp32", opset: int = 18, keep_ratios=None, head_impl: str = "gather",
+                  onnx_out: str | os.PathLike | None = None, timing_cache=None, workspace_gib: float = 4.0,
+                  force: bool = False, log=None) -> EngineBuild:
+    """Checkpoint (or trimkit ONNX file) -> checked ONNX -> TensorRT engine + manifest.
+
+    Everything that can be checked without TensorRT (profiles, K limits, outputs) is checked first,
+    then TensorRT and the GPU, so that a missing dependency writes nothing.
+    """
+    from .onnx import to_onnx
+
+    src = Path(source) if isinstance(source, (str, os.PathLike)) else None
+    if src is not None and src.suffix == ".onnx":
+        return build_engine(src, out, profiles=profiles, timing_cache=timing_cache, workspace_gib=workspace_gib,
+                            force=force, log=log)
+    check_writable(out, force=force)
+    check_writable(manifest_path(out), force=force)
+    check_trt_ready()
+    with tempfile.TemporaryDirectory(prefix="trimkit-") as tmp:
+        onnx_path = Path(onnx_out) if onnx_out else Path(tmp) / "model.onnx"
+        to_onnx(source, onnx_path, mode=mode, opset=opset, precision=precision, keep_ratios=keep_ratios,
+                head_impl=head_impl, force=force, log=log)
+        return build_engine(onnx_path, out, profiles=profiles, timing_cache=timing_cache,
+                            workspace_gib=workspace_gib, force=force, log=log)
