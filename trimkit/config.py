@@ -74,7 +74,7 @@ class TrimConfig:
     tau: float = 1.0  # Gumbel-sigmoid temperature in training
     init_keep_logit: float = 5.0  # stable init: last bias of every trimmer (sigmoid(5) = 0.993)
     score_hidden_ratio: int = 4  # local MLP is D -> D/ratio -> 1
-    proj_ratio: int = 4  # global score projection d_p = D/ratio
+    proj_ratio: int = 16  # global score projection d_p = D/ratio (small: the trimmer overhead counts)
     # static mode (calibrated): per trimmed layer, the fraction of each modality's input length kept
     # ([vision, text]) and the heads kept per attention module; k then depends on input shapes only
     static_keep_ratios: list[list[float]] | None = field(default=None)

@@ -60,7 +60,7 @@ def fusion_stream_flops(
     )
 
 
-def trimmer_flops(n: Number, cfg: ModelConfig, *, hidden_ratio: int = 4, proj_ratio: int = 4,
+def trimmer_flops(n: Number, cfg: ModelConfig, *, hidden_ratio: int = 4, proj_ratio: int = 16,
                   local_only: bool = False) -> Number:
     """Matmul FLOPs of one token trimmer on n tokens plus one head trimmer (overhead, for reports)."""
     d = cfg.hidden_size

@@ -156,7 +156,7 @@ class TokenTrimmer(nn.Module):
         dim: int,
         *,
         hidden_ratio: int = 4,
-        proj_ratio: int = 4,
+        proj_ratio: int = 16,
         local_only: bool = False,
         init_keep_logit: float = 5.0,
         eps: float = 1e-6,

@@ -1,0 +1,161 @@
+"""ONNX Runtime speed of the exported adaptive model vs the full export (issue 4), on this CPU.
+
+For each checkpoint (the `small` preset trained at FLOPs targets 0.5 and 0.33 by
+benchmarks/smarttrim_easyvqa.py), on easy-VQA test inputs, with ONNX Runtime at 2 threads:
+  - adaptive export vs full export at batch 1 and 8 (speedup, against 1 / FLOPs ratio: per-sample
+    at batch 1, executed (batch-max k) at batch 8, padding overhead = executed / per-sample);
+  - keep-everything adaptive export (thresholds -1e4) vs full: the trimmers' own overhead;
+  - ONNX Runtime adaptive vs PyTorch eager `prune` mode on the same inputs.
+Every variant is timed interleaved in one run; ratios are of medians. Results:
+benchmarks/results/export_speed.{json,md}.
+
+    python benchmarks/export_speed.py [--ckpt NAME=PATH ...] [--batches 40] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from _common import RESULTS, ROOT, save_json
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+import trimkit
+from trimkit.cost import encoder_layer_flops, fusion_stream_flops
+from trimkit.data import load_dataset
+from trimkit.export.onnx import ort_session, to_onnx
+
+DEFAULT = {"t0.5": ROOT / "build/bench/easyvqa/smarttrim-0.5.pt", "t0.33": ROOT / "build/bench/easyvqa/smarttrim-0.33.pt"}
+
+
+def executed_ratio(model, out) -> float:
+    """FLOPs actually executed by a batch (batch-max tokens and heads per layer) / full FLOPs."""
+    c, t = model.config, model.trim
+    b = out.logits.shape[0]
+    full = float(out.full_layer_flops.sum())
+    nv_full = out.token_masks[0][0].shape[1]
+    nt_pad = out.token_masks[0][1].shape[1]
+    total = 0.0
+    for depth in range(c.num_layers):
+        ti = depth - t.first_trimmed_layer
+        if ti < 0:
+            n = [nv_full, nt_pad]
+            heads = [c.num_heads] * (2 if depth < c.encoder_layers else 4)
+        else:
+            n = [float(m.sum(1).max()) for m in out.token_masks[ti]]
+            heads = [float(h.sum(1).max()) for h in out.head_masks[ti]]
+        if depth < c.encoder_layers:
+            f = encoder_layer_flops(n[0], heads[0], c) + encoder_layer_flops(n[1], heads[1], c)
+        else:
+            f = fusion_stream_flops(n[0], n[1], heads[0], heads[1], c) + fusion_stream_flops(n[1], n[0], heads[2],
+                                                                                             heads[3], c)
+        total += b * f
+    return total / full
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", action="append", help="NAME=PATH (default: the two easy-VQA SmartTrim runs)")
+    ap.add_argument("--batches", type=int, default=40, help="batches per variant per repeat")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench" / "export")
+    args = ap.parse_args()
+    ckpts = dict(x.split("=", 1) for x in args.ckpt) if args.ckpt else {k: str(v) for k, v in DEFAULT.items()}
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    console = Console()
+    results = {"threads": args.threads, "batches": args.batches, "repeats": args.repeats, "runs": {}}
+    for name, path in ckpts.items():
+        model = trimkit.load_checkpoint(path)
+        keep_all = trimkit.load_checkpoint(path)
+        keep_all.trim = dataclasses.replace(keep_all.trim, token_threshold=-1e4, head_threshold=-1e4)
+        files = {}
+        for variant, (src, mode) in {"adaptive": (path, "adaptive"), "full": (path, "full"),
+                                     "keep_all": (keep_all, "adaptive")}.items():
+            f = args.workdir / f"{name}.{variant}.onnx"
+            if not f.exists():
+                console.print(f"exporting {name} {variant} ...")
+                to_onnx(src, f, mode=mode, force=True)
+            files[variant] = f
+        sessions = {v: ort_session(f, threads=args.threads) for v, f in files.items()}
+        data = load_dataset("easyvqa", tokenizer=model.tokenizer, labels=model.labels,
+                            image_size=model.config.image_size, splits=("test",)).test
+        g = torch.Generator().manual_seed(0)
+        for bs in (1, 8):
+            idx = torch.randperm(len(data), generator=g)[: args.batches * bs].view(args.batches, bs)
+            batches = []
+            ratio_sample, ratio_exec = [], []
+            for row in idx:
+                pv, ids, mask, _ = data.batch(row)
+                n = int(mask.sum(1).max())  # trim padding to the batch's longest question
+                ids, mask = ids[:, :n], mask[:, :n]
+                with torch.no_grad():
+                    out = model(pv, ids, mask, mode="prune", details=True)
+                ratio_sample.append(float(out.flops_ratio.mean()))
+                ratio_exec.append(executed_ratio(model, out))
+                batches.append({"pixel_values": pv.numpy(), "input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+            times = {v: [] for v in [*sessions, "torch_prune"]}
+            with Progress(console=console, transient=True) as prog:
+                task = prog.add_task(f"{name} batch {bs}", total=args.repeats * len(times))
+                for _ in range(args.repeats):
+                    for v in times:
+                        t0 = time.perf_counter()
+                        for feed in batches:
+                            if v == "torch_prune":
+                                with torch.no_grad():
+                                    model(*(torch.from_numpy(feed[k]) for k in feed), mode="prune")
+                            else:
+                                sessions[v].run(None, feed)
+                        times[v].append((time.perf_counter() - t0) / len(batches))
+                        prog.advance(task)
+            med = {v: statistics.median(ts) for v, ts in times.items()}
+            rs, re_ = statistics.mean(ratio_sample), statistics.mean(ratio_exec)
+            reference = rs if bs == 1 else re_
+            speedup = med["full"] / med["adaptive"]
+            rec = {
+                "batch": bs, "latency_ms": {v: 1000 * t for v, t in med.items()},
+                "flops_ratio_per_sample": rs, "flops_ratio_executed": re_, "padding_overhead": re_ / rs,
+                "speedup_adaptive_vs_full": speedup, "ideal_speedup": 1 / reference,
+                "speedup_vs_ideal": speedup * reference, "target_met": speedup >= 0.85 / reference,
+                "trimmer_overhead": med["keep_all"] / med["full"] - 1,
+                "ort_adaptive_vs_torch_prune_speedup": med["torch_prune"] / med["adaptive"],
+            }
+            results["runs"][f"{name}/b{bs}"] = rec
+            save_json(RESULTS / "export_speed.json", results)
+    write_markdown(results, console)
+
+
+def write_markdown(results: dict, console) -> None:
+    rows = ["# ONNX Runtime speed of the adaptive export (this CPU)", "",
+            f"ONNX Runtime CPU, {results['threads']} threads, easy-VQA test inputs, {results['batches']} batches x "
+            f"{results['repeats']} interleaved repeats; medians. Reproduce: `python benchmarks/export_speed.py`.", "",
+            "| model / batch | FLOPs ratio (per sample) | executed | padding overhead | full ms | adaptive ms | "
+            "speedup | ≥ 0.85 / ratio | keep-all overhead | ORT vs torch prune |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    table = Table(title="adaptive export vs full export (ONNX Runtime)")
+    for col in ("run", "ratio", "executed", "speedup", "ideal", "met", "trimmer overhead", "ORT/torch"):
+        table.add_column(col, justify="right")
+    for name, r in results["runs"].items():
+        lat = r["latency_ms"]
+        rows.append(f"| {name} | {r['flops_ratio_per_sample']:.3f} | {r['flops_ratio_executed']:.3f} | "
+                    f"{r['padding_overhead']:.2f}× | {lat['full']:.2f} | {lat['adaptive']:.2f} | "
+                    f"{r['speedup_adaptive_vs_full']:.2f}× | {'pass' if r['target_met'] else 'FAIL'} "
+                    f"(ideal {r['ideal_speedup']:.2f}×) | {100 * r['trimmer_overhead']:+.1f}% | "
+                    f"{r['ort_adaptive_vs_torch_prune_speedup']:.2f}× |")
+        table.add_row(name, f"{r['flops_ratio_per_sample']:.3f}", f"{r['flops_ratio_executed']:.3f}",
+                      f"{r['speedup_adaptive_vs_full']:.2f}×", f"{r['ideal_speedup']:.2f}×",
+                      "yes" if r["target_met"] else "NO", f"{100 * r['trimmer_overhead']:+.1f}%",
+                      f"{r['ort_adaptive_vs_torch_prune_speedup']:.2f}×")
+    (RESULTS / "export_speed.md").write_text("\n".join(rows) + "\n")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
