@@ -16,6 +16,7 @@ def fmt_flops(x: float) -> str:
 
 
 def render_description(info: dict[str, Any], console) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     if info["kind"] == "onnx":
@@ -26,13 +27,13 @@ def render_description(info: dict[str, Any], console) -> None:
             t.add_column(col)
         for kind in ("inputs", "outputs"):
             for v in info[kind]:
-                t.add_row(kind[:-1], v["name"], v["dtype"], "[" + ", ".join(map(str, v["shape"])) + "]")
+                t.add_row(kind[:-1], v["name"], v["dtype"], escape("[" + ", ".join(map(str, v["shape"])) + "]"))
         console.print(t)
         meta = Table(title="metadata")
         meta.add_column("key")
         meta.add_column("value", overflow="fold")
         for k, v in info["metadata"].items():
-            meta.add_row(k, v if len(v) < 400 else v[:400] + " ...")
+            meta.add_row(k, escape(v if len(v) < 400 else v[:400] + " ..."))
         console.print(meta)
         console.print("ops: " + ", ".join(f"{k}×{v}" for k, v in info["ops"].items()))
         return
