@@ -133,3 +133,13 @@ def test_cli_export_ort_optimized_and_inspect(exported, tmp_path, capsys):
     assert main(["inspect", str(out)]) == 0
     assert "trimkit_mode" in capsys.readouterr().out
     assert main(["export", str(exported["ckpt"]), "--out", str(out)]) == 2  # exists, no --force
+
+
+def test_fp16_graph_keeps_fp32_io(exported, tmp_path):
+    res = to_onnx(exported["ckpt"], tmp_path / "h.onnx", mode="adaptive", precision="fp16")
+    assert res.check["passed"]
+    m = onnx.load(str(res.path))
+    io = {v.name: v.type.tensor_type.elem_type for v in [*m.graph.input, *m.graph.output]}
+    assert io["pixel_values"] == onnx.TensorProto.FLOAT and io["logits"] == onnx.TensorProto.FLOAT
+    assert {i.data_type for i in m.graph.initializer} & {onnx.TensorProto.FLOAT16}
+    assert json.loads({p.key: p.value for p in m.metadata_props}["trimkit_config"])["precision"] == "fp16"

@@ -126,9 +126,9 @@ def _export_proto(model: MeterModel, mode: str, opset: int, precision: str):
     """torch.export -> ONNX ModelProto (in memory) with dynamic batch and text_len."""
     from torch.export import Dim
 
+    if precision == "fp16":  # a half copy; the caller's model stays the fp32 reference
+        model = copy.deepcopy(model).half()
     wrapper = ExportWrapper(model, TRIM_MODE_OF[mode], fp16=precision == "fp16").eval()
-    if precision == "fp16":
-        wrapper = wrapper.half()
     c = model.config
     example = sample_inputs(c, 2, min(c.max_text_len, 6), ragged=False)
     batch = Dim("batch", min=1, max=4096)
@@ -186,7 +186,12 @@ def ort_session(path: str | os.PathLike, *, threads: int | None = None, provider
 @torch.no_grad()
 def check_onnx(model: MeterModel, path: str | os.PathLike, mode: str, *, precision: str = "fp32",
                shapes: list[tuple[int, int]] | None = None, seed: int = 0) -> dict[str, Any]:
-    """ONNX Runtime vs PyTorch on random inputs: max |logits| error and keep_counts equality per shape."""
+    """ONNX Runtime vs PyTorch (fp32) on random inputs: max |logits| error and keep_counts per shape.
+
+    fp32: every sample must match (logits within tolerance, keep_counts equal). fp16: pruning
+    decisions near the threshold may flip; samples whose keep_counts differ are counted, not
+    compared, and at most a quarter of them may flip.
+    """
     c = model.config
     short = min(c.max_text_len, max(2, c.max_text_len // 3))
     shapes = shapes or [(1, short), (3, short), (1, c.max_text_len), (3, c.max_text_len)]
@@ -199,11 +204,19 @@ def check_onnx(model: MeterModel, path: str | os.PathLike, mode: str, *, precisi
         logits, counts = sess.run(OUTPUT_NAMES, {"pixel_values": pv.numpy(), "input_ids": ids.numpy(),
                                                  "attention_mask": mask.numpy()})
         got = torch.from_numpy(logits)
-        err = float((got - ref.logits).abs().max())
-        close = bool(torch.allclose(got, ref.logits, **tol))
-        same = bool((torch.from_numpy(counts) == ref.keep_counts).all())
+        agree = (torch.from_numpy(counts) == ref.keep_counts).flatten(1).all(dim=1)  # (B,)
+        flips = int((~agree).sum())
+        if precision == "fp16":
+            rows_ok = agree
+            same = flips <= b // 4
+        else:
+            rows_ok = torch.ones(b, dtype=torch.bool)
+            same = flips == 0
+        err = float((got - ref.logits)[rows_ok].abs().max()) if rows_ok.any() else 0.0
+        close = bool(torch.allclose(got[rows_ok], ref.logits[rows_ok], **tol))
         ok &= close and same
-        rows.append({"batch": b, "text_len": n, "max_abs_err": err, "logits_close": close, "keep_counts_equal": same})
+        rows.append({"batch": b, "text_len": n, "max_abs_err": err, "logits_close": close,
+                     "keep_counts_equal": flips == 0, "decision_flips": flips})
     return {"passed": ok, "tolerance": tol, "shapes": rows}
 
 
