@@ -32,16 +32,20 @@ def main() -> None:
     ap.add_argument("--trim-epochs", type=float, default=2)
     ap.add_argument("--target", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="where the json/md/png go")
     args = ap.parse_args()
+    results = args.results
+    results.mkdir(parents=True, exist_ok=True)
     wd = args.workdir
     wd.mkdir(parents=True, exist_ok=True)
     log = wd / "log.txt"
-    out_json = RESULTS / "adaptive_shapes.json"
+    out_json = results / "adaptive_shapes.json"
     rec = load_json(out_json)
-    rec.update({"preset": "small", "data": "shapes", "target": args.target, "backbone_epochs": args.backbone_epochs,
+    rec.update({"preset": args.preset, "data": "shapes", "target": args.target, "backbone_epochs": args.backbone_epochs,
                 "trim_epochs": args.trim_epochs})
     seed = ["--seed", str(args.seed)]
-    run_stage("init", ["init", "--preset", "small", "--data", "shapes", "--out", wd / "init.pt", *seed],
+    run_stage("init", ["init", "--preset", args.preset, "--data", "shapes", "--out", wd / "init.pt", *seed],
               wd / "init.pt", log, rec)
     run_stage("backbone", ["train", wd / "init.pt", "--data", "shapes", "--no-trim", "--epochs", args.backbone_epochs,
                            "--lr", "5e-4", "--out", wd / "backbone.pt", "--quiet", *seed], wd / "backbone.pt", log, rec)
@@ -80,9 +84,9 @@ def main() -> None:
         "calibration": {"split": "val", "samples": profile["samples"], "static_val_ratio": cal["flops_ratio"]},
         "static_keep_ratios": static_trim.static_keep_ratios, "static_head_keep": static_trim.static_head_keep,
         "adaptive": adaptive, "static": static, "adaptive_beats_static": adaptive["accuracy"] > static["accuracy"]}
-    _plot(by_count, RESULTS / "adaptive_shapes.png", args.target)
+    _plot(by_count, results / "adaptive_shapes.png", args.target)
     save_json(out_json, rec)
-    _markdown(rec)
+    _markdown(rec, results)
 
 
 def _spearman(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -113,9 +117,9 @@ def _plot(by_count: dict, path: Path, target: float) -> None:
     plt.close(fig)
 
 
-def _markdown(rec: dict) -> None:
+def _markdown(rec: dict, results: Path) -> None:
     a, sv = rec["adaptive"], rec["static_vs_adaptive"]
-    lines = ["# Adaptive pruning on `shapes` (`small` preset, this CPU)", "",
+    lines = [f"# Adaptive pruning on `shapes` (`{rec['preset']}` preset, this CPU)", "",
              f"SmartTrim at FLOPs target {rec['target']} ({rec['trim_epochs']} epochs from a backbone trained "
              f"{rec['backbone_epochs']} epochs). Test split. Reproduce: `python benchmarks/adaptive_shapes.py`.", "",
              "![FLOPs ratio vs objects](adaptive_shapes.png)", "",
@@ -132,7 +136,7 @@ def _markdown(rec: dict) -> None:
               f"| static keep ratios | {100 * sv['static']['accuracy']:.2f}% | {sv['static']['flops_ratio']:.3f} |",
               "", f"Adaptive beats static: {'yes' if sv['adaptive_beats_static'] else 'NO'}.", "",
               "Commands:", "", "```", *rec.get("commands", {}).values(), "```", ""]
-    (RESULTS / "adaptive_shapes.md").write_text("\n".join(lines))
+    (results / "adaptive_shapes.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":
