@@ -21,11 +21,24 @@ from .errors import BadInputError
 from .fileio import atomic_write
 from .models import MeterModel, build_model
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "read_checkpoint", "checkpoint_dict"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "read_checkpoint", "checkpoint_dict",
+           "weights_digest"]
 
 FORMAT = "trimkit-checkpoint"
 FORMAT_VERSION = 1
 _REQUIRED = ("format", "format_version", "trimkit_version", "model_config", "trim_config", "labels", "state_dict")
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 over the state dict (names, dtypes, shapes, bytes): ties an export to its checkpoint."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def checkpoint_dict(model: MeterModel, *, train_state: dict | None = None, meta: dict | None = None) -> dict[str, Any]:

@@ -252,6 +252,58 @@ def export(
     typer.echo(f"wrote {res.path} and {res.manifest} (TensorRT {res.tensorrt_version}, {res.seconds:.1f} s)")
 
 
+def _int_list(text: str, name: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{name} takes comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise typer.BadParameter(f"{name} takes positive integers, got {text!r}")
+    return values
+
+
+@app.command()
+def verify(
+    ckpt: Annotated[Path, typer.Argument(help="The checkpoint the artifact was exported from.")],
+    artifact: Annotated[Path, typer.Argument(help="An .onnx file, or a TensorRT .plan with its manifest.")],
+    data: Annotated[str, typer.Option("--data", help="easyvqa, shapes, FILE.jsonl or random.")] = "random",
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Speed: batch sizes.")] = "1,8",
+    text_lens: Annotated[str, typer.Option("--text-lens", help="Speed: text lengths.")] = "8,16,32",
+    samples: Annotated[int, typer.Option("--samples", help="Samples compared.")] = 256,
+    atol: Annotated[float | None, typer.Option("--atol", help="Logits tolerance (default 1e-4 fp32, 5e-2 fp16).")] = None,
+    rtol: Annotated[float | None, typer.Option("--rtol", help="Relative tolerance (default 1e-3 fp32, 5e-2 fp16).")] = None,
+    min_agreement: Annotated[float, typer.Option("--min-agreement", help="Argmax and keep_counts agreement.")] = 0.99,
+    max_accuracy_drop: Annotated[float, typer.Option("--max-accuracy-drop", help="Points vs PyTorch full.")] = 1.0,
+    min_speedup: Annotated[float | None, typer.Option("--min-speedup", help="Artifact vs the full export.")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per shape.")] = 20,
+    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime intra-op threads.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="One record per check, machine-readable.")] = None,
+    junit: Annotated[Path | None, typer.Option("--junit", help="JUnit XML, one testcase per check.")] = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """Prove an export against its checkpoint: numerics, accuracy, speed. Exit 1 if any check fails."""
+    from .errors import CheckFailedError
+    from .render import render_verify
+    from .verify import verify as run_verify
+    from .verify import write_junit
+
+    console = _console()
+    report = run_verify(ckpt, artifact, data=data, samples=samples, batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
+                        text_lens=_int_list(text_lens, "--text-lens"), atol=atol, rtol=rtol,
+                        min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup,
+                        repeats=repeats, threads=threads, seed=seed, log=console.print)
+    render_verify(report, console)
+    if json_out is not None:
+        from .fileio import atomic_write
+
+        atomic_write(json_out, lambda tmp: tmp.write_text(json.dumps(report.to_dict(), indent=2)), force=True)
+    if junit is not None:
+        write_junit(report, junit)
+    if not report.passed:
+        failed = ", ".join(c.name for c in report.checks if not c.passed)
+        raise CheckFailedError(f"verify failed: {failed}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (known errors -> one line on stderr)."""
     try:

@@ -80,3 +80,35 @@ def render_eval(report: dict[str, Any], console) -> None:
     for layer, (v, tx) in zip(report["trimmed_layers"], report[mode]["keep_per_layer"]):
         k.add_row(str(layer["depth"]), layer["kind"], f"{v:.1f}", f"{tx:.1f}")
     console.print(k)
+
+
+def render_verify(report, console) -> None:
+    from rich.table import Table
+
+    n = report.numerics
+    console.print(f"[bold]{report.artifact}[/bold] ({report.runtime}, {report.mode}) vs {report.checkpoint}: "
+                  f"{n['samples']} samples, mean FLOPs ratio {n['mean_flops_ratio']:.3f}, "
+                  f"max |err| {n['max_abs_err']:.2e}, mean |err| {n['mean_abs_err']:.2e}, "
+                  f"max rel {n['max_rel_err']:.2e}, decision flips {n['decision_flips']}")
+    if report.task:
+        acc = report.task["accuracy"]
+        console.print("accuracy: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in acc.items()))
+    if report.speed:
+        names = [k for k in report.speed[0] if isinstance(report.speed[0][k], dict)]
+        t = Table(title="latency p50 / p90 (ms) and throughput (samples/s)")
+        for col in ("batch", "text", *names, "vs full", "vs PyTorch"):
+            t.add_column(col, justify="right")
+        for row in report.speed:
+            cells = [f"{row[k]['p50_ms']:.2f} / {row[k]['p90_ms']:.2f}  ({row[k]['throughput']:.0f}/s)" for k in names]
+            vs_full = f"{row['speedup_vs_full']:.2f}×" if row.get("speedup_vs_full") else "-"
+            t.add_row(str(row["batch"]), str(row["text_len"]), *cells, vs_full, f"{row['speedup_vs_pytorch']:.2f}×")
+        console.print(t)
+    t = Table(title="checks")
+    for col in ("check", "value", "threshold", "result"):
+        t.add_column(col, justify="left" if col == "check" else "right")
+    for c in report.checks:
+        value = "-" if c.value is None else f"{c.value:.4g}"
+        t.add_row(c.name, value, f"{c.comparison} {c.threshold:.4g}", "[green]pass[/green]" if c.passed
+                  else "[red]FAIL[/red]")
+    console.print(t)
+    console.print(f"verify {'passed' if report.passed else 'FAILED'} in {report.seconds:.1f} s")

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import __version__
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, weights_digest
 from ..errors import BadInputError, CheckFailedError
 from ..fileio import atomic_path, check_writable, sha256_file
 from ..models import MeterModel
@@ -93,7 +93,7 @@ def onnx_metadata(model: MeterModel, mode: str, precision: str, extra: dict | No
            "dynamic_axes": {"batch": "all inputs/outputs", "text_len": "input_ids, attention_mask"},
            "image_size": model.config.image_size, **(extra or {})}
     meta = {"trimkit_version": __version__, "trimkit_mode": mode, "trimkit_config": json.dumps(cfg),
-            "labels": json.dumps(list(model.labels or []))}
+            "labels": json.dumps(list(model.labels or [])), "trimkit_weights_sha256": weights_digest(model)}
     if getattr(model, "tokenizer", None) is not None:
         meta["trimkit_tokenizer"] = json.dumps(model.tokenizer.to_dict())
     return meta
