@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 DEMO   ?= build/demo
 
-.PHONY: setup demo test test-slow test-all lint clean
+.PHONY: setup demo test test-slow test-all lint clean ci-verify
 
 setup: $(VENV)/.installed
 
@@ -20,9 +20,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
-# The main job on an embedded default: a tiny easy-VQA model built on the spot (about 3 minutes here):
+# The main job on an embedded default: a tiny easy-VQA model built on the spot (about 4 minutes here):
 # init -> backbone fine-tuning -> SmartTrim at FLOPs target 0.5 -> eval -> adaptive ONNX export (checked
-# against PyTorch) -> inspect.
+# against PyTorch) -> verify (numerics, accuracy, speed; JSON + JUnit) -> show (what one question keeps).
 demo: setup
 	@mkdir -p $(DEMO)
 	$(BIN)/trimkit init --preset tiny --data easyvqa --out $(DEMO)/init.pt --force
@@ -30,7 +30,22 @@ demo: setup
 	$(BIN)/trimkit train $(DEMO)/base.pt --data easyvqa --target-ratio 0.5 --steps 200 --lr 1e-4 --eval-every 100 --eval-samples 1000 --out $(DEMO)/trim.pt --force --quiet
 	$(BIN)/trimkit eval $(DEMO)/trim.pt --data easyvqa --samples 2000
 	$(BIN)/trimkit export $(DEMO)/trim.pt --format onnx --out $(DEMO)/trim.onnx --force
-	$(BIN)/trimkit inspect $(DEMO)/trim.onnx
+	$(BIN)/trimkit verify $(DEMO)/trim.pt $(DEMO)/trim.onnx --data easyvqa --samples 1000 --threads 2 \
+		--json $(DEMO)/verify.json --junit $(DEMO)/verify.xml
+	$(BIN)/trimkit show $(DEMO)/trim.pt "$$($(PY) -c 'from trimkit.data import easyvqa; print(easyvqa.image_paths("test")[0])')" \
+		"what shape is in the image" --out $(DEMO)/show.png --force
+
+# CI: `trimkit verify` end to end on a tiny model trimmed for a few steps (numerics gated strictly; the
+# accuracy gate is loose because 60 training steps do not make a model worth grading).
+CI     ?= build/ci
+ci-verify: setup
+	@mkdir -p $(CI)
+	$(BIN)/trimkit init --preset tiny --data easyvqa --out $(CI)/init.pt --force
+	$(BIN)/trimkit train $(CI)/init.pt --data easyvqa --target-ratio 0.5 --steps 60 --lr 1e-3 --eval-every 60 \
+		--eval-samples 200 --out $(CI)/trim.pt --force --quiet
+	$(BIN)/trimkit export $(CI)/trim.pt --format onnx --out $(CI)/trim.onnx --force
+	$(BIN)/trimkit verify $(CI)/trim.pt $(CI)/trim.onnx --data easyvqa --samples 300 --batch-sizes 1,8 \
+		--text-lens 8,16 --max-accuracy-drop 10 --json $(CI)/verify.json --junit $(CI)/verify.xml
 
 test: setup
 	$(BIN)/pytest -m "not slow and not gpu" -q

@@ -304,6 +304,58 @@ def verify(
         raise CheckFailedError(f"verify failed: {failed}")
 
 
+@app.command()
+def bench(
+    ckpt: Annotated[Path, typer.Argument(help="A trained trimkit checkpoint.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder (report.md, bench.json, PNG plots).")],
+    data: DataOpt = "easyvqa",
+    targets: Annotated[str, typer.Option("--targets", help="FLOPs ratios (threshold offset, no retraining) and/or "
+                                                           "'native'.")] = "native,0.7,0.5,0.35",
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Latency: batch sizes.")] = "1,8",
+    text_lens: Annotated[str, typer.Option("--text-lens", help="Latency: text lengths.")] = "8,16,24",
+    samples: Annotated[int, typer.Option("--samples", help="Test questions for accuracy.")] = 1000,
+    calib_samples: Annotated[int, typer.Option("--calib-samples", help="Validation questions for budgets.")] = 500,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per runtime and shape.")] = 10,
+    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime intra-op threads.")] = None,
+    static: Annotated[bool, typer.Option("--static/--no-static", help="Also static keep ratios at equal FLOPs.")] = True,
+    seed: SeedOpt = 0,
+    force: ForceOpt = False,
+) -> None:
+    """Sweep trim targets, batch sizes and text lengths; write a Markdown report with PNG plots."""
+    from rich.progress import Progress
+
+    from .bench import bench as run_bench
+    from .bench import parse_targets, total_steps
+
+    t = parse_targets(targets)
+    b, n = _int_list(batch_sizes, "--batch-sizes"), _int_list(text_lens, "--text-lens")
+    console = _console()
+    with Progress(console=console, transient=True) as prog:
+        task = prog.add_task("bench", total=total_steps(t, b, n))
+        res = run_bench(ckpt, out, data=data, targets=t, batch_sizes=b, text_lens=n, samples=samples,
+                        calib_samples=calib_samples, repeats=repeats, threads=threads, static=static, seed=seed,
+                        force=force, progress=lambda what, k: prog.update(task, advance=k, description=what))
+    from .render import render_bench
+
+    render_bench(res, console)
+    console.print(f"wrote {out}/report.md, bench.json and 3 plots in {res['seconds']:.0f} s")
+
+
+@app.command()
+def show(
+    ckpt: Annotated[Path, typer.Argument(help="A trimkit checkpoint.")],
+    image: Annotated[Path, typer.Argument(help="An image file.")],
+    question: Annotated[str, typer.Argument(help="The question, in quotes.")],
+    out: OutOpt,
+    force: ForceOpt = False,
+) -> None:
+    """Draw which image patches and words each layer keeps, with the answer (PNG)."""
+    from .show import show as run_show
+
+    ex = run_show(ckpt, image, question, out, force=force)
+    typer.echo(f"{ex['answer']} ({100 * ex['probability']:.1f}%), FLOPs ratio {ex['flops_ratio']:.3f}; wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (known errors -> one line on stderr)."""
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["render_description", "fmt_flops"]
+__all__ = ["render_description", "render_eval", "render_verify", "render_bench", "fmt_flops"]
 
 
 def fmt_flops(x: float) -> str:
@@ -95,13 +95,17 @@ def render_verify(report, console) -> None:
         console.print("accuracy: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in acc.items()))
     if report.speed:
         names = [k for k in report.speed[0] if isinstance(report.speed[0][k], dict)]
-        t = Table(title="latency p50 / p90 (ms) and throughput (samples/s)")
-        for col in ("batch", "text", *names, "vs full", "vs PyTorch"):
-            t.add_column(col, justify="right")
+        t = Table(title=f"latency and throughput (artifact: {report.runtime})")
+        for col in ("batch", "text", "runtime", "p50 ms", "p90 ms", "items/s", "vs full", "vs torch"):
+            t.add_column(col, justify="left" if col == "runtime" else "right")
         for row in report.speed:
-            cells = [f"{row[k]['p50_ms']:.2f} / {row[k]['p90_ms']:.2f}  ({row[k]['throughput']:.0f}/s)" for k in names]
-            vs_full = f"{row['speedup_vs_full']:.2f}×" if row.get("speedup_vs_full") else "-"
-            t.add_row(str(row["batch"]), str(row["text_len"]), *cells, vs_full, f"{row['speedup_vs_pytorch']:.2f}×")
+            for i, k in enumerate(names):
+                first = i == 0
+                vs_full = f"{row['speedup_vs_full']:.2f}×" if first and row.get("speedup_vs_full") else ""
+                vs_torch = f"{row['speedup_vs_pytorch']:.2f}×" if first else ""
+                t.add_row(str(row["batch"]) if first else "", str(row["text_len"]) if first else "", k,
+                          f"{row[k]['p50_ms']:.2f}", f"{row[k]['p90_ms']:.2f}", f"{row[k]['throughput']:.0f}",
+                          vs_full, vs_torch, end_section=i == len(names) - 1)
         console.print(t)
     t = Table(title="checks")
     for col in ("check", "value", "threshold", "result"):
@@ -112,3 +116,25 @@ def render_verify(report, console) -> None:
                   else "[red]FAIL[/red]")
     console.print(t)
     console.print(f"verify {'passed' if report.passed else 'FAILED'} in {report.seconds:.1f} s")
+
+
+def render_bench(result: dict[str, Any], console) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"accuracy vs FLOPs ratio ({result['data']}, {result['samples']} test questions)")
+    for col in ("target", "accuracy", "FLOPs ratio", "p10", "p90", "static @ same FLOPs"):
+        t.add_column(col, justify="right")
+    t.add_row("full", f"{100 * result['full']['accuracy']:.2f}%", "1.000", "", "", "")
+    for p in result["points"]:
+        s = p.get("static")
+        t.add_row(p["label"], f"{100 * p['accuracy']:.2f}%", f"{p['flops_ratio']:.3f}", f"{p['flops_p10']:.3f}",
+                  f"{p['flops_p90']:.3f}", f"{100 * s['accuracy']:.2f}%" if s else "-")
+    console.print(t)
+    lat = Table(title="latency p50 (ms)")
+    lat.add_column("batch", justify="right")
+    lat.add_column("text", justify="right")
+    for name in result["runtimes"]:
+        lat.add_column(name, justify="right")
+    for r in result["latency"]:
+        lat.add_row(str(r["batch"]), str(r["text_len"]), *(f"{r[name]['p50_ms']:.2f}" for name in result["runtimes"]))
+    console.print(lat)

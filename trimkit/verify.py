@@ -76,7 +76,7 @@ class _TorchRunner:
 
 
 class _OrtRunner:
-    def __init__(self, path: Path, threads: int | None, name: str = "onnxruntime") -> None:
+    def __init__(self, path: Path, threads: int | None, name: str = "artifact") -> None:
         self.sess, self.name = ort_session(path, threads=threads), name
 
     def __call__(self, pv, ids, mask):
@@ -103,7 +103,7 @@ class _TrtRunner:
         self.ctx = self.engine.create_execution_context()
         self.profiles = manifest["profiles"]
         self.num_labels = len(manifest["labels"])
-        self.name = "tensorrt"
+        self.name = "artifact"
 
     def __call__(self, pv, ids, mask):
         b, n = ids.shape
@@ -317,7 +317,7 @@ def verify(ckpt: str | os.PathLike, artifact: str | os.PathLike, *, data: str = 
 
         with tempfile.TemporaryDirectory(prefix="trimkit-verify-") as tmp:
             full = to_onnx(model, Path(tmp) / "full.onnx", mode="full", check=False, precision=precision)
-            full_runner = _OrtRunner(full.path, threads, "onnxruntime-full")
+            full_runner = _OrtRunner(full.path, threads, "full-export")
             report.speed = _speed(model, [art, full_runner, ref], batch_sizes, text_lens, repeats, seed, say)
     else:
         report.speed = _speed(model, [art, ref], batch_sizes, text_lens, repeats, seed, say)
@@ -347,8 +347,8 @@ def _speed(model, runners, batch_sizes, text_lens, repeats, seed, say) -> list[d
                              "throughput": b / p50}
             art = runners[0].name
             row["speedup_vs_pytorch"] = row[runners[-1].name]["p50_ms"] / row[art]["p50_ms"]
-            row["speedup_vs_full"] = (row["onnxruntime-full"]["p50_ms"] / row[art]["p50_ms"]
-                                      if "onnxruntime-full" in row else None)
+            row["speedup_vs_full"] = (row["full-export"]["p50_ms"] / row[art]["p50_ms"]
+                                      if "full-export" in row else None)
             rows.append(row)
     return rows
 

@@ -17,7 +17,8 @@ from ..data import VQASplit
 from ..models import MeterModel
 from ..train.evaluate import sample_indices
 
-__all__ = ["adaptive_profile", "static_trim_config", "match_static_budget", "measure"]
+__all__ = ["adaptive_profile", "static_trim_config", "match_static_budget", "match_adaptive_budget", "measure",
+           "shift_thresholds"]
 
 
 @torch.no_grad()
@@ -68,28 +69,52 @@ def measure(model: MeterModel, split: VQASplit, mode: str, *, samples: int | Non
     return {"accuracy": float(torch.cat(correct).float().mean()), "flops_ratio": float(torch.cat(ratios).mean())}
 
 
-def match_static_budget(model: MeterModel, split: VQASplit, target_ratio: float, *, samples: int | None = 1000,
-                        profile: dict[str, Any] | None = None, tol: float = 0.005, max_iter: int = 20,
-                        seed: int = 0) -> tuple[TrimConfig, dict[str, float]]:
-    """Static keep ratios whose measured mean FLOPs ratio on `split` is target_ratio (+- tol), by
-    bisection on a common scale of the adaptive model's per-layer fractions."""
-    profile = profile or adaptive_profile(model, split, samples=samples, seed=seed)
+def _bisect_budget(model: MeterModel, split: VQASplit, target_ratio: float, make, lo: float, hi: float, mode: str,
+                   *, increasing: bool, samples: int | None, tol: float, max_iter: int,
+                   seed: int) -> tuple[TrimConfig, dict[str, float]]:
+    """Bisection on one scalar x of `make(x) -> TrimConfig` until the mean FLOPs ratio measured in
+    `mode` is target_ratio +- tol (the ratio grows with x when `increasing`); the closest config wins."""
     original = model.trim
-    lo, hi = 0.05, 4.0
     best: tuple[TrimConfig, dict[str, float]] | None = None
     try:
         for _ in range(max_iter):
             mid = (lo + hi) / 2
-            model.trim = static_trim_config(model, profile, mid)
-            m = measure(model, split, "static", samples=samples, seed=seed)
+            model.trim = make(mid)
+            m = measure(model, split, mode, samples=samples, seed=seed)
             if best is None or abs(m["flops_ratio"] - target_ratio) < abs(best[1]["flops_ratio"] - target_ratio):
                 best = (model.trim, m)
             if abs(m["flops_ratio"] - target_ratio) <= tol:
                 break
-            if m["flops_ratio"] > target_ratio:
+            if (m["flops_ratio"] > target_ratio) == increasing:
                 hi = mid
             else:
                 lo = mid
     finally:
         model.trim = original
     return best
+
+
+def match_static_budget(model: MeterModel, split: VQASplit, target_ratio: float, *, samples: int | None = 1000,
+                        profile: dict[str, Any] | None = None, tol: float = 0.005, max_iter: int = 20,
+                        seed: int = 0) -> tuple[TrimConfig, dict[str, float]]:
+    """Static keep ratios whose measured mean FLOPs ratio on `split` is target_ratio (+- tol), by
+    bisection on a common scale of the adaptive model's per-layer fractions."""
+    profile = profile or adaptive_profile(model, split, samples=samples, seed=seed)
+    return _bisect_budget(model, split, target_ratio, lambda x: static_trim_config(model, profile, x), 0.05, 4.0,
+                          "static", increasing=True, samples=samples, tol=tol, max_iter=max_iter, seed=seed)
+
+
+def shift_thresholds(trim: TrimConfig, offset: float) -> TrimConfig:
+    """The trimmers' token and head decision thresholds moved by one global offset (logit units)."""
+    return dataclasses.replace(trim, token_threshold=trim.token_threshold + offset,
+                               head_threshold=trim.head_threshold + offset)
+
+
+def match_adaptive_budget(model: MeterModel, split: VQASplit, target_ratio: float, *, samples: int | None = 1000,
+                          tol: float = 0.005, max_iter: int = 30, span: float = 30.0,
+                          seed: int = 0) -> tuple[TrimConfig, dict[str, float]]:
+    """Adaptive pruning at another budget without retraining: one global offset on the decision
+    thresholds, found by bisection so the mean `prune`-mode FLOPs ratio on `split` is target_ratio."""
+    base = model.trim
+    return _bisect_budget(model, split, target_ratio, lambda x: shift_thresholds(base, x), -span, span, "prune",
+                          increasing=False, samples=samples, tol=tol, max_iter=max_iter, seed=seed)

@@ -1,0 +1,312 @@
+"""`trimkit bench`: a sweep over trim targets, batch sizes and text lengths, written as a report.
+
+For each trim target (the checkpoint's own thresholds, `native`, and FLOPs ratios reached by a
+global threshold offset calibrated on the validation split, no retraining) it measures accuracy
+and the per-instance FLOPs ratio on the test split, the tokens kept entering each trimmed layer,
+and (optionally) static per-layer keep ratios at the same mean cost. Every target is exported to
+ONNX (adaptive) beside one `full` export, and latency is timed interleaved per shape for ONNX
+Runtime (full and each adaptive export) and PyTorch (`off` and `prune`), on real images with the
+questions' words repeated to each text length.
+
+Writes DIR/report.md, DIR/bench.json and three PNG plots (accuracy vs FLOPs ratio, latency vs text
+length per runtime, kept tokens per layer). DIR is built beside its final place and renamed, so
+a failed or interrupted run leaves no half-written report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import BadInputError
+
+__all__ = ["bench", "parse_targets", "tiled_inputs", "REPORT_FILES"]
+
+REPORT_FILES = ("report.md", "bench.json", "accuracy_vs_flops.png", "latency_vs_text_len.png",
+                "kept_tokens_per_layer.png")
+
+
+def parse_targets(text: str) -> list[float | None]:
+    """'native,0.5,0.33' -> [None, 0.5, 0.33] (None = the checkpoint's own thresholds)."""
+    out: list[float | None] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if part == "native":
+            out.append(None)
+            continue
+        try:
+            r = float(part)
+        except ValueError:
+            raise BadInputError(f"--targets: {part!r} is neither 'native' nor a FLOPs ratio") from None
+        if not 0.0 < r <= 1.0:
+            raise BadInputError(f"--targets: FLOPs ratio {r} is outside (0, 1]")
+        out.append(r)
+    if not out:
+        raise BadInputError("--targets: give at least one target")
+    return list(dict.fromkeys(out))
+
+
+def tiled_inputs(split, idx: torch.Tensor, text_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Real images and questions; each question's words repeated to exactly `text_len` tokens
+    ([CLS] first, no padding) so latency can be measured at text lengths the data does not have."""
+    pv, ids, mask, _ = split.batch(idx)
+    out = torch.empty(ids.shape[0], text_len, dtype=torch.int64)
+    for i in range(ids.shape[0]):
+        words = ids[i, 1: int(mask[i].sum())]
+        words = words if words.numel() else ids[i, :1]
+        out[i, 0] = ids[i, 0]
+        out[i, 1:] = words.repeat(text_len // words.numel() + 1)[: text_len - 1]
+    return pv.numpy(), out.numpy(), np.ones_like(out.numpy())
+
+
+def _label(target: float | None) -> str:
+    return "native" if target is None else f"{target:g}"
+
+
+def bench(ckpt: str | os.PathLike, out: str | os.PathLike, *, data: str = "easyvqa",
+          targets: list[float | None] | None = None, batch_sizes: tuple[int, ...] = (1, 8),
+          text_lens: tuple[int, ...] = (8, 16, 24), samples: int = 1000, calib_samples: int = 500,
+          repeats: int = 10, threads: int | None = None, static: bool = True, seed: int = 0,
+          force: bool = False, progress: Callable[[str, float], None] | None = None) -> dict[str, Any]:
+    """Run the sweep and write the report folder `out`; returns the results (also in bench.json)."""
+    from .checkpoint import load_checkpoint
+    from .data import load_dataset
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise BadInputError(f"{out}: already exists; pass --force to overwrite")
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"{out}: is a file, not a folder")
+    if not out.parent.exists():
+        raise BadInputError(f"{out}: folder {out.parent} does not exist")
+    targets = targets if targets is not None else [None, 0.7, 0.5, 0.35]
+    tick = progress or (lambda what, amount: None)
+    t_start = time.perf_counter()
+    model = load_checkpoint(ckpt)
+    if model.tokenizer is None:
+        raise BadInputError(f"{ckpt}: checkpoint has no tokenizer; bench needs labelled --data")
+    lens = [n for n in text_lens if n <= model.config.max_text_len]
+    if not lens:
+        raise BadInputError(f"--text-lens: all above the model's max_text_len {model.config.max_text_len}")
+    task = load_dataset(data, tokenizer=model.tokenizer, labels=model.labels, image_size=model.config.image_size,
+                        seed=seed, splits=("train", "val", "test"))
+    result: dict[str, Any] = {"checkpoint": str(ckpt), "data": data, "samples": min(samples, len(task.test)),
+                              "calibration_samples": min(calib_samples, len(task.val)), "seed": seed,
+                              "threads": threads, "repeats": repeats, "points": [], "latency": []}
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        configs = _accuracy_sweep(model, task, targets, samples, calib_samples, static, seed, result, tick)
+        _latency_sweep(model, task, configs, batch_sizes, lens, repeats, threads, seed, work, result, tick)
+        result["seconds"] = time.perf_counter() - t_start
+        _plots(result, work)
+        (work / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+        (work / "report.md").write_text(_markdown(result))
+        for f in work.glob("*.onnx"):
+            f.unlink()
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return result
+
+
+def _accuracy_sweep(model, task, targets, samples, calib_samples, static, seed, result, tick) -> dict[str, Any]:
+    """Accuracy, FLOPs ratio and kept tokens per target; returns {label: TrimConfig} for export."""
+    from .calibration import adaptive_profile, match_adaptive_budget, match_static_budget
+    from .train.evaluate import evaluate
+
+    native = model.trim
+    full = evaluate(model, task.test, modes=("off",), samples=samples, seed=seed)["off"]
+    result["full"] = {"accuracy": full["accuracy"], "flops_ratio": 1.0}
+    configs = {}
+    trimmed_layers = [d for d in range(model.config.num_layers) if d >= native.first_trimmed_layer]
+    result["trimmed_layers"] = trimmed_layers
+    for target in targets:
+        label = _label(target)
+        if target is None:
+            trim, offset = native, 0.0
+        else:
+            trim, _ = match_adaptive_budget(model, task.val, target, samples=calib_samples, seed=seed)
+            offset = trim.token_threshold - native.token_threshold
+        tick(f"calibrated {label}", 1)
+        model.trim = trim
+        r = evaluate(model, task.test, modes=("prune",), samples=samples, seed=seed)["prune"]
+        point = {"target": target, "label": label, "threshold_offset": offset, "accuracy": r["accuracy"],
+                 "flops_ratio": r["flops_ratio"]["mean"], "flops_p10": r["flops_ratio"]["p10"],
+                 "flops_p90": r["flops_ratio"]["p90"], "keep_per_layer": r["keep_per_layer"]}
+        if static:
+            profile = adaptive_profile(model, task.val, samples=calib_samples, seed=seed)
+            static_trim, _ = match_static_budget(model, task.val, point["flops_ratio"], samples=calib_samples,
+                                                 profile=profile, seed=seed)
+            model.trim = static_trim
+            s = evaluate(model, task.test, modes=("static",), samples=samples, seed=seed)["static"]
+            point["static"] = {"accuracy": s["accuracy"], "flops_ratio": s["flops_ratio"]["mean"]}
+        model.trim = native
+        configs[label] = trim
+        result["points"].append(point)
+        tick(f"evaluated {label}", 1)
+    return configs
+
+
+def _time_interleaved(runners: dict[str, Callable], feed, repeats: int) -> dict[str, list[float]]:
+    for run in runners.values():  # warm-up
+        run(*feed)
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            run(*feed)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def _latency_sweep(model, task, configs, batch_sizes, lens, repeats, threads, seed, work, result, tick) -> None:
+    from .export.onnx import OUTPUT_NAMES, ort_session, to_onnx
+
+    def ort_runner(path):
+        sess = ort_session(path, threads=threads)
+        return lambda pv, ids, mask: sess.run(OUTPUT_NAMES, {"pixel_values": pv, "input_ids": ids,
+                                                            "attention_mask": mask})
+
+    def torch_runner(trim, mode):
+        @torch.no_grad()
+        def run(pv, ids, mask):
+            model.trim = trim
+            return model(torch.from_numpy(pv), torch.from_numpy(ids), torch.from_numpy(mask), mode=mode)
+        return run
+
+    native = model.trim
+    runners: dict[str, Callable] = {"onnxruntime full": ort_runner(to_onnx(model, work / "full.onnx", mode="full").path)}
+    tick("exported full", 1)
+    for label, trim in configs.items():
+        model.trim = trim
+        path = to_onnx(model, work / f"adaptive-{label}.onnx", mode="adaptive").path
+        model.trim = native
+        runners[f"onnxruntime adaptive@{label}"] = ort_runner(path)
+        tick(f"exported adaptive@{label}", 1)
+    runners["pytorch off"] = torch_runner(native, "off")
+    first = next(iter(configs))
+    runners[f"pytorch prune@{first}"] = torch_runner(configs[first], "prune")
+    g = torch.Generator().manual_seed(seed)
+    try:
+        for b in batch_sizes:
+            idx = torch.randperm(len(task.test), generator=g)[:b]
+            for n in lens:
+                feed = tiled_inputs(task.test, idx, n)
+                times = _time_interleaved(runners, feed, repeats)
+                row: dict[str, Any] = {"batch": b, "text_len": n}
+                for name, ts in times.items():
+                    p50 = statistics.median(ts)
+                    row[name] = {"p50_ms": 1000 * p50, "p90_ms": 1000 * float(np.quantile(ts, 0.9)),
+                                 "throughput": b / p50}
+                result["latency"].append(row)
+                tick(f"timed batch {b} text {n}", 1)
+    finally:
+        model.trim = native
+    result["runtimes"] = list(runners)
+
+
+def total_steps(targets, batch_sizes, lens) -> int:
+    """Progress units `bench` reports: 2 per target, 1 per export, 1 per timed shape."""
+    return 2 * len(targets) + 1 + len(targets) + len(batch_sizes) * len(lens)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _plots(result: dict[str, Any], folder: Path) -> None:
+    from .plotting import pyplot, save_figure
+
+    plt = pyplot()
+    pts = result["points"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([1.0], [100 * result["full"]["accuracy"]], marker="*", s=160, color="black", label="full (off)",
+               zorder=3)
+    xs = sorted(pts, key=lambda p: p["flops_ratio"])
+    ax.plot([p["flops_ratio"] for p in xs], [100 * p["accuracy"] for p in xs], "o-", label="adaptive (SmartTrim)")
+    for p in xs:
+        ax.annotate(p["label"], (p["flops_ratio"], 100 * p["accuracy"]), textcoords="offset points", xytext=(4, 4),
+                    fontsize=8)
+    st = [p for p in xs if "static" in p]
+    if st:
+        ax.plot([p["static"]["flops_ratio"] for p in st], [100 * p["static"]["accuracy"] for p in st], "s--",
+                label="static keep ratios, same mean FLOPs")
+    ax.set_xlabel("mean FLOPs ratio (trimmed / full)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"accuracy vs compute ({result['data']}, {result['samples']} test questions)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, folder / "accuracy_vs_flops.png")
+
+    batches = sorted({r["batch"] for r in result["latency"]})
+    fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 4), squeeze=False)
+    for ax, b in zip(axes[0], batches):
+        rows = [r for r in result["latency"] if r["batch"] == b]
+        for name in result["runtimes"]:
+            ax.plot([r["text_len"] for r in rows], [r[name]["p50_ms"] for r in rows], "o-", label=name)
+        ax.set_xlabel("text length (tokens)")
+        ax.set_ylabel("latency p50 (ms)")
+        ax.set_title(f"batch {b}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    save_figure(fig, folder / "latency_vs_text_len.png")
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    layers = result["trimmed_layers"]
+    for m, (ax, name) in enumerate(zip(axes, ("vision", "text"))):
+        for p in pts:
+            ax.plot(layers, [k[m] for k in p["keep_per_layer"]], "o-", label=f"{p['label']} ({p['flops_ratio']:.2f})")
+        ax.set_xlabel("layer (depth)")
+        ax.set_ylabel(f"{name} tokens kept (mean)")
+        ax.set_title(f"{name} tokens entering each trimmed layer")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0].legend(title="target (FLOPs ratio)", fontsize=8)
+    save_figure(fig, folder / "kept_tokens_per_layer.png")
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    lines = [f"# trimkit bench: `{result['checkpoint']}`", "",
+             f"Data `{result['data']}`: accuracy on {result['samples']} test questions, budgets calibrated on "
+             f"{result['calibration_samples']} validation questions (global threshold offset, no retraining). "
+             f"Latency: ONNX Runtime CPU ({result['threads'] or 'default'} threads) and PyTorch eager, "
+             f"{result['repeats']} interleaved repeats, medians. {result['seconds']:.0f} s in all.", "",
+             "## Accuracy vs FLOPs ratio", "", "![accuracy vs FLOPs](accuracy_vs_flops.png)", "",
+             "| target | threshold offset | accuracy | FLOPs ratio mean | p10 | p90 | static at same FLOPs |",
+             "|---|---|---|---|---|---|---|",
+             f"| full (off) | | {100 * result['full']['accuracy']:.2f}% | 1.000 | | | |"]
+    for p in result["points"]:
+        s = p.get("static")
+        st = f"{100 * s['accuracy']:.2f}% @ {s['flops_ratio']:.3f}" if s else "-"
+        lines.append(f"| {p['label']} | {p['threshold_offset']:+.3f} | {100 * p['accuracy']:.2f}% | "
+                     f"{p['flops_ratio']:.3f} | {p['flops_p10']:.3f} | {p['flops_p90']:.3f} | {st} |")
+    names = result["runtimes"]
+    lines += ["", "## Latency vs text length", "", "![latency](latency_vs_text_len.png)", "",
+              "p50 ms (speedup of each adaptive export over the full export in brackets).", "",
+              "| batch | text | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for r in result["latency"]:
+        full = r["onnxruntime full"]["p50_ms"]
+        cells = []
+        for name in names:
+            c = f"{r[name]['p50_ms']:.2f}"
+            if name.startswith("onnxruntime adaptive"):
+                c += f" ({full / r[name]['p50_ms']:.2f}×)"
+            cells.append(c)
+        lines.append(f"| {r['batch']} | {r['text_len']} | " + " | ".join(cells) + " |")
+    lines += ["", "## Tokens kept per layer", "", "![kept tokens](kept_tokens_per_layer.png)", "",
+              "| target | " + " | ".join(f"L{d} v/t" for d in result["trimmed_layers"]) + " |",
+              "|---|" + "---|" * len(result["trimmed_layers"])]
+    for p in result["points"]:
+        lines.append(f"| {p['label']} | " + " | ".join(f"{v:.1f}/{t:.1f}" for v, t in p["keep_per_layer"]) + " |")
+    return "\n".join(lines) + "\n"
