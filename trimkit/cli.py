@@ -270,9 +270,9 @@ def verify(
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Speed: batch sizes.")] = "1,8",
     text_lens: Annotated[str, typer.Option("--text-lens", help="Speed: text lengths.")] = "8,16,32",
     samples: Annotated[int, typer.Option("--samples", help="Samples compared.")] = 256,
-    atol: Annotated[float | None, typer.Option("--atol", help="Logits tolerance (default 1e-4 fp32, 5e-2 fp16).")] = None,
-    rtol: Annotated[float | None, typer.Option("--rtol", help="Relative tolerance (default 1e-3 fp32, 5e-2 fp16).")] = None,
-    min_agreement: Annotated[float, typer.Option("--min-agreement", help="Argmax and keep_counts agreement.")] = 0.99,
+    atol: Annotated[float | None, typer.Option("--atol", help="Logits tolerance (default 1e-4 fp32, 5e-2 fp16, 0.25 int8).")] = None,
+    rtol: Annotated[float | None, typer.Option("--rtol", help="Relative tolerance (default 1e-3 fp32, 5e-2 fp16, 0.1 int8).")] = None,
+    min_agreement: Annotated[float | None, typer.Option("--min-agreement", help="Argmax and keep_counts agreement (default 0.99; int8 0.98).")] = None,
     max_accuracy_drop: Annotated[float, typer.Option("--max-accuracy-drop", help="Points vs PyTorch full.")] = 1.0,
     min_speedup: Annotated[float | None, typer.Option("--min-speedup", help="Artifact vs the full export.")] = None,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per shape.")] = 20,
@@ -354,6 +354,63 @@ def show(
 
     ex = run_show(ckpt, image, question, out, force=force)
     typer.echo(f"{ex['answer']} ({100 * ex['probability']:.1f}%), FLOPs ratio {ex['flops_ratio']:.3f}; wrote {out}")
+
+
+calibrate_app = typer.Typer(help="Hit a compute budget without retraining; INT8 (Q/DQ) quantization.",
+                            no_args_is_help=True)
+app.add_typer(calibrate_app, name="calibrate")
+
+
+class Int8Method(str, enum.Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+@calibrate_app.command("budget")
+def calibrate_budget_cmd(
+    ckpt: Annotated[Path, typer.Argument(help="A trained trimkit checkpoint.")],
+    target: Annotated[float, typer.Option("--target", help="Mean FLOPs ratio to reach.")],
+    out: OutOpt,
+    data: DataOpt = "easyvqa",
+    samples: Annotated[int, typer.Option("--samples", help="Validation questions to calibrate on.")] = 1000,
+    holdout: Annotated[int, typer.Option("--holdout", help="Test questions for before/after.")] = 2000,
+    seed: SeedOpt = 0,
+    force: ForceOpt = False,
+) -> None:
+    """Shift the trimmers' thresholds to a FLOPs ratio; store matching static keep ratios."""
+    from .calibration import calibrate_budget
+    from .render import render_budget
+
+    console = _console()
+    rec = calibrate_budget(ckpt, data, target, out, samples=samples, holdout=holdout, seed=seed, force=force,
+                           log=console.print)
+    render_budget(rec, console)
+    console.print(f"wrote {out} (static keep ratios stored for `trimkit export --mode static`)")
+
+
+@calibrate_app.command("int8")
+def calibrate_int8_cmd(
+    onnx_file: Annotated[Path, typer.Argument(help="An fp32 trimkit ONNX export.")],
+    ckpt: Annotated[Path, typer.Option("--ckpt", help="The checkpoint it was exported from.")],
+    out: OutOpt,
+    data: DataOpt = "easyvqa",
+    samples: Annotated[int, typer.Option("--samples", help="Calibration questions (train split, seeded).")] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    method: Annotated[Int8Method, typer.Option("--method", help="Activation range calibration.")] = Int8Method.minmax,
+    per_channel: Annotated[bool, typer.Option("--per-channel", help="Per-output-channel weight scales.")] = False,
+    seed: SeedOpt = 0,
+    force: ForceOpt = False,
+) -> None:
+    """Static INT8 Q/DQ quantization of the backbone's matmuls; the trimmer path stays float."""
+    from .calibration.int8 import quantize_int8
+
+    console = _console()
+    res = quantize_int8(onnx_file, out, ckpt=ckpt, data=data, samples=samples, batch_size=batch_size,
+                        method=method.value, per_channel=per_channel, seed=seed, force=force, log=console.print)
+    console.print(f"wrote {res.path}: {res.quantized_nodes} matmuls quantized, {res.skipped_trimmer_nodes} trimmer "
+                  f"matmuls kept float, {res.op_counts.get('QuantizeLinear', 0)} QuantizeLinear / "
+                  f"{res.op_counts.get('DequantizeLinear', 0)} DequantizeLinear ({res.seconds:.1f} s)")
 
 
 def main(argv: list[str] | None = None) -> int:

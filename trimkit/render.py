@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["render_description", "render_eval", "render_verify", "render_bench", "fmt_flops"]
+__all__ = ["render_description", "render_eval", "render_verify", "render_bench", "render_budget", "fmt_flops"]
 
 
 def fmt_flops(x: float) -> str:
@@ -138,3 +138,17 @@ def render_bench(result: dict[str, Any], console) -> None:
     for r in result["latency"]:
         lat.add_row(str(r["batch"]), str(r["text_len"]), *(f"{r[name]['p50_ms']:.2f}" for name in result["runtimes"]))
     console.print(lat)
+
+
+def render_budget(rec: dict[str, Any], console) -> None:
+    from rich.table import Table
+
+    h = rec["holdout"]
+    t = Table(title=f"budget calibration to FLOPs ratio {rec['target']} (held-out: {h['samples']} {h['split']} "
+                    f"questions; threshold offset {rec['threshold_offset']:+.3f})")
+    for col in ("model", "accuracy", "mean FLOPs ratio"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for name, key in (("before (adaptive)", "before"), ("after (adaptive)", "adaptive"),
+                      ("after (static keep ratios)", "static")):
+        t.add_row(name, f"{100 * h[key]['accuracy']:.2f}%", f"{h[key]['flops_ratio']:.3f}")
+    console.print(t)

@@ -119,9 +119,14 @@ def select_topk_sorted(keep: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def static_count(n: int, ratio: float) -> int:
-    """k = ceil(ratio * n) in integer arithmetic (per-mille), clamped to [1, n]; shape-only for export."""
+    """k = ceil(ratio * n) in integer arithmetic (per-mille), clamped to [2, n]; shape-only for export.
+
+    At least [CLS] and one other token stay: a k of 1 would let torch.export specialise the
+    symbolic length to the constant 1 (size-1 broadcasting), and the graph would then be wrong
+    for longer texts.
+    """
     milli = int(round(ratio * 1000))
-    return torch.sym_max(1, torch.sym_min(n, (milli * n + 999) // 1000))  # symbolic in n under torch.export
+    return torch.sym_min(n, torch.sym_max(2, (milli * n + 999) // 1000))  # symbolic in n under torch.export
 
 
 def select_static(keep: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -173,7 +173,7 @@ def test_static_mode_keeps_shape_derived_counts(pruning_model):
     assert out.keep_counts[:, 0].tolist() == [[static_count(nv, 0.5), static_count(nt, 0.6)]] * 3
     assert out.keep_counts[:, 1, 0].tolist() == [min(static_count(nv, 0.3), static_count(nv, 0.5))] * 3
     assert [int(h[0].sum()) for h in out.head_masks[1]] == [1, 2, 3, 4]
-    assert static_count(17, 0.5) == 9 and static_count(10, 0.0001) == 1
+    assert static_count(17, 0.5) == 9 and static_count(10, 0.0001) == 2 and static_count(1, 0.5) == 1
 
 
 def test_static_mode_requires_calibration(tiny_model):

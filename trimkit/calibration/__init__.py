@@ -1,7 +1,8 @@
-"""Calibration: hit a compute budget without retraining (budget.py)."""
+"""Calibration: hit a compute budget without retraining (budget.py); INT8 Q/DQ (int8.py, imported lazily)."""
 
 from .budget import (
     adaptive_profile,
+    calibrate_budget,
     match_adaptive_budget,
     match_static_budget,
     measure,
@@ -9,5 +10,5 @@ from .budget import (
     static_trim_config,
 )
 
-__all__ = ["adaptive_profile", "match_adaptive_budget", "match_static_budget", "measure", "shift_thresholds",
+__all__ = ["adaptive_profile", "calibrate_budget", "match_adaptive_budget", "match_static_budget", "measure", "shift_thresholds",
            "static_trim_config"]

@@ -118,3 +118,53 @@ def match_adaptive_budget(model: MeterModel, split: VQASplit, target_ratio: floa
     base = model.trim
     return _bisect_budget(model, split, target_ratio, lambda x: shift_thresholds(base, x), -span, span, "prune",
                           increasing=False, samples=samples, tol=tol, max_iter=max_iter, seed=seed)
+
+
+def calibrate_budget(ckpt, data: str, target_ratio: float, out, *, samples: int = 1000, holdout: int = 2000,
+                     seed: int = 0, force: bool = False, log=None) -> dict[str, Any]:
+    """`trimkit calibrate budget`: hit a mean FLOPs ratio without retraining.
+
+    (a) adaptive: one global offset on the trimmers' decision thresholds, bisected on `samples`
+    validation questions; (b) static: per-layer keep ratios (and head counts) that reproduce the
+    calibrated adaptive model's mean cost, stored for `trimkit export --mode static`. Accuracy and
+    FLOPs ratio before/after are measured on `holdout` test questions. Writes `out` (atomic).
+    """
+    from ..checkpoint import load_checkpoint, save_checkpoint
+    from ..data import load_dataset
+    from ..errors import BadInputError
+    from ..fileio import check_writable
+
+    say = log or (lambda msg: None)
+    if not 0.0 < target_ratio <= 1.0:
+        raise BadInputError(f"--target {target_ratio} is outside (0, 1]")
+    if samples < 1 or holdout < 1:
+        raise BadInputError("--samples and --holdout must be positive")
+    check_writable(out, force=force)
+    model = load_checkpoint(ckpt)
+    if model.tokenizer is None:
+        raise BadInputError(f"{ckpt}: checkpoint has no tokenizer for --data {data}")
+    task = load_dataset(data, tokenizer=model.tokenizer, labels=model.labels, image_size=model.config.image_size,
+                        seed=seed)
+    held = dict(samples=holdout, seed=seed)
+    before = measure(model, task.test, "prune", **held)
+    say(f"before: accuracy {100 * before['accuracy']:.2f}%, FLOPs ratio {before['flops_ratio']:.3f}; "
+        f"calibrating thresholds on {min(samples, len(task.val))} validation questions ...")
+    native = model.trim
+    trim, calib = match_adaptive_budget(model, task.val, target_ratio, samples=samples, seed=seed)
+    model.trim = trim
+    say(f"adaptive: threshold offset {trim.token_threshold - native.token_threshold:+.3f} -> FLOPs ratio "
+        f"{calib['flops_ratio']:.3f} on validation; matching static keep ratios ...")
+    static_trim, static_calib = match_static_budget(model, task.val, calib["flops_ratio"], samples=samples,
+                                                    seed=seed)
+    model.trim = dataclasses.replace(trim, static_keep_ratios=static_trim.static_keep_ratios,
+                                     static_head_keep=static_trim.static_head_keep)
+    after = measure(model, task.test, "prune", **held)
+    static = measure(model, task.test, "static", **held)
+    record = {"data": data, "samples": min(samples, len(task.val)), "split": "val", "seed": seed,
+              "target": target_ratio, "method": "global threshold offset",
+              "threshold_offset": trim.token_threshold - native.token_threshold,
+              "validation": {"adaptive": calib, "static": static_calib},
+              "holdout": {"split": "test", "samples": min(holdout, len(task.test)), "before": before,
+                          "adaptive": after, "static": static}}
+    save_checkpoint(model, out, force=force, meta={"calibration": record})
+    return record

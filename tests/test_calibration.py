@@ -1,0 +1,131 @@
+"""Budget calibration (threshold offset + static keep ratios) and INT8 Q/DQ quantization."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import trimkit
+from trimkit.calibration.int8 import trimmer_nodes
+from trimkit.cli import main
+from trimkit.export.inputs import sample_inputs
+from trimkit.export.onnx import ort_session, to_onnx
+
+
+def topk_k_reads_data(model: onnx.ModelProto) -> list[bool]:
+    """For each TopK: does its K depend on input *values* (not only on input shapes)?"""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inputs = {i.name for i in model.graph.input}
+    result = []
+    for node in model.graph.node:
+        if node.op_type != "TopK":
+            continue
+        stack, seen, dep = [node.input[1]], set(), False
+        while stack and not dep:
+            t = stack.pop()
+            if t in seen or not t:
+                continue
+            seen.add(t)
+            if t in inputs:
+                dep = True
+            elif t in producer and producer[t].op_type != "Shape":  # a Shape reads shapes, not values
+                stack.extend(producer[t].input)
+        result.append(dep)
+    return result
+
+
+@pytest.fixture(scope="module")
+def calibrated(exported, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cal") / "cal.pt"
+    rc = main(["calibrate", "budget", str(exported["ckpt"]), "--target", "0.5", "--out", str(out), "--samples", "200",
+               "--holdout", "300"])
+    assert rc == 0
+    return out
+
+
+def test_budget_calibration_hits_the_target_and_stores_static_ratios(calibrated):
+    model = trimkit.load_checkpoint(calibrated)
+    rec = model.meta["calibration"]
+    assert rec["data"] == "easyvqa" and rec["samples"] == 200 and rec["seed"] == 0 and rec["target"] == 0.5
+    assert abs(rec["validation"]["adaptive"]["flops_ratio"] - 0.5) <= 0.01
+    assert abs(rec["holdout"]["adaptive"]["flops_ratio"] - 0.5) <= 0.05  # held-out questions
+    assert abs(rec["holdout"]["static"]["flops_ratio"] - rec["holdout"]["adaptive"]["flops_ratio"]) <= 0.05
+    assert model.trim.static_keep_ratios and len(model.trim.static_keep_ratios) == len(model.token_trimmers)
+    assert model.trim.token_threshold == pytest.approx(rec["threshold_offset"])  # base thresholds were 0
+
+
+def test_static_export_of_a_calibrated_model_has_shape_only_k(calibrated, exported, tmp_path):
+    static = to_onnx(calibrated, tmp_path / "static.onnx", mode="static")
+    assert static.check["passed"]
+    flags = topk_k_reads_data(onnx.load(str(static.path)))
+    assert flags and not any(flags)
+    assert any(topk_k_reads_data(onnx.load(str(exported["adaptive"]))))  # the adaptive K does read data
+
+
+def test_budget_refuses_bad_targets(exported, tmp_path, capsys):
+    assert main(["calibrate", "budget", str(exported["ckpt"]), "--target", "0", "--out", str(tmp_path / "x.pt")]) == 2
+    assert "outside (0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def int8(exported, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "model.int8.onnx"
+    rc = main(["calibrate", "int8", str(exported["adaptive"]), "--ckpt", str(exported["ckpt"]), "--out", str(out),
+               "--samples", "64", "--method", "minmax", "--per-channel"])
+    assert rc == 0
+    return out
+
+
+def test_int8_graph_has_qdq_around_matmuls_and_none_in_the_trimmers(int8):
+    m = onnx.load(str(int8))
+    producer = {o: n for n in m.graph.node for o in n.output}
+    matmuls = [n for n in m.graph.node if n.op_type in ("MatMul", "Gemm")]
+    quantized = [n for n in matmuls if all(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
+                                           for i in n.input[:2])]
+    assert len(quantized) >= 5
+    trim = trimmer_nodes(m)
+    assert trim
+    for n in m.graph.node:
+        if n.name in trim:
+            assert n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            assert not any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
+                           for i in n.input), n.name
+    for n in m.graph.node:  # the decision ops read float tensors
+        if n.op_type in ("TopK", "Greater"):
+            assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in n.input)
+    meta = {p.key: p.value for p in m.metadata_props}
+    calib = json.loads(meta["trimkit_calibration"])
+    assert calib["data"] == "easyvqa" and calib["samples"] == 64 and calib["method"] == "minmax" and calib["per_channel"]
+    assert json.loads(meta["trimkit_config"])["precision"] == "int8"
+
+
+def test_int8_graph_runs_at_unseen_shapes(int8, exported):
+    model = trimkit.load_checkpoint(exported["ckpt"])
+    sess = ort_session(int8)
+    for b, n in ((1, 3), (4, 9), (7, 16)):
+        pv, ids, mask = (t.numpy() for t in sample_inputs(model.config, b, n, seed=b))
+        logits, counts = sess.run(None, {"pixel_values": pv, "input_ids": ids, "attention_mask": mask})
+        assert logits.shape == (b, model.config.num_labels) and np.isfinite(logits).all()
+        assert counts.shape == (b, len(model.token_trimmers), 2)
+
+
+def test_verify_runs_on_int8_with_its_own_tolerances(int8, exported, tmp_path):
+    js = tmp_path / "v.json"
+    rc = main(["verify", str(exported["ckpt"]), str(int8), "--samples", "32", "--batch-sizes", "2", "--text-lens", "8",
+               "--repeats", "2", "--json", str(js)])
+    report = json.loads(js.read_text())
+    assert rc == (0 if report["passed"] else 1)
+    assert report["numerics"]["atol"] == 0.25 and report["numerics"]["rtol"] == 0.1
+    agreement = next(c for c in report["checks"] if c["name"] == "keep_counts_agreement")
+    assert agreement["threshold"] == 0.98
+
+
+def test_int8_refuses_bad_input(exported, tmp_path, capsys):
+    out = tmp_path / "q.onnx"
+    assert main(["calibrate", "int8", str(exported["adaptive"]), "--ckpt", str(exported["ckpt"]), "--out", str(out),
+                 "--samples", "0"]) == 2
+    assert main(["calibrate", "int8", str(exported["ckpt"]), "--ckpt", str(exported["ckpt"]), "--out", str(out)]) == 2
+    assert "expected a trimkit .onnx" in capsys.readouterr().err
+    assert not out.exists()

@@ -1,0 +1,190 @@
+"""INT8 calibration: static Q/DQ quantization of a trimkit ONNX export with real calibration batches.
+
+Only the backbone's matmuls (MatMul/Gemm with a constant weight, outside the trimmers) are
+quantized, each with its own Q/DQ pair (`DedicatedQDQPair`), so the trimmer decision path —
+token and head scores, thresholds, TopK, Gather, masks — reads float tensors and pruning decisions
+stay stable. Activations and weights are symmetric int8 (zero point 0): the explicit-quantization
+form TensorRT 10/11 builds, and what ONNX Runtime's CPU kernels fuse into integer matmuls.
+The result carries what produced it (`trimkit_calibration`: data, samples, seed, method, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BadInputError, MissingDependencyError
+
+__all__ = ["quantize_int8", "Int8Result", "quantizable_matmuls", "trimmer_nodes", "CALIBRATION_METHODS"]
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+TRIMMER_SCOPES = ("token_trimmers", "head_trimmers")
+
+
+@dataclass
+class Int8Result:
+    path: Path
+    quantized_nodes: int
+    skipped_trimmer_nodes: int
+    op_counts: dict[str, int] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _scopes(node) -> str:
+    for p in node.metadata_props:
+        if p.key in ("pkg.torch.onnx.name_scopes", "namespace"):
+            return p.value
+    return ""
+
+
+def trimmer_nodes(model) -> set[str]:
+    """Names of nodes that belong to a trimmer module (from the exporter's name scopes)."""
+    return {n.name for n in model.graph.node if any(s in _scopes(n) for s in TRIMMER_SCOPES)}
+
+
+def quantizable_matmuls(model) -> tuple[list[str], int]:
+    """MatMul/Gemm nodes with a constant weight outside the trimmers -> (names, trimmer matmuls skipped)."""
+    consts = {i.name for i in model.graph.initializer}
+    consts |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+    trim = trimmer_nodes(model)
+    names, skipped = [], 0
+    for n in model.graph.node:
+        if n.op_type not in ("MatMul", "Gemm") or len(n.input) < 2 or n.input[1] not in consts:
+            continue
+        if n.name in trim:
+            skipped += 1
+        else:
+            names.append(n.name)
+    return names, skipped
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over a dataset split: real images and questions."""
+
+    def __init__(self, batches: list[dict[str, np.ndarray]]) -> None:
+        self.batches, self.i = batches, 0
+
+    def get_next(self):
+        if self.i >= len(self.batches):
+            return None
+        self.i += 1
+        return self.batches[self.i - 1]
+
+    def rewind(self) -> None:
+        self.i = 0
+
+
+def calibration_batches(model, data: str, samples: int, batch_size: int, seed: int) -> list[dict[str, np.ndarray]]:
+    from ..data import load_dataset
+    from ..train.evaluate import sample_indices
+
+    task = load_dataset(data, tokenizer=model.tokenizer, labels=model.labels, image_size=model.config.image_size,
+                        seed=seed, splits=("train",))
+    idx = sample_indices(len(task.train), samples, seed)
+    out = []
+    for start in range(0, idx.numel(), batch_size):
+        pv, ids, mask, _ = task.train.batch(idx[start: start + batch_size])
+        n = int(mask.sum(1).max())
+        out.append({"pixel_values": pv.numpy(), "input_ids": ids[:, :n].numpy(), "attention_mask": mask[:, :n].numpy()})
+    return out
+
+
+def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, *, ckpt: str | os.PathLike, data: str,
+                  samples: int = 256, batch_size: int = 16, method: str = "minmax", per_channel: bool = False,
+                  seed: int = 0, force: bool = False, log=None) -> Int8Result:
+    """Quantize `onnx_path` (a trimkit fp32 export of `ckpt`) to a Q/DQ graph at `out` (atomic)."""
+    from ..checkpoint import load_checkpoint
+    from ..export.onnx import ort_session
+    from ..fileio import atomic_path, check_writable, sha256_file
+    from ..verify import _check_match, artifact_metadata
+
+    say = log or (lambda msg: None)
+    t0 = time.perf_counter()
+    if method not in CALIBRATION_METHODS:
+        raise BadInputError(f"unknown calibration method {method!r}; choose {', '.join(CALIBRATION_METHODS)}")
+    if samples < 1 or batch_size < 1:
+        raise BadInputError("--samples and --batch-size must be positive")
+    onnx_path, out = Path(onnx_path), check_writable(out, force=force)
+    if onnx_path.suffix != ".onnx":
+        raise BadInputError(f"{onnx_path}: expected a trimkit .onnx export")
+    model = load_checkpoint(ckpt)
+    _, meta, _ = artifact_metadata(onnx_path)
+    _check_match(model, Path(ckpt), onnx_path, meta)
+    if meta["config"].get("precision", "fp32") != "fp32":
+        raise BadInputError(f"{onnx_path}: INT8 calibration needs an fp32 export, this one is "
+                            f"{meta['config'].get('precision')}")
+    if model.tokenizer is None:
+        raise BadInputError(f"{ckpt}: checkpoint has no tokenizer for --data {data}")
+    try:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    except ImportError:
+        raise MissingDependencyError("INT8 calibration needs onnxruntime: pip install onnxruntime") from None
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    names, skipped = quantizable_matmuls(proto)
+    say(f"quantizing {len(names)} matmuls ({skipped} trimmer matmuls stay float) with {method} calibration "
+        f"on {samples} {data} samples ...")
+    batches = calibration_batches(model, data, samples, batch_size, seed)
+    calib = {"data": data, "samples": sum(b["input_ids"].shape[0] for b in batches), "seed": seed,
+             "method": method, "per_channel": per_channel, "batch_size": batch_size, "split": "train",
+             "source_onnx_sha256": sha256_file(onnx_path), "activations": "int8 symmetric",
+             "weights": "int8 symmetric" + (" per-channel" if per_channel else "")}
+    with tempfile.TemporaryDirectory(prefix="trimkit-int8-") as tmp, _quiet_root_logger():
+        raw = Path(tmp) / "q.onnx"
+        quantize_static(
+            str(onnx_path), str(raw), _Reader(batches), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=names, per_channel=per_channel,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                              "percentile": CalibrationMethod.Percentile}[method],
+            extra_options={"DedicatedQDQPair": True, "ActivationSymmetric": True, "WeightSymmetric": True,
+                           "MatMulConstBOnly": True},
+        )
+        q = onnx.load(str(raw))
+        cfg = dict(meta["config"], precision="int8")
+        old = {p.key: p.value for p in proto.metadata_props}
+        old.update({"trimkit_config": json.dumps(cfg), "trimkit_calibration": json.dumps(calib)})
+        del q.metadata_props[:]
+        for k, v in old.items():
+            q.metadata_props.add(key=k, value=v)
+        counts = Counter(n.op_type for n in q.graph.node)
+        if not counts.get("QuantizeLinear"):
+            raise BadInputError(f"{onnx_path}: nothing was quantized (no MatMul with a constant weight found)")
+        with atomic_path(out, force=force) as tmp_out:
+            onnx.save(q, str(tmp_out))
+            onnx.checker.check_model(str(tmp_out), full_check=True)
+            _smoke(ort_session(tmp_out), batches)
+    return Int8Result(out, len(names), skipped, dict(counts), calib, time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """onnxruntime.quantization warns on the root logger (pre-processing advice that does not apply:
+    symbolic shape inference cannot follow a data-dependent TopK K)."""
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(old)
+
+
+def _smoke(sess, batches) -> None:
+    """The quantized graph runs on real batches of several sizes and text lengths, finite outputs."""
+    for feed in batches[:2] + [{k: v[:1] for k, v in batches[0].items()}]:
+        logits, _ = sess.run(None, feed)
+        if not np.isfinite(logits).all():
+            raise BadInputError("the INT8 graph produced non-finite logits")
