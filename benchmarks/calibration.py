@@ -1,0 +1,147 @@
+"""Calibration benchmarks (issue 6), on this CPU with ONNX Runtime.
+
+INT8: the `small` SmartTrim checkpoint (target 0.5) exported adaptive with heads masked (so the
+attention projections are constant-weight matmuls and quantize too) and with gathered heads; each
+quantized with `trimkit calibrate int8` (minmax, per-channel, 256 train questions) and compared
+with its fp32 export on easy-VQA test questions: speedup (interleaved timing, 2 threads, batch 1
+and 8), accuracy, keep_counts agreement.
+Budget: `trimkit calibrate budget` from that checkpoint to lower targets; mean FLOPs ratio on
+held-out test questions vs the target, adaptive vs static accuracy at equal cost.
+Writes benchmarks/results/calibration.{json,md}.
+
+    python benchmarks/calibration.py [--ckpt build/bench/easyvqa/smarttrim-0.5.pt] [--samples 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from _common import RESULTS, ROOT, run_stage, save_json
+from rich.console import Console
+from rich.progress import track
+
+import trimkit
+from trimkit.data import load_dataset
+from trimkit.export.onnx import OUTPUT_NAMES, ort_session, to_onnx
+from trimkit.train.evaluate import sample_indices
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", type=Path, default=ROOT / "build/bench/easyvqa/smarttrim-0.5.pt")
+    ap.add_argument("--samples", type=int, default=2000, help="test questions for accuracy/agreement")
+    ap.add_argument("--targets", default="0.4,0.3")
+    ap.add_argument("--batches", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench" / "calibration")
+    args = ap.parse_args()
+    wd = args.workdir
+    wd.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    console = Console()
+    rec: dict = {"checkpoint": str(args.ckpt.relative_to(ROOT) if args.ckpt.is_relative_to(ROOT) else args.ckpt),
+                 "threads": args.threads, "samples": args.samples, "int8": {}, "budget": {}}
+    log = wd / "log.txt"
+    model = trimkit.load_checkpoint(args.ckpt)
+    rec["preset"] = model.meta.get("preset", "?")
+    test = load_dataset("easyvqa", tokenizer=model.tokenizer, labels=model.labels,
+                        image_size=model.config.image_size, splits=("test",)).test
+    for heads in ("mask", "gather"):
+        fp32 = wd / f"adaptive-{heads}.onnx"
+        if not fp32.exists():
+            to_onnx(model, fp32, mode="adaptive", head_impl=heads, force=True)
+        int8 = wd / f"adaptive-{heads}.int8.onnx"
+        run_stage(f"int8-{heads}", ["calibrate", "int8", fp32, "--ckpt", args.ckpt, "--data", "easyvqa", "--out", int8,
+                                    "--samples", "256", "--per-channel"], int8, log, rec)
+        rec["int8"][heads] = compare(fp32, int8, test, args, console)
+        save_json(RESULTS / "calibration.json", rec)
+    for t in (float(x) for x in args.targets.split(",")):
+        out = wd / f"budget-{t}.pt"
+        run_stage(f"budget-{t}", ["calibrate", "budget", args.ckpt, "--target", t, "--data", "easyvqa", "--out", out,
+                                  "--samples", "1000", "--holdout", str(args.samples)], out, log, rec)
+        cal = trimkit.load_checkpoint(out).meta["calibration"]
+        rec["budget"][str(t)] = {"target": t, "threshold_offset": cal["threshold_offset"], **cal["holdout"]}
+        save_json(RESULTS / "calibration.json", rec)
+    write_markdown(rec)
+    save_json(RESULTS / "calibration.json", rec)
+
+
+def compare(fp32: Path, int8: Path, test, args, console) -> dict:
+    s32, s8 = ort_session(fp32, threads=args.threads), ort_session(int8, threads=args.threads)
+    idx = sample_indices(len(test), args.samples, 0)
+    correct32 = correct8 = agree = argmax_agree = 0
+    for start in track(range(0, idx.numel(), 64), description=f"accuracy {int8.name}", console=console):
+        pv, ids, mask, y = test.batch(idx[start: start + 64])
+        n = int(mask.sum(1).max())
+        feed = {"pixel_values": pv.numpy(), "input_ids": ids[:, :n].numpy(), "attention_mask": mask[:, :n].numpy()}
+        l32, k32 = s32.run(OUTPUT_NAMES, feed)
+        l8, k8 = s8.run(OUTPUT_NAMES, feed)
+        correct32 += int((l32.argmax(1) == y.numpy()).sum())
+        correct8 += int((l8.argmax(1) == y.numpy()).sum())
+        agree += int((k32 == k8).reshape(len(y), -1).all(1).sum())
+        argmax_agree += int((l32.argmax(1) == l8.argmax(1)).sum())
+    n = idx.numel()
+    out = {"accuracy_fp32": correct32 / n, "accuracy_int8": correct8 / n,
+           "accuracy_drop_points": 100 * (correct32 - correct8) / n, "keep_counts_agreement": agree / n,
+           "argmax_agreement": argmax_agree / n, "speed": {}}
+    g = torch.Generator().manual_seed(1)
+    for bs in (1, 8):
+        rows = torch.randperm(len(test), generator=g)[: args.batches * bs].view(args.batches, bs)
+        feeds = []
+        for r in rows:
+            pv, ids, mask, _ = test.batch(r)
+            n_tok = int(mask.sum(1).max())
+            feeds.append({"pixel_values": pv.numpy(), "input_ids": ids[:, :n_tok].numpy(),
+                          "attention_mask": mask[:, :n_tok].numpy()})
+        times = {"fp32": [], "int8": []}
+        for sess in (s32, s8):
+            sess.run(None, feeds[0])
+        for _ in range(args.repeats):
+            for name, sess in (("fp32", s32), ("int8", s8)):
+                t0 = time.perf_counter()
+                for f in feeds:
+                    sess.run(None, f)
+                times[name].append((time.perf_counter() - t0) / len(feeds))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        out["speed"][f"b{bs}"] = {"fp32_ms": 1000 * med["fp32"], "int8_ms": 1000 * med["int8"],
+                                  "speedup": med["fp32"] / med["int8"]}
+    console.print(f"{int8.name}: " + ", ".join(f"{k} {v:.4g}" for k, v in out.items() if not isinstance(v, dict))
+                  + "; " + ", ".join(f"{b} {s['speedup']:.2f}×" for b, s in out["speed"].items()))
+    return out
+
+
+def write_markdown(rec: dict) -> None:
+    lines = ["# Calibration on this CPU (ONNX Runtime)", "",
+             f"Checkpoint `{rec['checkpoint']}` (`{rec['preset']}` preset). {rec['samples']} easy-VQA test "
+             f"questions; ONNX Runtime CPU, {rec['threads']} threads, interleaved timing, medians. "
+             "Reproduce: `python benchmarks/calibration.py`.", "",
+             "## INT8 (Q/DQ, minmax, per-channel, 256 calibration questions) vs the fp32 adaptive export", "",
+             "| heads | speedup b1 | speedup b8 | ≥ 1.5× | accuracy fp32 | accuracy int8 | drop (points) | ≤ 1.0 "
+             "| keep_counts agreement | ≥ 98% |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for heads, r in rec["int8"].items():
+        sp = [r["speed"][b]["speedup"] for b in ("b1", "b8")]
+        lines.append(f"| {heads} | {sp[0]:.2f}× | {sp[1]:.2f}× | {'pass' if min(sp) >= 1.5 else 'FAIL'} | "
+                     f"{100 * r['accuracy_fp32']:.2f}% | {100 * r['accuracy_int8']:.2f}% | "
+                     f"{r['accuracy_drop_points']:+.2f} | {'pass' if r['accuracy_drop_points'] <= 1.0 else 'FAIL'} | "
+                     f"{100 * r['keep_counts_agreement']:.2f}% | "
+                     f"{'pass' if r['keep_counts_agreement'] >= 0.98 else 'FAIL'} |")
+    lines += ["", "## Budget calibration (global threshold offset, no retraining; held-out test questions)", "",
+              "| target | offset | ratio before | ratio after | within ±0.03 | accuracy before | adaptive after | "
+              "static after (ratio) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rec["budget"].values():
+        a, b, s = r["adaptive"], r["before"], r["static"]
+        lines.append(f"| {r['target']} | {r['threshold_offset']:+.3f} | {b['flops_ratio']:.3f} | {a['flops_ratio']:.3f} "
+                     f"| {'pass' if abs(a['flops_ratio'] - r['target']) <= 0.03 else 'FAIL'} | "
+                     f"{100 * b['accuracy']:.2f}% | {100 * a['accuracy']:.2f}% | {100 * s['accuracy']:.2f}% "
+                     f"({s['flops_ratio']:.3f}) |")
+    lines += ["", "Commands:", "", "```", *rec.get("commands", {}).values(), "```", ""]
+    (RESULTS / "calibration.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
