@@ -344,11 +344,12 @@ def verify(ckpt: str | os.PathLike, artifact: str | os.PathLike, *, data: str = 
 
 def _speed(model, runners, batch_sizes, text_lens, repeats, seed, say) -> list[dict[str, Any]]:
     rows = []
+    too_long = [n for n in text_lens if n > model.config.max_text_len]
+    if too_long:
+        say(f"skipping text lengths {', '.join(map(str, too_long))}: above the model's max_text_len "
+            f"{model.config.max_text_len}")
     for b in batch_sizes:
-        for n in text_lens:
-            if n > model.config.max_text_len:
-                say(f"skipping text length {n}: above the model's max_text_len {model.config.max_text_len}")
-                continue
+        for n in (n for n in text_lens if n <= model.config.max_text_len):
             pv, ids, mask = (t.numpy() for t in sample_inputs(model.config, b, n, seed=seed, ragged=False))
             lat = {r.name: _time(r, (pv, ids, mask), repeats) for r in runners}
             row = {"batch": b, "text_len": n}
