@@ -88,3 +88,55 @@ def test_unknown_artifact_type(exported, tmp_path):
     bogus.write_bytes(b"x")
     assert main(["verify", str(exported["ckpt"]), str(bogus)]) == 2
     assert main(["verify", str(exported["ckpt"]), str(tmp_path / "none.plan")]) == 2
+
+
+@pytest.fixture
+def fake_engine(exported, tmp_path):
+    """A .plan placeholder with a real manifest (built from the ONNX metadata), for the checks that run
+    before TensorRT is needed."""
+    from trimkit.export.manifest import build_manifest, write_manifest
+    from trimkit.export.profiles import Profile
+
+    m = onnx.load(str(exported["adaptive"]), load_external_data=False)
+    meta = {p.key: p.value for p in m.metadata_props}
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"not an engine")
+    man = build_manifest(engine_sha256="0" * 64, onnx_sha256="0" * 64, onnx_metadata=meta,
+                         profiles=[Profile((1, 2, 4), (2, 8, 12))], io=[], precision="fp32", tensorrt_version="10.0",
+                         cuda_version=None, gpu_name=None)
+    write_manifest(plan, man)
+    return plan
+
+
+def test_engine_shapes_outside_profiles_are_exit_2(exported, fake_engine, capsys):
+    rc = main(["verify", str(exported["ckpt"]), str(fake_engine), "--batch-sizes", "8", "--text-lens", "8"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "batch 8 x text 8" in err[0] and "outside every optimization profile" in err[0]
+
+
+def test_engine_within_profiles_needs_tensorrt(exported, fake_engine, capsys):
+    from trimkit.errors import MissingDependencyError
+    from trimkit.export.trt import check_trt_ready
+
+    try:
+        check_trt_ready()
+    except MissingDependencyError:
+        rc = main(["verify", str(exported["ckpt"]), str(fake_engine), "--batch-sizes", "1,4", "--text-lens", "8,12"])
+        assert rc == 2
+        assert "TensorRT" in capsys.readouterr().err
+    else:
+        pytest.skip("TensorRT is installed here: the missing-TensorRT path does not apply")
+
+
+def test_engine_from_other_weights_is_exit_2(exported, fake_engine, tmp_path, capsys):
+    import json as _json
+
+    from trimkit.export.manifest import manifest_path
+
+    path = manifest_path(fake_engine)
+    man = _json.loads(path.read_text())
+    man["weights_sha256"] = "f" * 64
+    path.write_text(_json.dumps(man))
+    assert main(["verify", str(exported["ckpt"]), str(fake_engine)]) == 2
+    assert "other weights" in capsys.readouterr().err

@@ -170,6 +170,16 @@ def _check_match(model: MeterModel, ckpt: Path, art: Path, meta: dict[str, Any])
         raise BadInputError(f"{art} was exported from other weights than {ckpt} (trimkit_weights_sha256 differs)")
 
 
+def _check_profiles(profiles, artifact: Path, batch_sizes, text_lens, max_text_len: int, numerics) -> None:
+    """Every shape verify will run must fit one of the engine's optimization profiles (else exit 2)."""
+    shapes = [(b, n) for b in batch_sizes for n in text_lens if n <= max_text_len]
+    shapes += [numerics] if numerics else []
+    outside = [f"batch {b} x text {n}" for b, n in shapes if not any(p.contains(b, n) for p in profiles)]
+    if outside:
+        have = "; ".join(f"batch {p.batch[0]}..{p.batch[2]}, text {p.text[0]}..{p.text[2]}" for p in profiles)
+        raise BadInputError(f"{artifact}: {', '.join(outside)} outside every optimization profile ({have})")
+
+
 # ----------------------------------------------------------------------------- measurements
 
 
@@ -260,6 +270,9 @@ def verify(ckpt: str | os.PathLike, artifact: str | os.PathLike, *, data: str = 
     atol = atol if atol is not None else defaults["atol"]
     rtol = rtol if rtol is not None else defaults["rtol"]
     min_agreement = min_agreement if min_agreement is not None else defaults["min_agreement"]
+    if manifest is not None:
+        _check_profiles(manifest["profiles"], artifact, batch_sizes, text_lens, model.config.max_text_len,
+                        numerics=(max(batch_sizes), min(model.config.max_text_len, 12)) if data == "random" else None)
     art = _OrtRunner(artifact, threads) if runtime == "onnxruntime" else _TrtRunner(artifact, manifest)
     ref, base = _TorchRunner(model, trim_mode), _TorchRunner(model, "off")
     report = VerifyReport(str(ckpt), str(artifact), runtime, mode)

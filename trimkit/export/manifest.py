@@ -37,6 +37,7 @@ def build_manifest(*, engine_sha256: str, onnx_sha256: str, onnx_metadata: dict[
         "precision": precision,
         "labels": json.loads(onnx_metadata.get("labels", "[]")),
         "trimkit_config": json.loads(onnx_metadata.get("trimkit_config", "{}")),
+        "weights_sha256": onnx_metadata.get("trimkit_weights_sha256"),
         "tokenizer": json.loads(onnx_metadata["trimkit_tokenizer"]) if "trimkit_tokenizer" in onnx_metadata else None,
         "profiles": [p.to_dict() for p in profiles],
         "io": io,
