@@ -211,7 +211,9 @@ def export(
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 18,
     precision: Annotated[Precision, typer.Option("--precision", help="fp16: an fp16 graph with fp32 inputs/outputs.")] = Precision.fp32,
     keep_ratios: Annotated[str | None, typer.Option("--keep-ratios", help="static mode: 'v,t;v,t;...' per trimmed layer (default: calibrated).")] = None,
-    heads: Annotated[HeadImpl, typer.Option("--heads", help="Head pruning: gather kept heads' weights, or mask.")] = HeadImpl.gather,
+    heads: Annotated[HeadImpl, typer.Option("--heads", help="Head pruning: mask pruned heads (default; faster on CPU, "
+                                                            "see benchmarks/results/export_speed.md) or gather the kept "
+                                                            "heads' weight slices per sample.")] = HeadImpl.mask,
     ort_optimize: Annotated[bool, typer.Option("--ort-optimize", help="Write an ONNX Runtime-optimized graph (CPU).")] = False,
     profile: Annotated[list[str] | None, typer.Option("--profile", help="trt: NAME=min:opt:max (batch, text); forms one profile.")] = None,
     profile_set: Annotated[list[str] | None, typer.Option("--profile-set", help="trt: one more profile, 'batch=1:1:1,text=2:8:16'.")] = None,

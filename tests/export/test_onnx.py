@@ -50,6 +50,14 @@ def test_topk_and_gather_in_adaptive_not_in_full(exported):
     assert not {"TopK", "GatherElements", "GatherND"} & full
 
 
+def test_gathered_heads_export_matches_pytorch(exported, tmp_path):
+    res = to_onnx(exported["ckpt"], tmp_path / "gather.onnx", mode="adaptive", head_impl="gather")
+    assert res.check["passed"]
+    assert "GatherND" in ops(res.path) and "GatherND" not in ops(exported["adaptive"])  # weight slices gathered
+    assert json.loads(dict((p.key, p.value) for p in onnx.load(str(res.path)).metadata_props)["trimkit_config"])[
+        "head_impl"] == "gather"
+
+
 @pytest.mark.parametrize("mode", ["adaptive", "full", "static"])
 def test_unseen_shapes_match_pytorch(exported, mode):
     model = trimkit.load_checkpoint(exported["ckpt"])

@@ -222,7 +222,7 @@ def check_onnx(model: MeterModel, path: str | os.PathLike, mode: str, *, precisi
 
 def to_onnx(source: str | os.PathLike | MeterModel, out: str | os.PathLike, *, mode: str = "adaptive",
             opset: int = 18, precision: str = "fp32", keep_ratios: str | list | None = None,
-            head_impl: str = "gather", ort_optimize: bool = False, force: bool = False,
+            head_impl: str = "mask", ort_optimize: bool = False, force: bool = False,
             check: bool = True, log=None) -> OnnxExport:
     """Export a checkpoint (or model) to one ONNX file; checked, atomic, never overwriting without force."""
     say = log or (lambda msg: None)

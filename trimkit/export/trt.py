@@ -178,7 +178,7 @@ def build_engine(onnx_path: str | os.PathLike, out: str | os.PathLike, *, profil
 
 
 def export_engine(source, out: str | os.PathLike, *, profiles: list[Profile], mode: str = "adaptive",
-                  precision: str = "fp32", opset: int = 18, keep_ratios=None, head_impl: str = "gather",
+                  precision: str = "fp32", opset: int = 18, keep_ratios=None, head_impl: str = "mask",
                   onnx_out: str | os.PathLike | None = None, timing_cache=None, workspace_gib: float = 4.0,
                   force: bool = False, log=None) -> EngineBuild:
     """Checkpoint (or trimkit ONNX file) -> checked ONNX -> TensorRT engine + manifest.
