@@ -129,3 +129,16 @@ def test_int8_refuses_bad_input(exported, tmp_path, capsys):
     assert main(["calibrate", "int8", str(exported["ckpt"]), "--ckpt", str(exported["ckpt"]), "--out", str(out)]) == 2
     assert "expected a trimkit .onnx" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_per_layer_offsets_hit_the_target_and_export(exported, tmp_path):
+    out = tmp_path / "per_layer.pt"
+    assert main(["calibrate", "budget", str(exported["ckpt"]), "--target", "0.5", "--out", str(out), "--samples", "200",
+                 "--holdout", "300", "--per-layer"]) == 0
+    model = trimkit.load_checkpoint(out)
+    rec = model.meta["calibration"]
+    assert rec["method"] == "per-layer threshold offsets" and rec["threshold_offset"] is None
+    offsets = model.trim.layer_threshold_offsets
+    assert len(offsets) == len(model.token_trimmers) == len(rec["layer_offsets"]) and len(set(offsets)) > 1
+    assert abs(rec["validation"]["adaptive"]["flops_ratio"] - 0.5) <= 0.01
+    assert to_onnx(out, tmp_path / "per_layer.onnx").check["passed"]  # per-layer thresholds survive export

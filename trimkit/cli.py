@@ -377,6 +377,8 @@ def calibrate_budget_cmd(
     data: DataOpt = "easyvqa",
     samples: Annotated[int, typer.Option("--samples", help="Validation questions to calibrate on.")] = 1000,
     holdout: Annotated[int, typer.Option("--holdout", help="Test questions for before/after.")] = 2000,
+    per_layer: Annotated[bool, typer.Option("--per-layer/--global", help="Per-layer offsets scaled by each layer's "
+                                                                         "score spread, or one global offset.")] = False,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
 ) -> None:
@@ -385,8 +387,8 @@ def calibrate_budget_cmd(
     from .render import render_budget
 
     console = _console()
-    rec = calibrate_budget(ckpt, data, target, out, samples=samples, holdout=holdout, seed=seed, force=force,
-                           log=console.print)
+    rec = calibrate_budget(ckpt, data, target, out, samples=samples, holdout=holdout, per_layer=per_layer, seed=seed,
+                           force=force, log=console.print)
     render_budget(rec, console)
     console.print(f"wrote {out} (static keep ratios stored for `trimkit export --mode static`)")
 

@@ -71,6 +71,8 @@ class TrimConfig:
     local_only: bool = False  # ablation: token score = local MLP only (no cross-modal global score)
     token_threshold: float = 0.0  # inference: keep a token where its logit > threshold
     head_threshold: float = 0.0  # inference: keep a head where its logit > threshold
+    # budget calibration, per trimmed layer: added to both thresholds of that layer (None = no offsets)
+    layer_threshold_offsets: list[float] | None = field(default=None)
     tau: float = 1.0  # Gumbel-sigmoid temperature in training
     init_keep_logit: float = 5.0  # stable init: last bias of every trimmer (sigmoid(5) = 0.993)
     score_hidden_ratio: int = 4  # local MLP is D -> D/ratio -> 1
@@ -85,6 +87,11 @@ class TrimConfig:
             raise ValueError("first_trimmed_layer must be >= 0")
         if self.tau <= 0:
             raise ValueError("tau must be > 0")
+
+    def thresholds(self, trim_index: int) -> tuple[float, float]:
+        """(token, head) decision thresholds of one trimmed layer."""
+        off = self.layer_threshold_offsets[trim_index] if self.layer_threshold_offsets else 0.0
+        return self.token_threshold + off, self.head_threshold + off
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -144,8 +144,9 @@ def render_budget(rec: dict[str, Any], console) -> None:
     from rich.table import Table
 
     h = rec["holdout"]
+    offsets = rec["layer_offsets"] or [rec["threshold_offset"]]
     t = Table(title=f"budget calibration to FLOPs ratio {rec['target']} (held-out: {h['samples']} {h['split']} "
-                    f"questions; threshold offset {rec['threshold_offset']:+.3f})")
+                    f"questions; {rec['method']} {', '.join(f'{o:+.2f}' for o in offsets)})")
     for col in ("model", "accuracy", "mean FLOPs ratio"):
         t.add_column(col, justify="left" if col == "model" else "right")
     for name, key in (("before (adaptive)", "before"), ("after (adaptive)", "adaptive"),

@@ -110,22 +110,46 @@ def shift_thresholds(trim: TrimConfig, offset: float) -> TrimConfig:
                                head_threshold=trim.head_threshold + offset)
 
 
+@torch.no_grad()
+def layer_score_spread(model: MeterModel, split: VQASplit, *, samples: int | None = 1000, seed: int = 0) -> list[float]:
+    """Standard deviation of the token trimmers' logits per trimmed layer (both modalities), in `prune`."""
+    per_layer: list[list[torch.Tensor]] = [[] for _ in model.token_trimmers]
+    hooks = [mod.register_forward_hook(lambda _m, _i, out, ti=ti: per_layer[ti].append(out.flatten()))
+             for ti, mods in enumerate(model.token_trimmers) for mod in mods]
+    try:
+        measure(model, split, "prune", samples=samples, seed=seed)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [float(torch.cat(x).std()) if x else 1.0 for x in per_layer]
+
+
 def match_adaptive_budget(model: MeterModel, split: VQASplit, target_ratio: float, *, samples: int | None = 1000,
-                          tol: float = 0.005, max_iter: int = 30, span: float = 30.0,
+                          tol: float = 0.005, max_iter: int = 30, span: float = 30.0, per_layer: bool = False,
                           seed: int = 0) -> tuple[TrimConfig, dict[str, float]]:
-    """Adaptive pruning at another budget without retraining: one global offset on the decision
-    thresholds, found by bisection so the mean `prune`-mode FLOPs ratio on `split` is target_ratio."""
+    """Adaptive pruning at another budget without retraining, by bisection on the mean `prune`-mode
+    FLOPs ratio on `split`: one global offset on the decision thresholds, or (`per_layer`) an offset
+    per trimmed layer proportional to the spread of that layer's token scores (x * std_l / mean std),
+    so layers whose scores are spread wide move further."""
     base = model.trim
-    return _bisect_budget(model, split, target_ratio, lambda x: shift_thresholds(base, x), -span, span, "prune",
-                          increasing=False, samples=samples, tol=tol, max_iter=max_iter, seed=seed)
+    if not per_layer:
+        make = lambda x: shift_thresholds(base, x)  # noqa: E731
+    else:
+        spread = layer_score_spread(model, split, samples=samples, seed=seed)
+        mean = sum(spread) / len(spread)
+        start = base.layer_threshold_offsets or [0.0] * len(spread)
+        make = lambda x: dataclasses.replace(  # noqa: E731
+            base, layer_threshold_offsets=[o + x * s / mean for o, s in zip(start, spread)])
+    return _bisect_budget(model, split, target_ratio, make, -span, span, "prune", increasing=False, samples=samples,
+                          tol=tol, max_iter=max_iter, seed=seed)
 
 
 def calibrate_budget(ckpt, data: str, target_ratio: float, out, *, samples: int = 1000, holdout: int = 2000,
-                     seed: int = 0, force: bool = False, log=None) -> dict[str, Any]:
+                     per_layer: bool = False, seed: int = 0, force: bool = False, log=None) -> dict[str, Any]:
     """`trimkit calibrate budget`: hit a mean FLOPs ratio without retraining.
 
-    (a) adaptive: one global offset on the trimmers' decision thresholds, bisected on `samples`
-    validation questions; (b) static: per-layer keep ratios (and head counts) that reproduce the
+    (a) adaptive: one global offset on the trimmers' decision thresholds (or per-layer offsets scaled
+    by each layer's score spread, `per_layer`), bisected on `samples` validation questions; (b) static: per-layer keep ratios (and head counts) that reproduce the
     calibrated adaptive model's mean cost, stored for `trimkit export --mode static`. Accuracy and
     FLOPs ratio before/after are measured on `holdout` test questions. Writes `out` (atomic).
     """
@@ -150,10 +174,14 @@ def calibrate_budget(ckpt, data: str, target_ratio: float, out, *, samples: int 
     say(f"before: accuracy {100 * before['accuracy']:.2f}%, FLOPs ratio {before['flops_ratio']:.3f}; "
         f"calibrating thresholds on {min(samples, len(task.val))} validation questions ...")
     native = model.trim
-    trim, calib = match_adaptive_budget(model, task.val, target_ratio, samples=samples, seed=seed)
+    trim, calib = match_adaptive_budget(model, task.val, target_ratio, samples=samples, per_layer=per_layer,
+                                        seed=seed)
     model.trim = trim
-    say(f"adaptive: threshold offset {trim.token_threshold - native.token_threshold:+.3f} -> FLOPs ratio "
-        f"{calib['flops_ratio']:.3f} on validation; matching static keep ratios ...")
+    offsets = ([o - b for o, b in zip(trim.layer_threshold_offsets, native.layer_threshold_offsets
+                                      or [0.0] * len(trim.layer_threshold_offsets))]
+               if per_layer else [trim.token_threshold - native.token_threshold])
+    say(f"adaptive: threshold offset{'s' if per_layer else ''} {', '.join(f'{o:+.3f}' for o in offsets)} -> "
+        f"FLOPs ratio {calib['flops_ratio']:.3f} on validation; matching static keep ratios ...")
     static_trim, static_calib = match_static_budget(model, task.val, calib["flops_ratio"], samples=samples,
                                                     seed=seed)
     model.trim = dataclasses.replace(trim, static_keep_ratios=static_trim.static_keep_ratios,
@@ -161,8 +189,9 @@ def calibrate_budget(ckpt, data: str, target_ratio: float, out, *, samples: int 
     after = measure(model, task.test, "prune", **held)
     static = measure(model, task.test, "static", **held)
     record = {"data": data, "samples": min(samples, len(task.val)), "split": "val", "seed": seed,
-              "target": target_ratio, "method": "global threshold offset",
-              "threshold_offset": trim.token_threshold - native.token_threshold,
+              "target": target_ratio,
+              "method": "per-layer threshold offsets" if per_layer else "global threshold offset",
+              "threshold_offset": offsets[0] if not per_layer else None, "layer_offsets": offsets if per_layer else None,
               "validation": {"adaptive": calib, "static": static_calib},
               "holdout": {"split": "test", "samples": min(holdout, len(task.test)), "before": before,
                           "adaptive": after, "static": static}}

@@ -239,7 +239,7 @@ class MeterModel(nn.Module):
                         if mode == "static":
                             self._static_tokens(s, logits, t.static_keep_ratios[trim_index][m])
                         else:
-                            self._trim_tokens(s, logits, mode, noise)
+                            self._trim_tokens(s, logits, mode, noise, trim_index)
                 if t.head_trimming:
                     trimmers = self.head_trimmers[trim_index]
                     for j in range(n_mod):
@@ -248,7 +248,7 @@ class MeterModel(nn.Module):
                         if mode == "static":
                             heads[j] = self._static_heads(logits, trim_index, j)
                         else:
-                            heads[j] = self._choose_heads(logits, mode, noise)
+                            heads[j] = self._choose_heads(logits, mode, noise, trim_index)
                 if details:
                     token_masks.append(tuple(self._orig_mask(s) for s in streams))
                     head_masks.append([self._head_mask(h, b, xv) for h in heads])
@@ -277,10 +277,10 @@ class MeterModel(nn.Module):
 
     # ------------------------------------------------------------------ pieces
 
-    def _trim_tokens(self, s: _Stream, logits: Tensor, mode: str, noise) -> None:
+    def _trim_tokens(self, s: _Stream, logits: Tensor, mode: str, noise, trim_index: int) -> None:
         t = self.trim
         training = self.training and mode == "mask"
-        gate = token_gate(logits, training=training, tau=t.tau, threshold=t.token_threshold,
+        gate = token_gate(logits, training=training, tau=t.tau, threshold=t.thresholds(trim_index)[0],
                           uniform=noise(logits.shape) if training and noise else None)  # (B, N)
         if mode == "mask":
             s.weight = s.weight * gate  # masks multiply: pruned stays pruned
@@ -307,10 +307,10 @@ class MeterModel(nn.Module):
         idx, _ = torch.sort(idx, dim=1)
         return HeadChoice(gate=torch.ones(idx.shape, dtype=logits.dtype, device=logits.device), idx=idx)
 
-    def _choose_heads(self, logits: Tensor, mode: str, noise) -> HeadChoice:
+    def _choose_heads(self, logits: Tensor, mode: str, noise, trim_index: int) -> HeadChoice:
         t = self.trim
         training = self.training and mode == "mask"
-        gate = head_gate(logits, training=training, tau=t.tau, threshold=t.head_threshold,
+        gate = head_gate(logits, training=training, tau=t.tau, threshold=t.thresholds(trim_index)[1],
                          uniform=noise(logits.shape) if training and noise else None)  # (B, H)
         if mode == "mask" or self.head_impl == "mask":
             return HeadChoice(gate=gate)
