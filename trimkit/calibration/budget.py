@@ -125,7 +125,7 @@ def layer_score_spread(model: MeterModel, split: VQASplit, *, samples: int | Non
 
 
 def match_adaptive_budget(model: MeterModel, split: VQASplit, target_ratio: float, *, samples: int | None = 1000,
-                          tol: float = 0.005, max_iter: int = 30, span: float = 30.0, per_layer: bool = False,
+                          tol: float = 0.005, max_iter: int = 40, span: float = 8.0, per_layer: bool = False,
                           seed: int = 0) -> tuple[TrimConfig, dict[str, float]]:
     """Adaptive pruning at another budget without retraining, by bisection on the mean `prune`-mode
     FLOPs ratio on `split`: one global offset on the decision thresholds, or (`per_layer`) an offset
@@ -140,8 +140,29 @@ def match_adaptive_budget(model: MeterModel, split: VQASplit, target_ratio: floa
         start = base.layer_threshold_offsets or [0.0] * len(spread)
         make = lambda x: dataclasses.replace(  # noqa: E731
             base, layer_threshold_offsets=[o + x * s / mean for o, s in zip(start, spread)])
-    return _bisect_budget(model, split, target_ratio, make, -span, span, "prune", increasing=False, samples=samples,
+    lo, hi = _bracket(model, split, make, target_ratio, span, samples=samples, seed=seed)
+    return _bisect_budget(model, split, target_ratio, make, lo, hi, "prune", increasing=False, samples=samples,
                           tol=tol, max_iter=max_iter, seed=seed)
+
+
+def _bracket(model: MeterModel, split: VQASplit, make, target_ratio: float, span: float, *, samples, seed,
+             limit: float = 1e4) -> tuple[float, float]:
+    """Widen [-span, span] (doubling) until the FLOPs ratio at +span is <= target and at -span >= target:
+    trained trimmers' logits can be far larger than the initial span."""
+    original = model.trim
+    try:
+        bounds = []
+        for sign, ok in ((1.0, lambda r: r <= target_ratio), (-1.0, lambda r: r >= target_ratio)):
+            s = span
+            while s < limit:
+                model.trim = make(sign * s)
+                if ok(measure(model, split, "prune", samples=samples, seed=seed)["flops_ratio"]):
+                    break
+                s *= 2
+            bounds.append(sign * s)
+    finally:
+        model.trim = original
+    return bounds[1], bounds[0]
 
 
 def calibrate_budget(ckpt, data: str, target_ratio: float, out, *, samples: int = 1000, holdout: int = 2000,
