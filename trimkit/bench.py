@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -123,7 +122,7 @@ def bench(ckpt: str | os.PathLike, out: str | os.PathLike, *, data: str = "easyv
 
 def _accuracy_sweep(model, task, targets, samples, calib_samples, static, seed, result, tick) -> dict[str, Any]:
     """Accuracy, FLOPs ratio and kept tokens per target; returns {label: TrimConfig} for export."""
-    from .calibration import adaptive_profile, match_adaptive_budget, match_static_budget
+    from .calibration import match_adaptive_budget, match_static_budget
     from .train.evaluate import evaluate
 
     native = model.trim
@@ -146,9 +145,8 @@ def _accuracy_sweep(model, task, targets, samples, calib_samples, static, seed, 
                  "flops_ratio": r["flops_ratio"]["mean"], "flops_p10": r["flops_ratio"]["p10"],
                  "flops_p90": r["flops_ratio"]["p90"], "keep_per_layer": r["keep_per_layer"]}
         if static:
-            profile = adaptive_profile(model, task.val, samples=calib_samples, seed=seed)
             static_trim, _ = match_static_budget(model, task.val, point["flops_ratio"], samples=calib_samples,
-                                                 profile=profile, seed=seed)
+                                                 seed=seed)
             model.trim = static_trim
             s = evaluate(model, task.test, modes=("static",), samples=samples, seed=seed)["static"]
             point["static"] = {"accuracy": s["accuracy"], "flops_ratio": s["flops_ratio"]["mean"]}
@@ -159,58 +157,31 @@ def _accuracy_sweep(model, task, targets, samples, calib_samples, static, seed, 
     return configs
 
 
-def _time_interleaved(runners: dict[str, Callable], feed, repeats: int) -> dict[str, list[float]]:
-    for run in runners.values():  # warm-up
-        run(*feed)
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(repeats):
-        for name, run in runners.items():
-            t0 = time.perf_counter()
-            run(*feed)
-            times[name].append(time.perf_counter() - t0)
-    return times
-
-
 def _latency_sweep(model, task, configs, batch_sizes, lens, repeats, threads, seed, work, result, tick) -> None:
-    from .export.onnx import OUTPUT_NAMES, ort_session, to_onnx
-
-    def ort_runner(path):
-        sess = ort_session(path, threads=threads)
-        return lambda pv, ids, mask: sess.run(OUTPUT_NAMES, {"pixel_values": pv, "input_ids": ids,
-                                                            "attention_mask": mask})
-
-    def torch_runner(trim, mode):
-        @torch.no_grad()
-        def run(pv, ids, mask):
-            model.trim = trim
-            return model(torch.from_numpy(pv), torch.from_numpy(ids), torch.from_numpy(mask), mode=mode)
-        return run
+    from .export.onnx import to_onnx
+    from .verify import OrtRunner, TorchRunner, latency_summary, time_interleaved
 
     native = model.trim
-    runners: dict[str, Callable] = {"onnxruntime full": ort_runner(to_onnx(model, work / "full.onnx", mode="full").path)}
+    runners: dict[str, Callable] = {
+        "onnxruntime full": OrtRunner(to_onnx(model, work / "full.onnx", mode="full").path, threads)}
     tick("exported full", 1)
     for label, trim in configs.items():
         model.trim = trim
         path = to_onnx(model, work / f"adaptive-{label}.onnx", mode="adaptive").path
         model.trim = native
-        runners[f"onnxruntime adaptive@{label}"] = ort_runner(path)
+        runners[f"onnxruntime adaptive@{label}"] = OrtRunner(path, threads)
         tick(f"exported adaptive@{label}", 1)
-    runners["pytorch off"] = torch_runner(native, "off")
+    runners["pytorch off"] = TorchRunner(model, "off", trim=native)
     first = next(iter(configs))
-    runners[f"pytorch prune@{first}"] = torch_runner(configs[first], "prune")
+    runners[f"pytorch prune@{first}"] = TorchRunner(model, "prune", trim=configs[first])
     g = torch.Generator().manual_seed(seed)
     try:
         for b in batch_sizes:
             idx = torch.randperm(len(task.test), generator=g)[:b]
             for n in lens:
-                feed = tiled_inputs(task.test, idx, n)
-                times = _time_interleaved(runners, feed, repeats)
-                row: dict[str, Any] = {"batch": b, "text_len": n}
-                for name, ts in times.items():
-                    p50 = statistics.median(ts)
-                    row[name] = {"p50_ms": 1000 * p50, "p90_ms": 1000 * float(np.quantile(ts, 0.9)),
-                                 "throughput": b / p50}
-                result["latency"].append(row)
+                times = time_interleaved(runners, tiled_inputs(task.test, idx, n), repeats)
+                result["latency"].append({"batch": b, "text_len": n,
+                                          **{name: latency_summary(ts, b) for name, ts in times.items()}})
                 tick(f"timed batch {b} text {n}", 1)
     finally:
         model.trim = native

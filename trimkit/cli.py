@@ -69,6 +69,14 @@ def _console():
     return Console()
 
 
+def _write_json(path: Path | None, data) -> None:
+    """--json FILE: the results as indented JSON, written atomically (nothing when path is None)."""
+    if path is not None:
+        from .fileio import atomic_write
+
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2)), force=True)
+
+
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"trimkit {__version__}")
@@ -117,10 +125,7 @@ def inspect(
 
     info = describe(path, text_len=text_len)
     render_description(info, _console())
-    if json_out is not None:
-        from .fileio import atomic_write
-
-        atomic_write(json_out, lambda tmp: tmp.write_text(json.dumps(info, indent=2)), force=True)
+    _write_json(json_out, info)
 
 
 @app.command()
@@ -196,10 +201,7 @@ def eval_cmd(
 
     report = evaluate_checkpoint(ckpt, data, split=split, samples=samples, batch_size=batch_size, seed=seed)
     render_eval(report, _console())
-    if json_out is not None:
-        from .fileio import atomic_write
-
-        atomic_write(json_out, lambda tmp: tmp.write_text(json.dumps(report, indent=2)), force=True)
+    _write_json(json_out, report)
 
 
 @app.command()
@@ -295,10 +297,7 @@ def verify(
                         min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup,
                         repeats=repeats, threads=threads, seed=seed, log=console.print)
     render_verify(report, console)
-    if json_out is not None:
-        from .fileio import atomic_write
-
-        atomic_write(json_out, lambda tmp: tmp.write_text(json.dumps(report.to_dict(), indent=2)), force=True)
+    _write_json(json_out, report.to_dict())
     if junit is not None:
         write_junit(report, junit)
     if not report.passed:

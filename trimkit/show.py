@@ -22,7 +22,7 @@ __all__ = ["show", "explain"]
 @torch.no_grad()
 def explain(model, image: str | os.PathLike, question: str) -> dict[str, Any]:
     """Run one (image, question) in `prune` mode with details; masks over the original positions."""
-    from .data.dataset import _open_image, _resize
+    from .data.dataset import _open_image, _resize, to_pixel_values
 
     if model.tokenizer is None:
         raise BadInputError("the checkpoint has no tokenizer; cannot encode a question")
@@ -30,7 +30,7 @@ def explain(model, image: str | os.PathLike, question: str) -> dict[str, Any]:
         raise BadInputError("the question is empty")
     c = model.config
     raw = _open_image(Path(image), "trimkit show").convert("RGB")
-    pix = torch.from_numpy(_resize(raw, c.image_size).copy()).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
+    pix = to_pixel_values(torch.from_numpy(_resize(raw, c.image_size).copy()).permute(2, 0, 1)[None])
     ids, mask = model.tokenizer.encode([question])
     model.eval()
     out = model(pix, ids, mask, mode="prune", details=True)

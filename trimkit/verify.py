@@ -27,7 +27,8 @@ from .export.inputs import sample_inputs
 from .export.onnx import OUTPUT_NAMES, TRIM_MODE_OF, ort_session
 from .models import MeterModel
 
-__all__ = ["verify", "Check", "VerifyReport", "write_junit", "artifact_metadata", "PRECISION_DEFAULTS"]
+__all__ = ["verify", "Check", "VerifyReport", "write_junit", "artifact_metadata", "check_match", "OrtRunner",
+           "TorchRunner", "time_interleaved", "latency_summary", "PRECISION_DEFAULTS"]
 
 # Default tolerances per artifact precision. fp16 and int8 change the hidden states a trimmer
 # scores, so a few pruning decisions near the threshold may flip: int8 gates agreement at 98%.
@@ -73,17 +74,21 @@ class VerifyReport:
 # ----------------------------------------------------------------------------- runners
 
 
-class _TorchRunner:
-    def __init__(self, model: MeterModel, mode: str) -> None:
-        self.model, self.mode, self.name = model, mode, f"pytorch-{mode}"
+class TorchRunner:
+    """PyTorch in one trim mode (optionally with its own TrimConfig on a shared model)."""
+
+    def __init__(self, model: MeterModel, mode: str, name: str | None = None, trim=None) -> None:
+        self.model, self.mode, self.trim, self.name = model, mode, trim, name or f"pytorch-{mode}"
 
     @torch.no_grad()
     def __call__(self, pv: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.trim is not None:
+            self.model.trim = self.trim
         out = self.model(torch.from_numpy(pv), torch.from_numpy(ids), torch.from_numpy(mask), mode=self.mode)
         return out.logits.numpy(), out.keep_counts.numpy()
 
 
-class _OrtRunner:
+class OrtRunner:
     def __init__(self, path: Path, threads: int | None, name: str = "artifact") -> None:
         self.sess, self.name = ort_session(path, threads=threads), name
 
@@ -159,7 +164,7 @@ def artifact_metadata(path: Path) -> tuple[str, dict[str, Any], dict[str, Any] |
     raise BadInputError(f"{path}: unknown artifact type (expected .onnx or a TensorRT .plan with its manifest)")
 
 
-def _check_match(model: MeterModel, ckpt: Path, art: Path, meta: dict[str, Any]) -> None:
+def check_match(model: MeterModel, ckpt: Path, art: Path, meta: dict[str, Any]) -> None:
     cfg = meta["config"]
     if cfg.get("model_config") != model.config.to_dict():
         diff = sorted(k for k, v in model.config.to_dict().items() if cfg.get("model_config", {}).get(k) != v)
@@ -204,9 +209,8 @@ def _batches(model: MeterModel, data: str, samples: int, batch_size: int, seed: 
     s = task.split(split)
     idx = sample_indices(len(s), samples, seed)
     for start in range(0, idx.numel(), batch_size):
-        pv, ids, mask, y = s.batch(idx[start: start + batch_size])
-        n = int(mask.sum(1).max())  # drop all-padding columns, as a serving stack would
-        yield pv.numpy(), ids[:, :n].numpy(), mask[:, :n].numpy(), y.numpy()
+        pv, ids, mask, y = s.batch(idx[start: start + batch_size], trim_padding=True)
+        yield pv.numpy(), ids.numpy(), mask.numpy(), y.numpy()
 
 
 def _polygraphy_compare(ref: np.ndarray, art: np.ndarray, atol: float, rtol: float, runtime: str) -> bool:
@@ -235,14 +239,23 @@ def _polygraphy_compare(ref: np.ndarray, art: np.ndarray, atol: float, rtol: flo
     return bool(acc)
 
 
-def _time(runner, feed, repeats: int) -> list[float]:
-    runner(*feed)  # warm-up
-    out = []
+def time_interleaved(runners: dict[str, Any], feed, repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each runner, interleaved (one call of each per round) so that a noisy
+    machine slows them alike; one warm-up call each first."""
+    for run in runners.values():
+        run(*feed)
+    times: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        runner(*feed)
-        out.append(time.perf_counter() - t0)
-    return out
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            run(*feed)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def latency_summary(seconds: list[float], batch: int) -> dict[str, float]:
+    p50 = statistics.median(seconds)
+    return {"p50_ms": 1000 * p50, "p90_ms": 1000 * float(np.quantile(seconds, 0.9)), "throughput": batch / p50}
 
 
 def verify(ckpt: str | os.PathLike, artifact: str | os.PathLike, *, data: str = "random", samples: int = 256,
@@ -255,7 +268,7 @@ def verify(ckpt: str | os.PathLike, artifact: str | os.PathLike, *, data: str = 
     ckpt, artifact = Path(ckpt), Path(artifact)
     model = load_checkpoint(ckpt)
     runtime, meta, manifest = artifact_metadata(artifact)
-    _check_match(model, ckpt, artifact, meta)
+    check_match(model, ckpt, artifact, meta)
     mode = meta["mode"]
     precision = meta["config"].get("precision", "fp32")
     trim_mode = TRIM_MODE_OF[mode]
@@ -273,8 +286,8 @@ def verify(ckpt: str | os.PathLike, artifact: str | os.PathLike, *, data: str = 
     if manifest is not None:
         _check_profiles(manifest["profiles"], artifact, batch_sizes, text_lens, model.config.max_text_len,
                         numerics=(max(batch_sizes), min(model.config.max_text_len, 12)) if data == "random" else None)
-    art = _OrtRunner(artifact, threads) if runtime == "onnxruntime" else _TrtRunner(artifact, manifest)
-    ref, base = _TorchRunner(model, trim_mode), _TorchRunner(model, "off")
+    art = OrtRunner(artifact, threads) if runtime == "onnxruntime" else _TrtRunner(artifact, manifest)
+    ref, base = TorchRunner(model, trim_mode), TorchRunner(model, "off")
     report = VerifyReport(str(ckpt), str(artifact), runtime, mode)
 
     # numerics + task, on the data, at the first batch size
@@ -341,7 +354,7 @@ def verify(ckpt: str | os.PathLike, artifact: str | os.PathLike, *, data: str = 
         with tempfile.TemporaryDirectory(prefix="trimkit-verify-") as tmp:
             full = to_onnx(model, Path(tmp) / "full.onnx", mode="full", check=False,
                            precision="fp16" if precision == "fp16" else "fp32")
-            full_runner = _OrtRunner(full.path, threads, "full-export")
+            full_runner = OrtRunner(full.path, threads, "full-export")
             report.speed = _speed(model, [art, full_runner, ref], batch_sizes, text_lens, repeats, seed, say)
     else:
         report.speed = _speed(model, [art, ref], batch_sizes, text_lens, repeats, seed, say)
@@ -364,12 +377,8 @@ def _speed(model, runners, batch_sizes, text_lens, repeats, seed, say) -> list[d
     for b in batch_sizes:
         for n in (n for n in text_lens if n <= model.config.max_text_len):
             pv, ids, mask = (t.numpy() for t in sample_inputs(model.config, b, n, seed=seed, ragged=False))
-            lat = {r.name: _time(r, (pv, ids, mask), repeats) for r in runners}
-            row = {"batch": b, "text_len": n}
-            for name, ts in lat.items():
-                p50 = statistics.median(ts)
-                row[name] = {"p50_ms": 1000 * p50, "p90_ms": 1000 * float(np.quantile(ts, 0.9)),
-                             "throughput": b / p50}
+            lat = time_interleaved({r.name: r for r in runners}, (pv, ids, mask), repeats)
+            row = {"batch": b, "text_len": n, **{name: latency_summary(ts, b) for name, ts in lat.items()}}
             art = runners[0].name
             row["speedup_vs_pytorch"] = row[runners[-1].name]["p50_ms"] / row[art]["p50_ms"]
             row["speedup_vs_full"] = (row["full-export"]["p50_ms"] / row[art]["p50_ms"]

@@ -7,7 +7,9 @@ from the adaptive model's own average behaviour on a calibration set.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -69,14 +71,23 @@ def measure(model: MeterModel, split: VQASplit, mode: str, *, samples: int | Non
     return {"accuracy": float(torch.cat(correct).float().mean()), "flops_ratio": float(torch.cat(ratios).mean())}
 
 
+@contextlib.contextmanager
+def _trim_restored(model: MeterModel) -> Iterator[None]:
+    """Try TrimConfigs on `model` inside; its own TrimConfig is back afterwards, whatever happens."""
+    original = model.trim
+    try:
+        yield
+    finally:
+        model.trim = original
+
+
 def _bisect_budget(model: MeterModel, split: VQASplit, target_ratio: float, make, lo: float, hi: float, mode: str,
                    *, increasing: bool, samples: int | None, tol: float, max_iter: int,
                    seed: int) -> tuple[TrimConfig, dict[str, float]]:
     """Bisection on one scalar x of `make(x) -> TrimConfig` until the mean FLOPs ratio measured in
     `mode` is target_ratio +- tol (the ratio grows with x when `increasing`); the closest config wins."""
-    original = model.trim
     best: tuple[TrimConfig, dict[str, float]] | None = None
-    try:
+    with _trim_restored(model):
         for _ in range(max_iter):
             mid = (lo + hi) / 2
             model.trim = make(mid)
@@ -89,8 +100,6 @@ def _bisect_budget(model: MeterModel, split: VQASplit, target_ratio: float, make
                 hi = mid
             else:
                 lo = mid
-    finally:
-        model.trim = original
     return best
 
 
@@ -149,9 +158,8 @@ def _bracket(model: MeterModel, split: VQASplit, make, target_ratio: float, span
              limit: float = 1e4) -> tuple[float, float]:
     """Widen [-span, span] (doubling) until the FLOPs ratio at +span is <= target and at -span >= target:
     trained trimmers' logits can be far larger than the initial span."""
-    original = model.trim
-    try:
-        bounds = []
+    bounds = []
+    with _trim_restored(model):
         for sign, ok in ((1.0, lambda r: r <= target_ratio), (-1.0, lambda r: r >= target_ratio)):
             s = span
             while s < limit:
@@ -160,8 +168,6 @@ def _bracket(model: MeterModel, split: VQASplit, make, target_ratio: float, span
                     break
                 s *= 2
             bounds.append(sign * s)
-    finally:
-        model.trim = original
     return bounds[1], bounds[0]
 
 
@@ -198,9 +204,11 @@ def calibrate_budget(ckpt, data: str, target_ratio: float, out, *, samples: int 
     trim, calib = match_adaptive_budget(model, task.val, target_ratio, samples=samples, per_layer=per_layer,
                                         seed=seed)
     model.trim = trim
-    offsets = ([o - b for o, b in zip(trim.layer_threshold_offsets, native.layer_threshold_offsets
-                                      or [0.0] * len(trim.layer_threshold_offsets))]
-               if per_layer else [trim.token_threshold - native.token_threshold])
+    if per_layer:
+        start = native.layer_threshold_offsets or [0.0] * len(trim.layer_threshold_offsets)
+        offsets = [after - before for after, before in zip(trim.layer_threshold_offsets, start)]
+    else:
+        offsets = [trim.token_threshold - native.token_threshold]
     say(f"adaptive: threshold offset{'s' if per_layer else ''} {', '.join(f'{o:+.3f}' for o in offsets)} -> "
         f"FLOPs ratio {calib['flops_ratio']:.3f} on validation; matching static keep ratios ...")
     static_trim, static_calib = match_static_budget(model, task.val, calib["flops_ratio"], samples=samples,

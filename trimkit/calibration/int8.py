@@ -10,9 +10,7 @@ The result carries what produced it (`trimkit_calibration`: data, samples, seed,
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import tempfile
 import time
@@ -94,9 +92,8 @@ def calibration_batches(model, data: str, samples: int, batch_size: int, seed: i
     idx = sample_indices(len(task.train), samples, seed)
     out = []
     for start in range(0, idx.numel(), batch_size):
-        pv, ids, mask, _ = task.train.batch(idx[start: start + batch_size])
-        n = int(mask.sum(1).max())
-        out.append({"pixel_values": pv.numpy(), "input_ids": ids[:, :n].numpy(), "attention_mask": mask[:, :n].numpy()})
+        pv, ids, mask, _ = task.train.batch(idx[start: start + batch_size], trim_padding=True)
+        out.append({"pixel_values": pv.numpy(), "input_ids": ids.numpy(), "attention_mask": mask.numpy()})
     return out
 
 
@@ -105,9 +102,9 @@ def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, *, ckpt:
                   seed: int = 0, force: bool = False, log=None) -> Int8Result:
     """Quantize `onnx_path` (a trimkit fp32 export of `ckpt`) to a Q/DQ graph at `out` (atomic)."""
     from ..checkpoint import load_checkpoint
-    from ..export.onnx import ort_session
+    from ..export.onnx import ort_session, quiet_logs
     from ..fileio import atomic_path, check_writable, sha256_file
-    from ..verify import _check_match, artifact_metadata
+    from ..verify import artifact_metadata, check_match
 
     say = log or (lambda msg: None)
     t0 = time.perf_counter()
@@ -120,7 +117,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, *, ckpt:
         raise BadInputError(f"{onnx_path}: expected a trimkit .onnx export")
     model = load_checkpoint(ckpt)
     _, meta, _ = artifact_metadata(onnx_path)
-    _check_match(model, Path(ckpt), onnx_path, meta)
+    check_match(model, Path(ckpt), onnx_path, meta)
     if meta["config"].get("precision", "fp32") != "fp32":
         raise BadInputError(f"{onnx_path}: INT8 calibration needs an fp32 export, this one is "
                             f"{meta['config'].get('precision')}")
@@ -141,7 +138,9 @@ def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, *, ckpt:
              "method": method, "per_channel": per_channel, "batch_size": batch_size, "split": "train",
              "source_onnx_sha256": sha256_file(onnx_path), "activations": "int8 symmetric",
              "weights": "int8 symmetric" + (" per-channel" if per_channel else "")}
-    with tempfile.TemporaryDirectory(prefix="trimkit-int8-") as tmp, _quiet_root_logger():
+    # quiet_logs(("",)): onnxruntime.quantization warns on the root logger with pre-processing advice that
+    # does not apply (symbolic shape inference cannot follow a data-dependent TopK K)
+    with tempfile.TemporaryDirectory(prefix="trimkit-int8-") as tmp, quiet_logs(("",)):
         raw = Path(tmp) / "q.onnx"
         quantize_static(
             str(onnx_path), str(raw), _Reader(batches), quant_format=QuantFormat.QDQ,
@@ -167,19 +166,6 @@ def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, *, ckpt:
             onnx.checker.check_model(str(tmp_out), full_check=True)
             _smoke(ort_session(tmp_out), batches)
     return Int8Result(out, len(names), skipped, dict(counts), calib, time.perf_counter() - t0)
-
-
-@contextlib.contextmanager
-def _quiet_root_logger():
-    """onnxruntime.quantization warns on the root logger (pre-processing advice that does not apply:
-    symbolic shape inference cannot follow a data-dependent TopK K)."""
-    root = logging.getLogger()
-    old = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(old)
 
 
 def _smoke(sess, batches) -> None:

@@ -18,11 +18,16 @@ from torch import Tensor
 from ..errors import BadInputError
 from .tokenizer import WordTokenizer
 
-__all__ = ["VQASplit", "TaskData", "load_dataset", "task_vocabulary", "DATASETS", "SHAPES_MAX_OBJECTS"]
+__all__ = ["to_pixel_values", "VQASplit", "TaskData", "load_dataset", "task_vocabulary", "DATASETS", "SHAPES_MAX_OBJECTS"]
 
 DATASETS = ("easyvqa", "shapes", "FILE.jsonl")
 SHAPES_MAX_OBJECTS = 6
 SHAPES_SIZES = {"train": 6000, "test": 1500}  # images; 3 questions each
+
+
+def to_pixel_values(images: Tensor) -> Tensor:
+    """uint8 images (..., 3, S, S) -> float pixel values in [-1, 1], the model's input."""
+    return images.float().div_(127.5).sub_(1.0)
 
 
 @dataclass
@@ -40,10 +45,15 @@ class VQASplit:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def batch(self, idx: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """-> pixel_values (B, 3, S, S) float in [-1, 1], input_ids, attention_mask, labels."""
-        pix = self.images[self.image_index[idx]].float().div_(127.5).sub_(1.0)
-        return pix, self.input_ids[idx], self.attention_mask[idx], self.labels[idx]
+    def batch(self, idx: Tensor, *, trim_padding: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """-> pixel_values (B, 3, S, S) float in [-1, 1], input_ids, attention_mask, labels.
+
+        `trim_padding` drops the text columns that are padding in every row (as a serving stack would)."""
+        ids, mask = self.input_ids[idx], self.attention_mask[idx]
+        if trim_padding:
+            n = int(mask.sum(1).max())
+            ids, mask = ids[:, :n], mask[:, :n]
+        return to_pixel_values(self.images[self.image_index[idx]]), ids, mask, self.labels[idx]
 
     def subset(self, idx: Tensor) -> VQASplit:
         return VQASplit(self.images, self.image_index[idx], self.input_ids[idx], self.attention_mask[idx],

@@ -136,7 +136,7 @@ def _export_proto(model: MeterModel, mode: str, opset: int, precision: str):
     shapes = {"pixel_values": {0: batch}, "input_ids": {0: batch, 1: text}, "attention_mask": {0: batch, 1: text}}
     quiet = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet), \
-            _quiet_logs(), torch.no_grad():
+            quiet_logs(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(wrapper, example, dynamo=True, dynamic_shapes=shapes,
@@ -148,9 +148,12 @@ def _export_proto(model: MeterModel, mode: str, opset: int, precision: str):
     return program.model_proto
 
 
+EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch.fx", "onnxscript", "torch._dynamo")
+
+
 @contextlib.contextmanager
-def _quiet_logs():
-    names = ["torch.onnx", "torch.export", "torch._export", "torch.fx", "onnxscript", "torch._dynamo"]
+def quiet_logs(names=EXPORTER_LOGGERS):
+    """Raise these loggers ('' is the root logger) to ERROR inside; their levels come back after."""
     old = {n: logging.getLogger(n).level for n in names}
     for n in names:
         logging.getLogger(n).setLevel(logging.ERROR)
