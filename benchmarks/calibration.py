@@ -79,9 +79,8 @@ def compare(fp32: Path, int8: Path, test, args, console) -> dict:
     idx = sample_indices(len(test), args.samples, 0)
     correct32 = correct8 = agree = argmax_agree = 0
     for start in track(range(0, idx.numel(), 64), description=f"accuracy {int8.name}", console=console):
-        pv, ids, mask, y = test.batch(idx[start: start + 64])
-        n = int(mask.sum(1).max())
-        feed = {"pixel_values": pv.numpy(), "input_ids": ids[:, :n].numpy(), "attention_mask": mask[:, :n].numpy()}
+        pv, ids, mask, y = test.batch(idx[start: start + 64], trim_padding=True)
+        feed = {"pixel_values": pv.numpy(), "input_ids": ids.numpy(), "attention_mask": mask.numpy()}
         l32, k32 = s32.run(OUTPUT_NAMES, feed)
         l8, k8 = s8.run(OUTPUT_NAMES, feed)
         correct32 += int((l32.argmax(1) == y.numpy()).sum())
@@ -97,10 +96,8 @@ def compare(fp32: Path, int8: Path, test, args, console) -> dict:
         rows = torch.randperm(len(test), generator=g)[: args.batches * bs].view(args.batches, bs)
         feeds = []
         for r in rows:
-            pv, ids, mask, _ = test.batch(r)
-            n_tok = int(mask.sum(1).max())
-            feeds.append({"pixel_values": pv.numpy(), "input_ids": ids[:, :n_tok].numpy(),
-                          "attention_mask": mask[:, :n_tok].numpy()})
+            pv, ids, mask, _ = test.batch(r, trim_padding=True)
+            feeds.append({"pixel_values": pv.numpy(), "input_ids": ids.numpy(), "attention_mask": mask.numpy()})
         times = {"fp32": [], "int8": []}
         for sess in (s32, s8):
             sess.run(None, feeds[0])

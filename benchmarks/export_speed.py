@@ -99,9 +99,7 @@ def main() -> None:
             batches = []
             ratio_sample, ratio_exec = [], []
             for row in idx:
-                pv, ids, mask, _ = data.batch(row)
-                n = int(mask.sum(1).max())  # trim padding to the batch's longest question
-                ids, mask = ids[:, :n], mask[:, :n]
+                pv, ids, mask, _ = data.batch(row, trim_padding=True)
                 with torch.no_grad():
                     out = model(pv, ids, mask, mode="prune", details=True)
                 ratio_sample.append(float(out.flops_ratio.mean()))
