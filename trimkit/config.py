@@ -20,6 +20,10 @@ class ModelConfig:
     max_text_len: int = 40  # position embeddings for text (incl. [CLS])
     image_size: int = 64  # square input images, pixels
     patch_size: int = 8  # ViT patch size; image_size must be a multiple
+    # image stem: "patch" = ViT's linear patch embedding; "conv" = early convolutions (Xiao et al. 2021):
+    # log2(patch_size) stride-2 3x3 convs + a 1x1 projection, the same patch grid. Trained from scratch on
+    # a few thousand images, a ViT with a linear stem does not learn shapes; the conv stem does.
+    stem: str = "patch"
     num_channels: int = 3
     hidden_size: int = 192  # D, shared by both encoders and the fusion layers
     num_heads: int = 6  # attention heads per attention module
@@ -35,6 +39,10 @@ class ModelConfig:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.stem not in ("patch", "conv"):
+            raise ValueError(f"unknown stem {self.stem!r}; choose patch or conv")
+        if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ValueError(f"the conv stem needs a power-of-two patch_size, not {self.patch_size}")
         if self.encoder_layers < 1 or self.fusion_layers < 0:
             raise ValueError("need encoder_layers >= 1 and fusion_layers >= 0")
         if self.max_text_len < 2:
@@ -116,7 +124,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         intermediate_size=128, encoder_layers=2, fusion_layers=1,
     ),
     "small": dict(
-        max_text_len=24, image_size=64, patch_size=8, hidden_size=192, num_heads=6,
+        max_text_len=24, image_size=64, patch_size=8, stem="conv", hidden_size=192, num_heads=6,
         intermediate_size=768, encoder_layers=4, fusion_layers=2,
     ),
     "base": dict(

@@ -21,6 +21,7 @@ __all__ = [
     "token_gate",
     "head_gate",
     "force_one_head",
+    "keep_cls",
     "select_topk_sorted",
     "gather_tokens",
     "static_count",
@@ -77,7 +78,12 @@ def token_gate(logits: Tensor, *, training: bool, tau: float, threshold: float,
         gate = gumbel_sigmoid_st(logits, tau, uniform)
     else:
         gate = (logits > threshold).to(logits.dtype)
-    return torch.cat([torch.ones_like(gate[:, :1]), gate[:, 1:]], dim=1)  # (B, N), CLS kept
+    return keep_cls(gate)
+
+
+def keep_cls(gate: Tensor) -> Tensor:
+    """gate (B, N) with position 0 ([CLS]) set to 1: Slice + Pad in a graph (no shape arithmetic)."""
+    return F.pad(gate[:, 1:], (1, 0), value=1.0)
 
 
 def force_one_head(gate: Tensor, logits: Tensor) -> Tensor:
@@ -90,10 +96,11 @@ def head_gate(logits: Tensor, *, training: bool, tau: float, threshold: float,
               uniform: Tensor | None = None) -> Tensor:
     """Per-head keep gate (B, H) in {0, 1}, at least one head kept."""
     if training:
-        gate = gumbel_sigmoid_st(logits, tau, uniform)
-    else:
-        gate = (logits > threshold).to(logits.dtype)
-    return force_one_head(gate, logits)
+        return force_one_head(gumbel_sigmoid_st(logits, tau, uniform), logits)
+    # inference: keep where the logit passes the threshold or is the highest one (5 graph nodes, not 11;
+    # differs from the arg-max one-hot only if several heads tie exactly at the maximum: all of them stay)
+    top = logits >= logits.amax(dim=-1, keepdim=True)
+    return ((logits > threshold) | top).to(logits.dtype)
 
 
 # ----------------------------------------------------------------------------- pruning
@@ -102,18 +109,20 @@ def head_gate(logits: Tensor, *, training: bool, tau: float, threshold: float,
 def select_topk_sorted(keep: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
     """Batch-invariant selection: per-sample keep counts -> k = max -> TopK(k) -> sort by position.
 
-    keep: (B, N) bool, scores: (B, N) float. Returns `idx` (B, k) int64 positions in ascending
-    order and `alive` (B, k) bool: False marks the k - k_b filler slots of samples that keep fewer
-    than the batch maximum. Fillers are real (pruned) positions; callers mask them as attention
-    keys and keep them pruned, so each sample's result equals its batch-of-one result.
+    keep: (B, N) bool, or float in {0, 1} (then `alive` comes back as float weights, with no casts in
+    the graph); scores: (B, N) float. Returns `idx` (B, k) int64 positions in ascending order and
+    `alive` (B, k): false/0 marks the k - k_b filler slots of samples that keep fewer than the batch
+    maximum. Fillers are real (pruned) positions; callers mask them as attention keys and keep them
+    pruned, so each sample's result equals its batch-of-one result.
     """
     n = keep.shape[1]
-    k = keep.sum(dim=1).max().item()  # data-dependent: TopK's K in the exported graph
+    kept = keep if keep.dtype == torch.bool else keep > 0
+    k = keep.sum(dim=1).max().to(torch.int64).item()  # data-dependent: TopK's K in the exported graph
     torch._check(k >= 1)
     torch._check(k <= n)
-    ranked = torch.where(keep, scores, torch.full_like(scores, float("-inf")))  # (B, N)
+    ranked = torch.where(kept, scores, float("-inf"))  # (B, N); a scalar, not a full_like tensor
     _, idx = torch.topk(ranked, k, dim=1)  # (B, k): kept positions first, then fillers
-    idx, _ = torch.sort(idx, dim=1)  # (B, k) ascending positions; [CLS] stays at slot 0
+    idx, _ = torch.topk(idx, k, dim=1, largest=False)  # sort (B, k) ascending; [CLS] stays at slot 0
     alive = torch.gather(keep, 1, idx)  # (B, k)
     return idx, alive
 
@@ -187,13 +196,13 @@ class TokenTrimmer(nn.Module):
 
     def forward(self, x: Tensor, cls_self: Tensor, cls_other: Tensor) -> Tensor:
         """x: (B, N, D); cls_self, cls_other: (B, D) -> logits (B, N)."""
-        local = self.fc2(F.gelu(self.fc1(self.norm(x)))).squeeze(-1)  # (B, N)
+        local = self.fc2(F.gelu(self.fc1(self.norm(x))))  # (B, N, 1)
         if self.local_only:
-            return local
-        g = self.cls_proj(torch.cat([cls_self, cls_other], dim=-1))  # (B, d_p)
-        p = self.proj(x)  # (B, N, d_p)
-        glob = torch.einsum("bnp,bp->bn", p, g) / math.sqrt(self.proj_dim)  # (B, N)
-        return local + glob
+            return local.squeeze(-1)
+        # 1/sqrt(d_p) scales the weight, not the activation: a constant ONNX Runtime folds away
+        g = F.linear(torch.cat([cls_self, cls_other], dim=-1), self.cls_proj.weight / math.sqrt(self.proj_dim))
+        glob = self.proj(x) @ g.unsqueeze(-1)  # (B, N, d_p) @ (B, d_p, 1) -> (B, N, 1); a MatMul, not an Einsum
+        return (local + glob).squeeze(-1)  # (B, N)
 
 
 class HeadTrimmer(nn.Module):

@@ -179,3 +179,18 @@ def test_static_mode_keeps_shape_derived_counts(pruning_model):
 def test_static_mode_requires_calibration(tiny_model):
     with pytest.raises(ValueError, match="calibrated"):
         run(tiny_model, make_inputs(tiny_model, 1, 4), "static")
+
+
+def test_conv_stem_modes_agree():
+    from trimkit.config import ModelConfig
+
+    stable = new_model("tiny", "easyvqa", seed=2, stem="conv")
+    assert stable.config.stem == "conv" and stable.patch_embed(torch.zeros(1, 3, 32, 32)).shape == (1, 64, 4, 4)
+    inputs = make_inputs(stable, 3, 9, seed=2)
+    torch.testing.assert_close(run(stable, inputs, "prune").logits, run(stable, inputs, "off").logits,
+                               atol=1e-5, rtol=0)
+    assert_prune_equals_mask(randomize_trimmers(stable, seed=2), inputs)
+    with pytest.raises(ValueError, match="power-of-two"):
+        ModelConfig(image_size=60, patch_size=6, stem="conv")
+    with pytest.raises(ValueError, match="unknown stem"):
+        ModelConfig(stem="resnet")

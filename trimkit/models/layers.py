@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["HeadChoice", "masked_softmax", "Attention", "Mlp", "EncoderBlock", "FusionBlock"]
+__all__ = ["HeadChoice", "masked_softmax", "Attention", "Mlp", "EncoderBlock", "FusionBlock", "ConvStem"]
 
 
 @dataclass
@@ -43,6 +43,10 @@ def masked_softmax(scores: Tensor, key_weight: Tensor) -> Tensor:
     gradient (a pruned token learns what it would have added). The max is over kept keys, so
     kept keys cannot underflow all at once; at least one key ([CLS]) is always kept.
     """
+    if not (torch.is_grad_enabled() and key_weight.requires_grad):
+        # No gradient wanted for the weights (inference, export, backbone training): the same function
+        # as softmax(scores + log w) with log 0 = -inf -- 3 graph nodes instead of 10 in an ONNX export.
+        return torch.softmax(scores + torch.log(key_weight), dim=-1)
     kept = key_weight > 0
     peak = scores.masked_fill(~kept, float("-inf")).amax(dim=-1, keepdim=True).detach()
     e = torch.exp((scores - peak).clamp(max=0.0)) * key_weight  # (B, H, Nq, Nk)
@@ -76,16 +80,14 @@ class Attention(nn.Module):
         if heads is not None and heads.idx is not None:
             out = self._out_gathered(ctx, heads.idx)
         else:
-            b, h, n, dh = ctx.shape
-            out = self.out_proj(ctx.transpose(1, 2).reshape(b, n, h * dh))  # (B, Nq, D)
+            b, h, _, dh = ctx.shape  # -1 for lengths: one shared shape tensor in a graph, not one per module
+            out = self.out_proj(ctx.transpose(1, 2).reshape(b, -1, h * dh))  # (B, Nq, D)
         return self.drop(out)
 
     def _project_dense(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        b, nq, _ = x.shape
-        nk = y.shape[1]
-        h, dh = self.num_heads, self.head_dim
-        q = self.q_proj(x).view(b, nq, h, dh).transpose(1, 2)  # (B, H, Nq, dh)
-        kv = self.kv_proj(y).view(b, nk, 2, h, dh).permute(2, 0, 3, 1, 4)  # (2, B, H, Nk, dh)
+        b, h, dh = x.shape[0], self.num_heads, self.head_dim
+        q = self.q_proj(x).view(b, -1, h, dh).transpose(1, 2)  # (B, H, Nq, dh)
+        kv = self.kv_proj(y).view(b, -1, 2, h, dh).permute(2, 0, 3, 1, 4)  # (2, B, H, Nk, dh)
         return q, kv[0], kv[1]
 
     def _project_gathered(self, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -120,6 +122,34 @@ class Mlp(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.drop(self.fc2(F.gelu(self.fc1(x))))
+
+
+class ConvStem(nn.Sequential):
+    """Early convolutions instead of a linear patch embedding (Xiao et al. 2021, "Early Convolutions Help
+    Transformers See Better"): log2(patch) stride-2 3x3 convs, each followed by a per-sample GroupNorm (no
+    batch statistics: batch-invariant and DDP-safe) and GELU, widening to dim/2, then a 1x1 projection to dim.
+    (B, C, H, W) -> (B, dim, H/patch, W/patch), the same grid as the patch embedding."""
+
+    def __init__(self, in_channels: int, dim: int, patch: int) -> None:
+        steps = patch.bit_length() - 1
+        widths = [max(8, dim >> (steps - i)) for i in range(steps)]  # ..., dim/4, dim/2
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for w in widths:
+            layers += [nn.Conv2d(c_in, w, 3, stride=2, padding=1, bias=False), nn.GroupNorm(1, w), nn.GELU()]
+            c_in = w
+        layers.append(nn.Conv2d(c_in, dim, 1))
+        super().__init__(*layers)
+
+    def reset_parameters(self) -> None:
+        """He init for the 3x3 convs (unnormalised inputs need the gain); the 1x1 projection keeps the
+        transformer's small init so the patch tokens start at the scale of the other embeddings."""
+        for m in list(self)[:-1]:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            elif isinstance(m, nn.GroupNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
 
 class EncoderBlock(nn.Module):

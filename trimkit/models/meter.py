@@ -38,7 +38,7 @@ from ..trimmers import (
     static_count,
     token_gate,
 )
-from .layers import EncoderBlock, FusionBlock, HeadChoice
+from .layers import ConvStem, EncoderBlock, FusionBlock, HeadChoice
 
 __all__ = ["MeterModel", "TrimOutput", "TRIM_MODES"]
 
@@ -98,7 +98,8 @@ class MeterModel(nn.Module):
         if t.first_trimmed_layer > c.num_layers:
             raise ValueError(f"first_trimmed_layer {t.first_trimmed_layer} exceeds the depth {c.num_layers}")
         # embeddings
-        self.patch_embed = nn.Conv2d(c.num_channels, d, kernel_size=c.patch_size, stride=c.patch_size)
+        self.patch_embed = ConvStem(c.num_channels, d, c.patch_size) if c.stem == "conv" else nn.Conv2d(
+            c.num_channels, d, kernel_size=c.patch_size, stride=c.patch_size)
         self.vision_cls = nn.Parameter(torch.zeros(1, 1, d))
         self.vision_pos = nn.Parameter(torch.zeros(1, c.num_patches + 1, d))
         self.token_embed = nn.Embedding(c.vocab_size, d)
@@ -151,6 +152,8 @@ class MeterModel(nn.Module):
                 nn.init.zeros_(m.bias)
         for p in (self.vision_pos, self.text_pos, self.vision_cls, self.type_embed):
             nn.init.trunc_normal_(p, std=0.02)
+        if isinstance(self.patch_embed, ConvStem):
+            self.patch_embed.reset_parameters()
         self.reset_trimmers()
 
     def reset_trimmers(self, init_keep_logit: float | None = None) -> None:
@@ -252,8 +255,8 @@ class MeterModel(nn.Module):
                 if details:
                     token_masks.append(tuple(self._orig_mask(s) for s in streams))
                     head_masks.append([self._head_mask(h, b, xv) for h in heads])
-            if trim_index >= 0:
-                counts.append(torch.stack([(s.weight > 0).sum(dim=1) for s in streams], dim=1))  # (B, 2)
+            if trim_index >= 0:  # weights are {0, 1} (hard gates): their sum is the kept count
+                counts += [s.weight.detach().sum(dim=1, keepdim=True) for s in streams]  # (B, 1) each
             flops.append(self._layer_flops(depth, [s.weight.sum(dim=1) for s in streams], heads))
             full_flops.append(self._layer_flops(depth, n_full, [None] * n_mod))
             self._run_layer(depth, streams, heads)
@@ -264,11 +267,11 @@ class MeterModel(nn.Module):
             torch.tanh(self.text_pool(self.text_norm(txt.x[:, 0]))),
         ], dim=-1)  # (B, 2D)
         logits = self.classifier(pooled)  # (B, num_labels)
-        keep_counts = (torch.stack(counts, dim=1) if counts
+        keep_counts = (torch.cat(counts, dim=1).view(b, -1, 2) if counts  # one Concat + Reshape in a graph
                        else torch.zeros(b, 0, 2, dtype=torch.int64, device=logits.device))
         return TrimOutput(
             logits=logits,
-            keep_counts=keep_counts.to(torch.int64),
+            keep_counts=keep_counts.to(torch.int64),  # exact: sums of 1.0s
             layer_flops=torch.stack(flops, dim=1),
             full_layer_flops=torch.stack(full_flops, dim=1),
             token_masks=token_masks,
@@ -285,11 +288,11 @@ class MeterModel(nn.Module):
         if mode == "mask":
             s.weight = s.weight * gate  # masks multiply: pruned stays pruned
             return
-        keep = (s.weight > 0) & (gate > 0)  # (B, N)
-        idx, alive = select_topk_sorted(keep, logits)  # (B, k), (B, k)
+        # weights and gate are {0, 1} floats: their product is the keep mask, and `alive` comes back as
+        # the next weights (fillers 0, pruned from here on) without bool round trips in the graph
+        idx, s.weight = select_topk_sorted(s.weight * gate, logits)  # (B, k), (B, k)
         s.x = gather_tokens(s.x, idx)  # (B, k, D)
         s.pos = torch.gather(s.pos, 1, idx)  # (B, k)
-        s.weight = alive.to(s.x.dtype)  # fillers: weight 0, pruned from here on
 
     def _static_tokens(self, s: _Stream, logits: Tensor, ratio: float) -> None:
         k = torch.sym_min(static_count(s.n_orig, ratio), s.x.shape[1])  # from input shapes only
@@ -314,8 +317,8 @@ class MeterModel(nn.Module):
                          uniform=noise(logits.shape) if training and noise else None)  # (B, H)
         if mode == "mask" or self.head_impl == "mask":
             return HeadChoice(gate=gate)
-        idx, alive = select_topk_sorted(gate > 0, logits)  # (B, kh)
-        return HeadChoice(gate=alive.to(logits.dtype), idx=idx)
+        idx, alive = select_topk_sorted(gate, logits)  # (B, kh), float alive flags
+        return HeadChoice(gate=alive, idx=idx)
 
     @staticmethod
     def _orig_mask(s: _Stream) -> Tensor:
