@@ -2,7 +2,7 @@
 
 A FLOP is one multiply or one add (a multiply-add is 2). Counted: the q/k/v and output
 projections, the attention scores (q k^T) and the weighted values (a v), and the FFN. Not
-counted: layer norms, softmax, activations, embeddings, the classifier and the trimmers
+counted: layer norms, softmax, activations, embeddings (incl. a conv stem), the classifier and the trimmers
 themselves (reported separately by `trimmer_flops`). Every function is plain arithmetic,
 so it works on Python numbers and on tensors alike: with straight-through soft counts from
 `mask` mode the ratio is differentiable.
