@@ -3,7 +3,7 @@
 Stages (each a `trimkit` command; a stage whose output exists is skipped, so the script resumes):
   init -> backbone (--no-trim) -> SmartTrim at targets 0.5 and 0.33 -> ablations at 0.5
   (--no-distill, --no-curriculum, --local-only) -> `trimkit eval` of each on the full test split.
-Writes benchmarks/results/smarttrim_easyvqa.{json,md} after every stage.
+Writes benchmarks/results/<--results>.{json,md} (default smarttrim_easyvqa) after every stage.
 
 Targets (issue 3): backbone >= 95%; target 0.5 loses <= 1.0 point, 0.33 <= 2.0 points; measured mean
 FLOPs ratio within +-0.05 of the target.
@@ -37,13 +37,16 @@ def main() -> None:
     ap.add_argument("--trim-epochs", type=float, default=1)
     ap.add_argument("--runs", default=",".join(r[0] for r in RUNS), help="comma-separated subset of the runs")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--results", default="smarttrim_easyvqa",
+                    help="result file stem under benchmarks/results/ (one per backbone: runs are never mixed)")
     args = ap.parse_args()
     wd = args.workdir
     wd.mkdir(parents=True, exist_ok=True)
     log = wd / "log.txt"
-    out_json = RESULTS / "smarttrim_easyvqa.json"
+    out_json = RESULTS / f"{args.results}.json"
     rec = load_json(out_json)
-    rec.update({"preset": "small", "data": "easyvqa", "seed": args.seed, "backbone_epochs": args.backbone_epochs,
+    rec.update({"results": args.results, "preset": "small", "data": "easyvqa", "seed": args.seed,
+                "backbone_epochs": args.backbone_epochs,
                 "trim_epochs": args.trim_epochs})
     rec.setdefault("runs", {})
     seed = ["--seed", str(args.seed)]
@@ -106,7 +109,7 @@ def write_markdown(rec: dict) -> None:
     lines += ["", "Commands:", "", "```"] + list(rec.get("commands", {}).values()) + ["```", ""]
     if rec.get("seconds"):
         lines += ["Stage durations (s): " + ", ".join(f"{k} {v}" for k, v in rec["seconds"].items()), ""]
-    (RESULTS / "smarttrim_easyvqa.md").write_text("\n".join(lines))
+    (RESULTS / f"{rec.get('results', 'smarttrim_easyvqa')}.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":
