@@ -39,6 +39,11 @@ def test_init_then_inspect(tmp_path, capsys):
     # refusing to overwrite, then --force
     assert main(["init", "--out", str(out)]) == 2
     assert main(["init", "--out", str(out), "--force"]) == 0
+    # the image stem: the preset's by default, --stem overrides it
+    assert main(["init", "--out", str(out), "--force", "--stem", "conv"]) == 0
+    assert main(["inspect", str(out), "--json", str(tmp_path / "conv.json")]) == 0
+    assert json.loads((tmp_path / "conv.json").read_text())["model_config"]["stem"] == "conv"
+    assert info["model_config"]["stem"] == "patch"
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint", b""])

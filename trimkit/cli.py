@@ -57,6 +57,11 @@ class Preset(str, enum.Enum):
     base = "base"
 
 
+class Stem(str, enum.Enum):
+    patch = "patch"
+    conv = "conv"
+
+
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Where to write (atomic; see --force).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
 DataOpt = Annotated[str, typer.Option("--data", help="Dataset: easyvqa, shapes or FILE.jsonl.")]
@@ -96,6 +101,9 @@ def init(
     out: OutOpt,
     preset: Annotated[Preset, typer.Option("--preset", help="Model size.")] = Preset.tiny,
     data: DataOpt = "easyvqa",
+    stem: Annotated[Stem | None, typer.Option(
+        "--stem", help="Image stem: patch (ViT linear patch embedding) or conv (early convolutions); "
+                       "default: the preset's.")] = None,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
 ) -> None:
@@ -105,11 +113,12 @@ def init(
     from .fileio import check_writable
 
     check_writable(out, force=force)
-    model = new_model(preset.value, data, seed=seed)
+    model = new_model(preset.value, data, seed=seed, **({"stem": stem.value} if stem else {}))
     save_checkpoint(model, out, force=force)
     n = sum(p.numel() for p in model.parameters())
     n_trim = sum(p.numel() for p in model.trimmer_parameters())
-    typer.echo(f"wrote {out}: preset {preset.value}, {n:,} parameters ({n_trim:,} in trimmers), "
+    typer.echo(f"wrote {out}: preset {preset.value} ({model.config.stem} stem), {n:,} parameters "
+               f"({n_trim:,} in trimmers), "
                f"{model.config.num_labels} labels, {model.config.vocab_size} words")
 
 
