@@ -30,8 +30,8 @@ from rich.progress import Progress
 
 from trimkit.checkpoint import load_checkpoint
 from trimkit.config import preset_config
-from trimkit.data import load_dataset
-from trimkit.data.dataset import to_pixel_values
+from trimkit.data import easyvqa, load_dataset
+from trimkit.data.dataset import _resize, to_pixel_values
 from trimkit.factory import new_model
 from trimkit.models.meter import MeterModel
 
@@ -61,15 +61,13 @@ def per_kind_accuracy(model: MeterModel, split, idx: torch.Tensor) -> dict[str, 
 
 def shape_images(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """easy-VQA train images whose shape some question names, and that shape's index."""
-    import easy_vqa
     from PIL import Image
 
-    q, a, ids = easy_vqa.get_train_questions()
-    paths = easy_vqa.get_train_image_paths()
-    label = {i: SHAPES.index(ans) for ans, i in zip(a, ids) if ans in SHAPES}
+    _, answers, ids = easyvqa.questions("train")
+    paths = easyvqa.image_paths("train")
+    label = {i: SHAPES.index(ans) for ans, i in zip(answers, ids) if ans in SHAPES}
     keys = sorted(label)
-    imgs = np.stack([np.asarray(Image.open(paths[k]).convert("RGB").resize((image_size, image_size)))
-                     for k in keys])
+    imgs = np.stack([_resize(Image.open(paths[k]), image_size) for k in keys])
     return to_pixel_values(torch.from_numpy(imgs).permute(0, 3, 1, 2)), torch.tensor([label[k] for k in keys])
 
 

@@ -22,7 +22,7 @@ class ModelConfig:
     patch_size: int = 8  # ViT patch size; image_size must be a multiple
     # image stem: "patch" = ViT's linear patch embedding; "conv" = early convolutions (Xiao et al. 2021):
     # log2(patch_size) stride-2 3x3 convs + a 1x1 projection, the same patch grid. Trained from scratch on
-    # a few thousand images, a ViT with a linear stem does not learn shapes; the conv stem does.
+    # easy-VQA's images it learns shapes about twice as fast (benchmarks/results/backbone_probe.md).
     stem: str = "patch"
     num_channels: int = 3
     hidden_size: int = 192  # D, shared by both encoders and the fusion layers

@@ -147,9 +147,6 @@ class ConvStem(nn.Sequential):
         for m in list(self)[:-1]:
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            elif isinstance(m, nn.GroupNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
 
 class EncoderBlock(nn.Module):
