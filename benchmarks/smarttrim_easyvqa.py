@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from _common import RESULTS, ROOT, load_json, run_stage, save_json
@@ -47,7 +48,8 @@ def main() -> None:
     rec = load_json(out_json)
     rec.update({"results": args.results, "preset": "small", "data": "easyvqa", "seed": args.seed,
                 "backbone_epochs": args.backbone_epochs,
-                "trim_epochs": args.trim_epochs})
+                "trim_epochs": args.trim_epochs,
+                "reproduce": "python benchmarks/smarttrim_easyvqa.py " + " ".join(sys.argv[1:])})
     rec.setdefault("runs", {})
     seed = ["--seed", str(args.seed)]
 
@@ -89,7 +91,7 @@ def write_markdown(rec: dict) -> None:
     lines = ["# SmartTrim on easy-VQA (`small` preset, this CPU)", "",
              f"Backbone {rec['backbone_epochs']} epochs (`--no-trim`), SmartTrim runs {rec['trim_epochs']} epoch(s) "
              "from the backbone. Accuracy on the full easy-VQA test split (9,673 questions), trimmed runs in "
-             "`prune` mode. Reproduce: `python benchmarks/smarttrim_easyvqa.py`.", "",
+             f"`prune` mode. Reproduce: `{rec.get('reproduce', 'python benchmarks/smarttrim_easyvqa.py')}`.", "",
              "| run | target | accuracy | Δ vs backbone (points) | FLOPs ratio mean | p10 | p90 | check |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in runs.items():

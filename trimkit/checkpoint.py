@@ -16,7 +16,7 @@ import torch
 
 from . import __version__
 from .config import ModelConfig, TrimConfig
-from .data.tokenizer import WordTokenizer
+from .data.tokenizer import tokenizer_from_dict
 from .errors import BadInputError
 from .fileio import atomic_write
 from .models import MeterModel, build_model
@@ -128,7 +128,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike = "<chec
         raise BadInputError(f"{path}: weights do not match the config: {first}") from None
     model.labels = labels
     tok = ckpt.get("tokenizer")
-    model.tokenizer = WordTokenizer.from_dict(tok) if tok else None
+    model.tokenizer = tokenizer_from_dict(tok) if tok else None
     if model.tokenizer is not None and len(model.tokenizer) != config.vocab_size:
         raise BadInputError(
             f"{path}: tokenizer has {len(model.tokenizer)} words but the model's vocab_size is {config.vocab_size}")

@@ -122,6 +122,43 @@ def init(
                f"{model.config.num_labels} labels, {model.config.vocab_size} words")
 
 
+@app.command("import")
+def import_cmd(
+    out: OutOpt,
+    vision: Annotated[Path, typer.Option("--vision", help="Image encoder: a Hugging Face ViT or DINOv2 directory.")],
+    text: Annotated[Path, typer.Option("--text", help="Text encoder: a Hugging Face BERT-family directory.")],
+    data: DataOpt = "easyvqa",
+    fusion_layers: Annotated[int, typer.Option("--fusion-layers", help="New co-attention fusion layers (M).")] = 2,
+    image_size: Annotated[int | None, typer.Option(
+        "--image-size", help="Input image size (position embeddings are resampled); default: the encoder's.")] = None,
+    max_text_len: Annotated[int, typer.Option("--max-text-len", help="Text positions kept (incl. [CLS]).")] = 40,
+    fusion_hidden: Annotated[int | None, typer.Option(
+        "--fusion-hidden", help="Fusion width; default: the image encoder's.")] = None,
+    fusion_heads: Annotated[int | None, typer.Option(
+        "--fusion-heads", help="Fusion heads; default: the image encoder's.")] = None,
+    seed: SeedOpt = 0,
+    force: ForceOpt = False,
+) -> None:
+    """Build a METER-style model from pretrained encoders + new fusion layers, trimmers attached (all keeping)."""
+    from .checkpoint import save_checkpoint
+    from .fileio import check_writable
+    from .pretrained import import_meter
+
+    check_writable(out, force=force)
+    if fusion_layers < 0:
+        raise typer.BadParameter("--fusion-layers must be >= 0")
+    model = import_meter(vision, text, data=data, fusion_layers=fusion_layers, image_size=image_size,
+                         max_text_len=max_text_len, fusion_hidden=fusion_hidden, fusion_heads=fusion_heads, seed=seed)
+    save_checkpoint(model, out, force=force)
+    c = model.config
+    v, t = c.encoder(0), c.encoder(1)
+    n = sum(p.numel() for p in model.parameters())
+    typer.echo(f"wrote {out}: {model.meta['imported']['vision']['family']} ({v.layers} layers, {v.hidden_size} wide, "
+               f"{c.image_size}px / {c.patch_size}) + {model.meta['imported']['text']['family']} ({t.layers} layers, "
+               f"{t.hidden_size} wide, {model.meta['imported']['text']['tokenizer']} tokenizer) + {c.fusion_layers} "
+               f"fusion layers; {n:,} parameters, {c.num_labels} labels")
+
+
 @app.command()
 def inspect(
     path: Annotated[Path, typer.Argument(help="A trimkit checkpoint (.pt) or an ONNX file (.onnx).")],

@@ -9,7 +9,41 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ModelConfig", "TrimConfig", "PRESETS", "preset_config"]
+__all__ = ["EncoderSpec", "ModelConfig", "TrimConfig", "PRESETS", "preset_config", "VISION", "TEXT"]
+
+VISION, TEXT = 0, 1
+NORM_STYLES = ("pre", "post")
+
+
+@dataclass
+class EncoderSpec:
+    """One modality's transformer encoder, when it differs from the shared sizes (imported backbones:
+    a BERT text encoder and a DINOv2 image encoder have their own depth, width, heads and layer style).
+
+    Also the dimensions of one lockstep layer for the cost model (`hidden_size`, `num_heads`,
+    `head_dim`, `intermediate_size`)."""
+
+    layers: int
+    hidden_size: int
+    num_heads: int
+    intermediate_size: int
+    norm: str = "pre"  # "pre": x + f(LN(x)) (ViT, DINOv2); "post": LN(x + f(x)) (BERT)
+    layer_scale: bool = False  # DINOv2: learned per-channel scale on both residual branches
+    layer_norm_eps: float = 1e-6
+    embed_norm: bool = False  # BERT: LayerNorm over the summed embeddings
+    final_norm: bool = False  # ViT/DINOv2: LayerNorm on the encoder's output
+
+    def __post_init__(self) -> None:
+        if self.layers < 0 or self.hidden_size < 1 or self.num_heads < 1 or self.intermediate_size < 1:
+            raise ValueError(f"bad encoder sizes: {self}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.norm not in NORM_STYLES:
+            raise ValueError(f"unknown norm style {self.norm!r}; choose pre or post")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
 
 
 @dataclass
@@ -33,8 +67,18 @@ class ModelConfig:
     num_labels: int = 13  # answer set size
     layer_norm_eps: float = 1e-6
     dropout: float = 0.0  # residual/attention dropout in training
+    # Per-modality encoders (imported backbones). None: `encoder_layers` pre-LN layers of the shared sizes.
+    # The shared sizes above are then the fusion layers' (an encoder of another width is projected to
+    # `hidden_size` when it enters the fusion). Encoders of different depths run in lockstep from depth 0;
+    # the shorter one idles (no layer, no trimmer, no FLOPs) until the fusion starts.
+    vision_encoder: EncoderSpec | None = None
+    text_encoder: EncoderSpec | None = None
 
     def __post_init__(self) -> None:
+        for name in ("vision_encoder", "text_encoder"):
+            v = getattr(self, name)
+            if isinstance(v, dict):
+                setattr(self, name, EncoderSpec(**v))
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.image_size % self.patch_size:
@@ -45,6 +89,10 @@ class ModelConfig:
             raise ValueError(f"the conv stem needs a power-of-two patch_size, not {self.patch_size}")
         if self.encoder_layers < 1 or self.fusion_layers < 0:
             raise ValueError("need encoder_layers >= 1 and fusion_layers >= 0")
+        if self.encoder_depth + self.fusion_layers < 1:
+            raise ValueError("the model needs at least one layer")
+        if self.fusion_layers == 0 and self.encoder(VISION).hidden_size != self.encoder(TEXT).hidden_size:
+            raise ValueError("encoders of different widths need fusion layers (they are projected at fusion entry)")
         if self.max_text_len < 2:
             raise ValueError("max_text_len must leave room for [CLS] and one word")
 
@@ -56,17 +104,62 @@ class ModelConfig:
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
+    def encoder(self, modality: int) -> EncoderSpec:
+        """The encoder of VISION (0) or TEXT (1)."""
+        spec = self.vision_encoder if modality == VISION else self.text_encoder
+        return spec if spec is not None else EncoderSpec(
+            self.encoder_layers, self.hidden_size, self.num_heads, self.intermediate_size,
+            layer_norm_eps=self.layer_norm_eps)
+
+    @property
+    def fusion(self) -> EncoderSpec:
+        """Sizes of the co-attention fusion layers."""
+        return EncoderSpec(self.fusion_layers, self.hidden_size, self.num_heads, self.intermediate_size,
+                           layer_norm_eps=self.layer_norm_eps)
+
+    @property
+    def encoder_depth(self) -> int:
+        """Lockstep depths taken by the encoders (the deeper one); fusion layers follow."""
+        return max(self.encoder(VISION).layers, self.encoder(TEXT).layers)
+
     @property
     def num_layers(self) -> int:
         """Depth of the lockstep stack: encoder layers then fusion layers."""
-        return self.encoder_layers + self.fusion_layers
+        return self.encoder_depth + self.fusion_layers
+
+    def is_fusion(self, depth: int) -> bool:
+        return depth >= self.encoder_depth
+
+    def active(self, depth: int, modality: int) -> bool:
+        """Does `modality` run a layer at lockstep `depth`? (False while a shorter encoder idles.)"""
+        return self.is_fusion(depth) or depth < self.encoder(modality).layers
+
+    def layer_spec(self, depth: int, modality: int) -> EncoderSpec:
+        """Sizes of `modality`'s stream at `depth` (its encoder, or the fusion)."""
+        return self.fusion if self.is_fusion(depth) else self.encoder(modality)
+
+    def stream_width(self, depth: int, modality: int) -> int:
+        """Width of `modality`'s hidden states entering `depth`."""
+        return self.layer_spec(depth, modality).hidden_size
+
+    def attention_modules(self, depth: int) -> list[tuple[int, str]]:
+        """(modality, kind) of each attention module at `depth`, in head-trimmer order: encoder
+        [vision, text]; fusion [vision self, vision cross, text self, text cross]."""
+        if self.is_fusion(depth):
+            return [(VISION, "self"), (VISION, "cross"), (TEXT, "self"), (TEXT, "cross")]
+        return [(VISION, "self"), (TEXT, "self")]
+
+    @property
+    def max_heads(self) -> int:
+        return max(self.encoder(VISION).num_heads, self.encoder(TEXT).num_heads,
+                   self.num_heads if self.fusion_layers else 0)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        return _from_dict(cls, d)
+        return _from_dict(cls, d)  # nested encoder dicts become EncoderSpec in __post_init__
 
 
 @dataclass

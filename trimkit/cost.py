@@ -14,9 +14,10 @@ from typing import Union
 
 from torch import Tensor
 
-from .config import ModelConfig
+from .config import TEXT, VISION, EncoderSpec, ModelConfig
 
 Number = Union[int, float, Tensor]
+Dims = Union[ModelConfig, EncoderSpec]  # anything with hidden_size, head_dim, intermediate_size, num_heads
 
 __all__ = [
     "attention_flops",
@@ -24,10 +25,11 @@ __all__ = [
     "encoder_layer_flops",
     "fusion_stream_flops",
     "trimmer_flops",
+    "depth_flops",
 ]
 
 
-def attention_flops(n_q: Number, n_kv: Number, heads: Number, cfg: ModelConfig) -> Number:
+def attention_flops(n_q: Number, n_kv: Number, heads: Number, cfg: Dims) -> Number:
     """One attention module: n_q queries over n_kv keys with `heads` heads kept."""
     d, dh = cfg.hidden_size, cfg.head_dim
     width = heads * dh  # kept projection width
@@ -39,18 +41,18 @@ def attention_flops(n_q: Number, n_kv: Number, heads: Number, cfg: ModelConfig) 
     return q_proj + kv_proj + scores + values + out_proj
 
 
-def ffn_flops(n: Number, cfg: ModelConfig) -> Number:
+def ffn_flops(n: Number, cfg: Dims) -> Number:
     """Two linear layers D -> F -> D on n tokens."""
     return 2 * 2 * n * cfg.hidden_size * cfg.intermediate_size
 
 
-def encoder_layer_flops(n: Number, heads: Number, cfg: ModelConfig) -> Number:
+def encoder_layer_flops(n: Number, heads: Number, cfg: Dims) -> Number:
     """One encoder layer of one modality: self-attention over its n tokens + FFN."""
     return attention_flops(n, n, heads, cfg) + ffn_flops(n, cfg)
 
 
 def fusion_stream_flops(
-    n_self: Number, n_other: Number, heads_self: Number, heads_cross: Number, cfg: ModelConfig
+    n_self: Number, n_other: Number, heads_self: Number, heads_cross: Number, cfg: Dims
 ) -> Number:
     """One co-attention layer of one stream: self-attn, cross-attn to the other stream, FFN."""
     return (
@@ -60,12 +62,28 @@ def fusion_stream_flops(
     )
 
 
-def trimmer_flops(n: Number, cfg: ModelConfig, *, hidden_ratio: int = 4, proj_ratio: int = 16,
-                  local_only: bool = False) -> Number:
-    """Matmul FLOPs of one token trimmer on n tokens plus one head trimmer (overhead, for reports)."""
+def depth_flops(cfg: ModelConfig, depth: int, n: list[Number], heads: list[Number]) -> Number:
+    """All layers at lockstep `depth`: n = [vision, text] token counts entering it, heads = kept heads per
+    attention module in `ModelConfig.attention_modules` order. An idle stream costs nothing."""
+    if cfg.is_fusion(depth):
+        f = cfg.fusion
+        return (fusion_stream_flops(n[VISION], n[TEXT], heads[0], heads[1], f)
+                + fusion_stream_flops(n[TEXT], n[VISION], heads[2], heads[3], f))
+    total: Number = 0
+    for m in (VISION, TEXT):
+        if cfg.active(depth, m):
+            total = total + encoder_layer_flops(n[m], heads[m], cfg.encoder(m))
+    return total
+
+
+def trimmer_flops(n: Number, cfg: Dims, *, hidden_ratio: int = 4, proj_ratio: int = 16,
+                  local_only: bool = False, other_dim: int | None = None) -> Number:
+    """Matmul FLOPs of one token trimmer on n tokens plus one head trimmer (overhead, for reports).
+    `other_dim`: width of the other stream's [CLS] (default: the same width)."""
     d = cfg.hidden_size
+    both = d + (d if other_dim is None else other_dim)  # [c_m ; c_m']
     hidden, dp = max(1, d // hidden_ratio), max(1, d // proj_ratio)
     local = 2 * n * d * hidden + 2 * n * hidden
-    glob = 0 if local_only else 2 * n * d * dp + 2 * 2 * d * dp + 2 * n * dp
-    heads = 2 * 2 * d * cfg.num_heads
+    glob = 0 if local_only else 2 * n * d * dp + 2 * both * dp + 2 * n * dp
+    heads = 2 * both * cfg.num_heads
     return local + glob + heads

@@ -27,7 +27,7 @@ def evaluate_checkpoint(path: str | os.PathLike, data: str, *, split: str = "tes
     if not per_instance:
         res.pop("per_instance")
     c = model.config
-    layers = [{"depth": d, "kind": "fusion" if d >= c.encoder_layers else "encoder"}
+    layers = [{"depth": d, "kind": "fusion" if c.is_fusion(d) else "encoder"}
               for d in range(model.trim.first_trimmed_layer, c.num_layers)]
     return {"checkpoint": str(path), "data": data, "split": split, "modes": list(modes), "trimmed_layers": layers,
             **res}

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import model_from_checkpoint, read_checkpoint
-from .cost import encoder_layer_flops, fusion_stream_flops, trimmer_flops
+from .config import TEXT, VISION
+from .cost import depth_flops, trimmer_flops
 from .errors import BadInputError
 
 __all__ = ["describe", "describe_checkpoint", "describe_onnx"]
@@ -33,19 +34,19 @@ def describe_checkpoint(path: str | os.PathLike, *, text_len: int | None = None)
         raise BadInputError(f"--text-len {nt} is outside 1..{c.max_text_len}")
     layers = []
     for depth in range(c.num_layers):
-        fusion = depth >= c.encoder_layers
-        if fusion:
-            flops = fusion_stream_flops(nv, nt, c.num_heads, c.num_heads, c) + \
-                fusion_stream_flops(nt, nv, c.num_heads, c.num_heads, c)
-        else:
-            flops = encoder_layer_flops(nv, c.num_heads, c) + encoder_layer_flops(nt, c.num_heads, c)
+        fusion = c.is_fusion(depth)
+        modules = c.attention_modules(depth)
+        flops = depth_flops(c, depth, [nv, nt], [c.layer_spec(depth, m).num_heads for m, _ in modules])
         trimmed = depth >= t.first_trimmed_layer
         overhead = 0
         if trimmed:
             kw = dict(hidden_ratio=t.score_hidden_ratio, proj_ratio=t.proj_ratio, local_only=t.local_only)
-            overhead = trimmer_flops(nv, c, **kw) + trimmer_flops(nt, c, **kw)
+            w = [c.stream_width(depth, m) for m in (VISION, TEXT)]
+            for m, n in ((VISION, nv), (TEXT, nt)):
+                if c.active(depth, m):
+                    overhead += trimmer_flops(n, c.layer_spec(depth, m), other_dim=w[1 - m], **kw)
             if fusion:  # two more head trimmers (cross-attention of each stream)
-                overhead += 2 * 2 * 2 * c.hidden_size * c.num_heads
+                overhead += sum(2 * (w[0] + w[1]) * c.num_heads for _ in range(2))
         layers.append({"depth": depth, "kind": "fusion" if fusion else "encoder", "trimmed": trimmed,
                        "flops": int(flops), "trimmer_flops": int(overhead)})
     return {

@@ -41,13 +41,13 @@ def explain(model, image: str | os.PathLike, question: str) -> dict[str, Any]:
     first = model.trim.first_trimmed_layer
     layers = []
     for ti, (vis, txt) in enumerate(out.token_masks):
-        layers.append({"depth": first + ti, "kind": "encoder" if first + ti < c.encoder_layers else "fusion",
+        layers.append({"depth": first + ti, "kind": "fusion" if c.is_fusion(first + ti) else "encoder",
                        "patches": vis[0, 1:].reshape(g, g).numpy() > 0, "words": txt[0].numpy() > 0,
                        "heads": [int(h[0].sum()) for h in out.head_masks[ti]]})
     return {"image": np.asarray(raw), "question": question, "words": words,
             "answer": model.labels[int(top.indices[0])], "probability": float(top.values[0]),
             "runner_up": [(model.labels[int(i)], float(p)) for p, i in zip(top.values[1:], top.indices[1:])],
-            "flops_ratio": float(out.flops_ratio[0]), "num_heads": c.num_heads, "layers": layers}
+            "flops_ratio": float(out.flops_ratio[0]), "num_heads": c.max_heads, "layers": layers}
 
 
 def show(ckpt: str | os.PathLike, image: str | os.PathLike, question: str, out: str | os.PathLike, *,

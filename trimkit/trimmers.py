@@ -17,6 +17,7 @@ from torch import Tensor, nn
 __all__ = [
     "TokenTrimmer",
     "HeadTrimmer",
+    "Idle",
     "gumbel_sigmoid_st",
     "token_gate",
     "head_gate",
@@ -174,8 +175,10 @@ class TokenTrimmer(nn.Module):
         local_only: bool = False,
         init_keep_logit: float = 5.0,
         eps: float = 1e-6,
+        other_dim: int | None = None,
     ) -> None:
         super().__init__()
+        other_dim = dim if other_dim is None else other_dim  # the other stream's [CLS] width
         hidden = max(1, dim // hidden_ratio)
         self.proj_dim = max(1, dim // proj_ratio)
         self.local_only = local_only
@@ -184,7 +187,7 @@ class TokenTrimmer(nn.Module):
         self.fc2 = nn.Linear(hidden, 1)
         if not local_only:  # the ablation has no global branch at all
             self.proj = nn.Linear(dim, self.proj_dim, bias=False)  # P
-            self.cls_proj = nn.Linear(2 * dim, self.proj_dim, bias=False)  # G
+            self.cls_proj = nn.Linear(dim + other_dim, self.proj_dim, bias=False)  # G
         self.reset_stable(init_keep_logit)
 
     @torch.no_grad()
@@ -195,7 +198,7 @@ class TokenTrimmer(nn.Module):
             self.cls_proj.weight.zero_()
 
     def forward(self, x: Tensor, cls_self: Tensor, cls_other: Tensor) -> Tensor:
-        """x: (B, N, D); cls_self, cls_other: (B, D) -> logits (B, N)."""
+        """x: (B, N, D); cls_self: (B, D), cls_other: (B, D') -> logits (B, N)."""
         local = self.fc2(F.gelu(self.fc1(self.norm(x))))  # (B, N, 1)
         if self.local_only:
             return local.squeeze(-1)
@@ -208,9 +211,11 @@ class TokenTrimmer(nn.Module):
 class HeadTrimmer(nn.Module):
     """Modal-adaptive head trimmer: h = W_h [c_m ; c_m'] + b_h, one logit per head."""
 
-    def __init__(self, dim: int, num_heads: int, *, init_keep_logit: float = 5.0) -> None:
+    def __init__(self, dim: int, num_heads: int, *, init_keep_logit: float = 5.0,
+                 other_dim: int | None = None) -> None:
         super().__init__()
-        self.fc = nn.Linear(2 * dim, num_heads)
+        self.num_heads = num_heads
+        self.fc = nn.Linear(dim + (dim if other_dim is None else other_dim), num_heads)
         self.reset_stable(init_keep_logit)
 
     @torch.no_grad()
@@ -219,5 +224,12 @@ class HeadTrimmer(nn.Module):
         self.fc.bias.fill_(init_keep_logit)
 
     def forward(self, cls_self: Tensor, cls_other: Tensor) -> Tensor:
-        """cls_self, cls_other: (B, D) -> logits (B, H)."""
+        """cls_self: (B, D), cls_other: (B, D') -> logits (B, H)."""
         return self.fc(torch.cat([cls_self, cls_other], dim=-1))
+
+
+class Idle(nn.Module):
+    """Placeholder where a stream runs no layer (a shorter encoder waiting for the fusion): no trimmer."""
+
+    def forward(self, *args):  # pragma: no cover - never called
+        raise RuntimeError("an idle stream has no trimmer")

@@ -50,9 +50,12 @@ def adaptive_profile(model: MeterModel, split: VQASplit, *, samples: int | None 
 def static_trim_config(model: MeterModel, profile: dict[str, Any], scale: float = 1.0) -> TrimConfig:
     """Static keep ratios = scale x the adaptive mean fractions; head counts = rounded means (>= 1)."""
     ratios = [[min(1.0, max(0.001, f * scale)) for f in layer] for layer in profile["token_frac"]]
-    h = model.config.num_heads
-    heads = [[int(min(h, max(1, round(x * min(1.0, scale) if scale < 1 else x)))) for x in mods]
-             for mods in profile["heads"]]
+    c = model.config
+    first = model.trim.first_trimmed_layer
+    heads = []
+    for ti, mods in enumerate(profile["heads"]):
+        hs = [c.layer_spec(first + ti, m).num_heads for m, _ in c.attention_modules(first + ti)]
+        heads.append([int(min(h, max(1, round(x * min(1.0, scale) if scale < 1 else x)))) for h, x in zip(hs, mods)])
     return dataclasses.replace(model.trim, static_keep_ratios=ratios, static_head_keep=heads)
 
 

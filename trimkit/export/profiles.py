@@ -110,4 +110,4 @@ def validate_profiles(profiles: list[Profile], config: ModelConfig, *, num_heads
 def max_topk_k(profiles: list[Profile], config: ModelConfig, *, num_heads: int | None = None) -> int:
     """The largest K any TopK in the graph can see: a modality's token count, or the head count."""
     text = max(p.text[2] for p in profiles)
-    return max(config.num_patches + 1, text, num_heads or config.num_heads)
+    return max(config.num_patches + 1, text, num_heads or config.max_heads)

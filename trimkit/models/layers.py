@@ -150,20 +150,32 @@ class ConvStem(nn.Sequential):
 
 
 class EncoderBlock(nn.Module):
-    """Pre-LN transformer encoder layer of one modality."""
+    """Transformer encoder layer of one modality: pre-LN (ViT; with `layer_scale`, DINOv2) or post-LN (BERT)."""
 
-    def __init__(self, dim: int, num_heads: int, hidden: int, *, eps: float, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, num_heads: int, hidden: int, *, eps: float, dropout: float = 0.0,
+                 norm: str = "pre", layer_scale: bool = False) -> None:
         super().__init__()
+        self.post_norm = norm == "post"
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads, dropout=dropout)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, hidden, dropout=dropout)
+        if layer_scale:
+            self.ls1 = nn.Parameter(torch.ones(dim))
+            self.ls2 = nn.Parameter(torch.ones(dim))
+        else:
+            self.ls1 = self.ls2 = None
 
     def forward(self, x: Tensor, key_weight: Tensor, heads: HeadChoice | None = None) -> Tensor:
         """x: (B, N, D), key_weight: (B, N) -> (B, N, D)."""
+        if self.post_norm:
+            x = self.norm1(x + self.attn(x, x, key_weight, heads))
+            return self.norm2(x + self.mlp(x))
         h = self.norm1(x)
-        x = x + self.attn(h, h, key_weight, heads)
-        return x + self.mlp(self.norm2(x))
+        a = self.attn(h, h, key_weight, heads)
+        x = x + (a if self.ls1 is None else a * self.ls1)
+        f = self.mlp(self.norm2(x))
+        return x + (f if self.ls2 is None else f * self.ls2)
 
 
 class FusionBlock(nn.Module):

@@ -26,10 +26,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..config import ModelConfig, TrimConfig
-from ..cost import encoder_layer_flops, fusion_stream_flops
+from ..config import TEXT, VISION, ModelConfig, TrimConfig
+from ..cost import depth_flops
 from ..trimmers import (
     HeadTrimmer,
+    Idle,
     TokenTrimmer,
     gather_tokens,
     head_gate,
@@ -44,7 +45,6 @@ __all__ = ["MeterModel", "TrimOutput", "TRIM_MODES"]
 
 TrimMode = Literal["off", "mask", "prune", "static"]
 TRIM_MODES: tuple[str, ...] = ("off", "mask", "prune", "static")
-VISION, TEXT = 0, 1
 
 
 @dataclass
@@ -61,6 +61,9 @@ class TrimOutput:
     head_masks:       details only: per trimmed layer, list of (B, H) head keep masks, one per
                       attention module (encoder: [vision, text]; fusion: [v-self, v-cross,
                       t-self, t-cross])
+    encoder_states:   details only: (vision (B, Nv, Dv), text (B, Nt, Dt)) hidden states leaving the
+                      encoders (after their final norms, before the fusion); rows are the kept tokens
+                      in `prune` mode
     """
 
     logits: Tensor
@@ -69,6 +72,7 @@ class TrimOutput:
     full_layer_flops: Tensor
     token_masks: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     head_masks: list[list[Tensor]] = field(default_factory=list)
+    encoder_states: tuple[Tensor, Tensor] | None = None
 
     @property
     def flops_ratio(self) -> Tensor:
@@ -94,44 +98,61 @@ class MeterModel(nn.Module):
         self.config = config
         self.trim = trim if trim is not None else TrimConfig()
         c, t = config, self.trim
-        d = c.hidden_size
+        d = c.hidden_size  # fusion width
+        ev, et = c.encoder(VISION), c.encoder(TEXT)
+        dv, dt = ev.hidden_size, et.hidden_size
         if t.first_trimmed_layer > c.num_layers:
             raise ValueError(f"first_trimmed_layer {t.first_trimmed_layer} exceeds the depth {c.num_layers}")
         # embeddings
-        self.patch_embed = ConvStem(c.num_channels, d, c.patch_size) if c.stem == "conv" else nn.Conv2d(
-            c.num_channels, d, kernel_size=c.patch_size, stride=c.patch_size)
-        self.vision_cls = nn.Parameter(torch.zeros(1, 1, d))
-        self.vision_pos = nn.Parameter(torch.zeros(1, c.num_patches + 1, d))
-        self.token_embed = nn.Embedding(c.vocab_size, d)
-        self.text_pos = nn.Parameter(torch.zeros(1, c.max_text_len, d))
+        self.patch_embed = ConvStem(c.num_channels, dv, c.patch_size) if c.stem == "conv" else nn.Conv2d(
+            c.num_channels, dv, kernel_size=c.patch_size, stride=c.patch_size)
+        self.vision_cls = nn.Parameter(torch.zeros(1, 1, dv))
+        self.vision_pos = nn.Parameter(torch.zeros(1, c.num_patches + 1, dv))
+        self.token_embed = nn.Embedding(c.vocab_size, dt)
+        self.text_pos = nn.Parameter(torch.zeros(1, c.max_text_len, dt))
+        self.vision_embed_norm = nn.LayerNorm(dv, eps=ev.layer_norm_eps) if ev.embed_norm else None
+        self.text_embed_norm = nn.LayerNorm(dt, eps=et.layer_norm_eps) if et.embed_norm else None
         self.type_embed = nn.Parameter(torch.zeros(2, d))  # modality type, added at fusion entry
         # lockstep encoders and fusion
-        blk = dict(eps=c.layer_norm_eps, dropout=c.dropout)
-        self.vision_layers = nn.ModuleList(
-            [EncoderBlock(d, c.num_heads, c.intermediate_size, **blk) for _ in range(c.encoder_layers)])
-        self.text_layers = nn.ModuleList(
-            [EncoderBlock(d, c.num_heads, c.intermediate_size, **blk) for _ in range(c.encoder_layers)])
+        blk = dict(dropout=c.dropout)
+        self.vision_layers = nn.ModuleList([EncoderBlock(
+            dv, ev.num_heads, ev.intermediate_size, eps=ev.layer_norm_eps, norm=ev.norm, layer_scale=ev.layer_scale,
+            **blk) for _ in range(ev.layers)])
+        self.text_layers = nn.ModuleList([EncoderBlock(
+            dt, et.num_heads, et.intermediate_size, eps=et.layer_norm_eps, norm=et.norm, layer_scale=et.layer_scale,
+            **blk) for _ in range(et.layers)])
+        self.vision_final_norm = nn.LayerNorm(dv, eps=ev.layer_norm_eps) if ev.final_norm else None
+        self.text_final_norm = nn.LayerNorm(dt, eps=et.layer_norm_eps) if et.final_norm else None
+        blk["eps"] = c.layer_norm_eps
         self.vision_fusion = nn.ModuleList(
             [FusionBlock(d, c.num_heads, c.intermediate_size, **blk) for _ in range(c.fusion_layers)])
         self.text_fusion = nn.ModuleList(
             [FusionBlock(d, c.num_heads, c.intermediate_size, **blk) for _ in range(c.fusion_layers)])
-        self.vision_norm = nn.LayerNorm(d, eps=c.layer_norm_eps)
-        self.text_norm = nn.LayerNorm(d, eps=c.layer_norm_eps)
-        self.vision_pool = nn.Linear(d, d)
-        self.text_pool = nn.Linear(d, d)
+        # an encoder of another width is projected to the fusion width as it enters the fusion (METER)
+        self.fusion_proj = nn.ModuleList(
+            [nn.Linear(w, d) if c.fusion_layers and w != d else nn.Identity() for w in (dv, dt)])
+        wv, wt = (d, d) if c.fusion_layers else (dv, dt)  # widths of the final states
+        self.vision_norm = nn.LayerNorm(wv, eps=c.layer_norm_eps)
+        self.text_norm = nn.LayerNorm(wt, eps=c.layer_norm_eps)
+        self.vision_pool = nn.Linear(wv, wv)
+        self.text_pool = nn.Linear(wt, wt)
         self.classifier = nn.Sequential(
-            nn.Linear(2 * d, 2 * d), nn.LayerNorm(2 * d, eps=c.layer_norm_eps), nn.GELU(), nn.Linear(2 * d, c.num_labels))
-        # trimmers, one set per trimmed depth
+            nn.Linear(wv + wt, 2 * d), nn.LayerNorm(2 * d, eps=c.layer_norm_eps), nn.GELU(),
+            nn.Linear(2 * d, c.num_labels))
+        # trimmers, one set per trimmed depth; a stream idling at that depth gets `Idle` (no trimmer)
         tok = dict(hidden_ratio=t.score_hidden_ratio, proj_ratio=t.proj_ratio, local_only=t.local_only,
                    init_keep_logit=t.init_keep_logit, eps=c.layer_norm_eps)
-        n_trim = c.num_layers - t.first_trimmed_layer
-        self.token_trimmers = nn.ModuleList(
-            [nn.ModuleList([TokenTrimmer(d, **tok), TokenTrimmer(d, **tok)]) for _ in range(n_trim)])
+        self.token_trimmers = nn.ModuleList()
         self.head_trimmers = nn.ModuleList()
         for depth in range(t.first_trimmed_layer, c.num_layers):
-            n_mod = 2 if depth < c.encoder_layers else 4
-            self.head_trimmers.append(nn.ModuleList(
-                [HeadTrimmer(d, c.num_heads, init_keep_logit=t.init_keep_logit) for _ in range(n_mod)]))
+            w = [c.stream_width(depth, m) for m in (VISION, TEXT)]
+            self.token_trimmers.append(nn.ModuleList([
+                TokenTrimmer(w[m], other_dim=w[1 - m], **tok) if c.active(depth, m) else Idle()
+                for m in (VISION, TEXT)]))
+            self.head_trimmers.append(nn.ModuleList([
+                HeadTrimmer(w[m], c.layer_spec(depth, m).num_heads, init_keep_logit=t.init_keep_logit,
+                            other_dim=w[1 - m]) if c.active(depth, m) else Idle()
+                for m, _ in c.attention_modules(depth)]))
         # How `prune` mode drops heads: "gather" the kept heads' weight slices per sample (saves the
         # work), or "mask" them (dense projections, pruned heads zeroed); an export-time choice.
         self.head_impl = "gather"
@@ -150,6 +171,9 @@ class MeterModel(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+            elif isinstance(m, EncoderBlock) and m.ls1 is not None:
+                nn.init.ones_(m.ls1)
+                nn.init.ones_(m.ls2)
         for p in (self.vision_pos, self.text_pos, self.vision_cls, self.type_embed):
             nn.init.trunc_normal_(p, std=0.02)
         if isinstance(self.patch_embed, ConvStem):
@@ -176,11 +200,13 @@ class MeterModel(nn.Module):
         """(B, 3, H, W) -> (B, 1 + P, D)."""
         x = self.patch_embed(pixel_values).flatten(2).transpose(1, 2)  # (B, P, D)
         cls = self.vision_cls.expand(x.shape[0], -1, -1)  # (B, 1, D)
-        return torch.cat([cls, x], dim=1) + self.vision_pos
+        x = torch.cat([cls, x], dim=1) + self.vision_pos
+        return x if self.vision_embed_norm is None else self.vision_embed_norm(x)
 
     def embed_text(self, input_ids: Tensor) -> Tensor:
         """(B, Nt) -> (B, Nt, D); position 0 holds [CLS]."""
-        return self.token_embed(input_ids) + self.text_pos[:, : input_ids.shape[1]]
+        x = self.token_embed(input_ids) + self.text_pos[:, : input_ids.shape[1]]
+        return x if self.text_embed_norm is None else self.text_embed_norm(x)
 
     def forward(
         self,
@@ -224,42 +250,49 @@ class MeterModel(nn.Module):
         full_flops: list[Tensor] = []
         token_masks: list[tuple[Tensor, Tensor]] = []
         head_masks: list[list[Tensor]] = []
+        encoder_states = None
 
         for depth in range(c.num_layers):
             trim_index = depth - t.first_trimmed_layer
             trimmed = trim_index >= 0 and mode != "off"
-            fusion = depth >= c.encoder_layers
-            n_mod = 4 if fusion else 2
-            heads: list[HeadChoice | None] = [None] * n_mod
-            if fusion and depth == c.encoder_layers:
+            modules = c.attention_modules(depth)
+            heads: list[HeadChoice | None] = [None] * len(modules)
+            if depth == c.encoder_depth:  # fusion entry: project to the fusion width, add the modality type
                 for m, s in enumerate(streams):
-                    s.x = s.x + self.type_embed[m]
+                    s.x = self.fusion_proj[m](s.x) + self.type_embed[m]
             if trimmed:
-                cls = [s.x[:, 0] for s in streams]  # (B, D) each, layer input
+                cls = [s.x[:, 0] for s in streams]  # (B, D_m) each, layer input
                 if t.token_trimming:
                     for m, s in enumerate(streams):
-                        logits = self.token_trimmers[trim_index][m](s.x, cls[m], cls[1 - m])  # (B, N)
+                        trimmer = self.token_trimmers[trim_index][m]
+                        if isinstance(trimmer, Idle):
+                            continue
+                        logits = trimmer(s.x, cls[m], cls[1 - m])  # (B, N)
                         if mode == "static":
                             self._static_tokens(s, logits, t.static_keep_ratios[trim_index][m])
                         else:
                             self._trim_tokens(s, logits, mode, noise, trim_index)
                 if t.head_trimming:
-                    trimmers = self.head_trimmers[trim_index]
-                    for j in range(n_mod):
-                        m = j // (n_mod // 2)  # module j belongs to stream m
-                        logits = trimmers[j](cls[m], cls[1 - m])  # (B, H)
+                    for j, (m, _) in enumerate(modules):
+                        trimmer = self.head_trimmers[trim_index][j]
+                        if isinstance(trimmer, Idle):
+                            continue
+                        logits = trimmer(cls[m], cls[1 - m])  # (B, H)
                         if mode == "static":
                             heads[j] = self._static_heads(logits, trim_index, j)
                         else:
                             heads[j] = self._choose_heads(logits, mode, noise, trim_index)
                 if details:
                     token_masks.append(tuple(self._orig_mask(s) for s in streams))
-                    head_masks.append([self._head_mask(h, b, xv) for h in heads])
+                    head_masks.append([self._head_mask(h, b, xv, c.layer_spec(depth, m).num_heads)
+                                       for h, (m, _) in zip(heads, modules)])
             if trim_index >= 0:  # weights are {0, 1} (hard gates): their sum is the kept count
                 counts += [s.weight.detach().sum(dim=1, keepdim=True) for s in streams]  # (B, 1) each
             flops.append(self._layer_flops(depth, [s.weight.sum(dim=1) for s in streams], heads))
-            full_flops.append(self._layer_flops(depth, n_full, [None] * n_mod))
+            full_flops.append(self._layer_flops(depth, n_full, [None] * len(modules)))
             self._run_layer(depth, streams, heads)
+            if details and depth == c.encoder_depth - 1:
+                encoder_states = (streams[VISION].x, streams[TEXT].x)
 
         vis, txt = streams
         pooled = torch.cat([
@@ -276,6 +309,7 @@ class MeterModel(nn.Module):
             full_layer_flops=torch.stack(full_flops, dim=1),
             token_masks=token_masks,
             head_masks=head_masks,
+            encoder_states=encoder_states,
         )
 
     # ------------------------------------------------------------------ pieces
@@ -303,8 +337,9 @@ class MeterModel(nn.Module):
 
     def _static_heads(self, logits: Tensor, trim_index: int, module: int) -> HeadChoice | None:
         counts = self.trim.static_head_keep
-        kh = self.config.num_heads if counts is None else int(counts[trim_index][module])
-        if kh >= self.config.num_heads:
+        n = logits.shape[1]
+        kh = n if counts is None else int(counts[trim_index][module])
+        if kh >= n:
             return None
         _, idx = torch.topk(logits, max(1, kh), dim=1)  # (B, kh)
         idx, _ = torch.sort(idx, dim=1)
@@ -326,36 +361,33 @@ class MeterModel(nn.Module):
         out = torch.zeros(s.x.shape[0], s.n_orig, dtype=s.weight.dtype, device=s.weight.device)
         return out.scatter(1, s.pos, s.weight)
 
-    def _head_mask(self, h: HeadChoice | None, b: int, ref: Tensor) -> Tensor:
-        """(B, H) keep mask of one attention module."""
-        n = self.config.num_heads
+    @staticmethod
+    def _head_mask(h: HeadChoice | None, b: int, ref: Tensor, n: int) -> Tensor:
+        """(B, H) keep mask of one attention module with n heads."""
         if h is None:
             return torch.ones(b, n, dtype=ref.dtype, device=ref.device)
         if h.idx is None:
             return h.gate
         return torch.zeros(b, n, dtype=h.gate.dtype, device=h.gate.device).scatter(1, h.idx, h.gate)
 
-    def _kept_heads(self, h: HeadChoice | None) -> Tensor | int:
-        return self.config.num_heads if h is None else h.gate.sum(dim=1)
-
     def _layer_flops(self, depth: int, n: list[Tensor], heads: list[HeadChoice | None]) -> Tensor:
         c = self.config
-        hk = [self._kept_heads(h) for h in heads]
-        if depth < c.encoder_layers:
-            return encoder_layer_flops(n[VISION], hk[0], c) + encoder_layer_flops(n[TEXT], hk[1], c)
-        return (fusion_stream_flops(n[VISION], n[TEXT], hk[0], hk[1], c)
-                + fusion_stream_flops(n[TEXT], n[VISION], hk[2], hk[3], c))
+        kept = [c.layer_spec(depth, m).num_heads if h is None else h.gate.sum(dim=1)
+                for h, (m, _) in zip(heads, c.attention_modules(depth))]
+        return depth_flops(c, depth, n, kept)
 
     def _run_layer(self, depth: int, streams: list[_Stream], heads: list[HeadChoice | None]) -> None:
         c = self.config
         vis, txt = streams
-        if depth < c.encoder_layers:
-            vis.x = self.vision_layers[depth](vis.x, vis.weight, heads[0])
-            txt.x = self.text_layers[depth](txt.x, txt.weight, heads[1])
+        if not c.is_fusion(depth):
+            for m, s, layers, final in ((VISION, vis, self.vision_layers, self.vision_final_norm),
+                                        (TEXT, txt, self.text_layers, self.text_final_norm)):
+                if depth < len(layers):
+                    s.x = layers[depth](s.x, s.weight, heads[m])
+                    if final is not None and depth == len(layers) - 1:
+                        s.x = final(s.x)
             return
-        f = depth - c.encoder_layers
+        f = depth - c.encoder_depth
         xv, xt = vis.x, txt.x  # both streams attend to the other's layer input
         vis.x = self.vision_fusion[f](xv, xt, vis.weight, txt.weight, heads[0], heads[1])
         txt.x = self.text_fusion[f](xt, xv, txt.weight, vis.weight, heads[2], heads[3])
-
-

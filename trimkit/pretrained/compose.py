@@ -1,0 +1,151 @@
+"""A METER-style trimkit model from pretrained encoders: any supported image encoder + any supported text
+encoder + new co-attention fusion layers and classifier (random init), trimmers at their stable init."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..config import TEXT, VISION, ModelConfig, TrimConfig
+from ..data.tokenizer import WordPieceTokenizer, WordTokenizer
+from ..errors import BadInputError
+from ..models import MeterModel, build_model
+from .hf import HFEncoder, interpolate_positions, read_encoder
+
+__all__ = ["compose_meter", "load_encoder_weights", "import_meter"]
+
+
+def import_meter(vision: str | Path, text: str | Path, *, data: str, fusion_layers: int = 2,
+                 image_size: int | None = None, max_text_len: int = 40, fusion_hidden: int | None = None,
+                 fusion_heads: int | None = None, seed: int = 0) -> MeterModel:
+    """`trimkit import --vision DIR --text DIR --data D`: the answer set and (without a vocab.txt) the
+    word-level vocabulary come from the data's training questions."""
+    from ..data import task_vocabulary
+
+    v, t = read_encoder(vision), read_encoder(text)
+    labels, texts = task_vocabulary(data)
+    model = compose_meter(v, t, labels=labels, texts=texts, fusion_layers=fusion_layers, image_size=image_size,
+                          max_text_len=max_text_len, fusion_hidden=fusion_hidden, fusion_heads=fusion_heads,
+                          seed=seed)
+    model.meta = {"imported": {"vision": {"path": str(vision), "family": v.family},
+                               "text": {"path": str(text), "family": t.family,
+                                        "tokenizer": model.tokenizer.to_dict()["type"]},
+                               "fusion_layers": fusion_layers},
+                  "data": data, "seed": seed}
+    return model
+
+
+def compose_meter(vision: HFEncoder, text: HFEncoder, *, labels: list[str], texts: list[str],
+                  fusion_layers: int = 2, image_size: int | None = None, max_text_len: int = 40,
+                  fusion_hidden: int | None = None, fusion_heads: int | None = None,
+                  trim: TrimConfig | None = None, seed: int = 0) -> MeterModel:
+    """The composed model. `texts` (the training questions) build a word-level tokenizer when the text
+    encoder has no `vocab.txt`; `labels` is the answer set."""
+    if vision.modality != VISION:
+        raise BadInputError(f"{vision.path}: a {vision.family} model is not an image encoder")
+    if text.modality != TEXT:
+        raise BadInputError(f"{text.path}: a {text.family} model is not a text encoder")
+    patch = vision.patch_size
+    size = image_size or vision.image_size
+    if size % patch:
+        raise BadInputError(f"--image-size {size} is not a multiple of the encoder's patch size {patch}")
+    n_pos = text.embed["text_pos"].shape[0]
+    if not 3 <= max_text_len <= n_pos:
+        raise BadInputError(f"--max-text-len {max_text_len} must be in 3..{n_pos} (the encoder's positions)")
+    encoder_vocab = text.embed["word"].shape[0]
+    if text.vocab_file is not None:
+        tokenizer: Any = WordPieceTokenizer.from_vocab_file(text.vocab_file, max_text_len, lowercase=text.lowercase)
+        if len(tokenizer) != encoder_vocab:
+            raise BadInputError(f"{text.vocab_file}: {len(tokenizer)} words, but the encoder embeds {encoder_vocab}")
+    else:  # word-level tokenizer from the data: its ids must index the encoder's embedding table
+        tokenizer = WordTokenizer.build(texts, max_len=max_text_len)
+        if len(tokenizer) > encoder_vocab:
+            raise BadInputError(f"{text.path}: no vocab.txt, and the data's {len(tokenizer)} words do not fit the "
+                                f"encoder's vocabulary of {encoder_vocab}")
+    d = fusion_hidden or vision.spec.hidden_size
+    heads = fusion_heads or vision.spec.num_heads
+    if d % heads:
+        raise BadInputError(f"fusion width {d} is not divisible by {heads} heads")
+    try:
+        config = ModelConfig(
+            vocab_size=len(tokenizer), max_text_len=max_text_len, image_size=size, patch_size=patch, stem="patch",
+            hidden_size=d, num_heads=heads, intermediate_size=4 * d,
+            encoder_layers=max(vision.spec.layers, text.spec.layers), fusion_layers=fusion_layers,
+            num_labels=len(labels), vision_encoder=vision.spec, text_encoder=text.spec)
+    except ValueError as e:  # e.g. encoders of different widths without fusion layers
+        raise BadInputError(str(e)) from None
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_model(config, trim)
+    load_encoder_weights(model, vision)
+    load_encoder_weights(model, text)
+    model.labels = list(labels)
+    model.tokenizer = tokenizer
+    return model.eval()
+
+
+def _layer_state(layer: dict[str, Tensor]) -> dict[str, Tensor]:
+    out = {
+        "norm1.weight": layer["norm1.weight"], "norm1.bias": layer["norm1.bias"],
+        "norm2.weight": layer["norm2.weight"], "norm2.bias": layer["norm2.bias"],
+        "attn.q_proj.weight": layer["q.weight"], "attn.q_proj.bias": layer["q.bias"],
+        "attn.kv_proj.weight": torch.cat([layer["k.weight"], layer["v.weight"]], dim=0),
+        "attn.kv_proj.bias": torch.cat([layer["k.bias"], layer["v.bias"]], dim=0),
+        "attn.out_proj.weight": layer["o.weight"], "attn.out_proj.bias": layer["o.bias"],
+        "mlp.fc1.weight": layer["fc1.weight"], "mlp.fc1.bias": layer["fc1.bias"],
+        "mlp.fc2.weight": layer["fc2.weight"], "mlp.fc2.bias": layer["fc2.bias"],
+    }
+    if "ls1" in layer:
+        out["ls1"], out["ls2"] = layer["ls1"], layer["ls2"]
+    return out
+
+
+def _fold_normalization(weight: Tensor, bias: Tensor, mean: list[float] | None,
+                        std: list[float] | None) -> tuple[Tensor, Tensor]:
+    """trimkit feeds pixels in [-1, 1]; an encoder trained on (p/255 - mean)/std sees
+    x/(2 std) + (0.5 - mean)/std. The patch projection is linear and unpadded, so fold that in exactly."""
+    if mean is None:
+        return weight, bias
+    m = torch.tensor(mean, dtype=weight.dtype)
+    s = torch.tensor(std, dtype=weight.dtype)
+    w = weight / (2 * s)[None, :, None, None]
+    b = bias + (weight * ((0.5 - m) / s)[None, :, None, None]).sum(dim=(1, 2, 3))
+    return w, b
+
+
+@torch.no_grad()
+def load_encoder_weights(model: MeterModel, enc: HFEncoder) -> None:
+    """Copy a pretrained encoder's weights into `model` (shapes checked: the model was built from its spec)."""
+    c = model.config
+    e = enc.embed
+    state: dict[str, Tensor] = {}
+    if enc.modality == TEXT:
+        layers_name = "text_layers"
+        state["token_embed.weight"] = e["word"][: c.vocab_size]
+        pos = e["text_pos"][: c.max_text_len]
+        if "token_type" in e:  # every token is segment 0: a constant, folded into the positions
+            pos = pos + e["token_type"][0]
+        state["text_pos"] = pos[None]
+        state["text_embed_norm.weight"], state["text_embed_norm.bias"] = e["embed_norm.weight"], e["embed_norm.bias"]
+    else:
+        layers_name = "vision_layers"
+        state["vision_cls"] = e["cls"].reshape(1, 1, -1)
+        state["vision_pos"] = interpolate_positions(e["vision_pos"].reshape(1, -1, e["cls"].shape[-1]),
+                                                    c.image_size // c.patch_size)
+        state["patch_embed.weight"], state["patch_embed.bias"] = _fold_normalization(
+            e["patch.weight"], e["patch.bias"], enc.pixel_mean, enc.pixel_std)
+        state["vision_final_norm.weight"], state["vision_final_norm.bias"] = (e["final_norm.weight"],
+                                                                             e["final_norm.bias"])
+    for i, layer in enumerate(enc.layers):
+        for k, v in _layer_state(layer).items():
+            state[f"{layers_name}.{i}.{k}"] = v
+    own = model.state_dict()
+    for k, v in state.items():
+        if k not in own:
+            raise BadInputError(f"{enc.path}: no place for {k} in the model")
+        if own[k].shape != v.shape:
+            raise BadInputError(f"{enc.path}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+        own[k].copy_(v.to(own[k].dtype))
