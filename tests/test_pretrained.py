@@ -252,3 +252,73 @@ def test_cli_import_then_train_export_verify_calibrate(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "supported encoders: bert, vit, dinov2" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.pt").exists()
+
+
+def _save_blip(path, arch):
+    torch.manual_seed(5)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?", *WORDS]
+    cfg = transformers.BlipConfig(
+        text_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                         vocab_size=len(vocab) + 2, max_position_embeddings=24, encoder_hidden_size=24,
+                         bos_token_id=len(vocab), sep_token_id=3, pad_token_id=0),
+        vision_config=dict(hidden_size=24, num_hidden_layers=2, num_attention_heads=2, intermediate_size=40,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    m = getattr(transformers, arch)(cfg).eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "norm" in name.lower():
+                p.add_(torch.randn_like(p) * 0.1)
+    m.save_pretrained(path)
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (path / "added_tokens.json").write_text(json.dumps({"[DEC]": len(vocab), "[ENC]": len(vocab) + 1}))
+    return m
+
+
+@pytest.mark.parametrize("arch", ["BlipForQuestionAnswering", "BlipForImageTextRetrieval"])
+def test_blip_keep_everything_equals_hugging_face(tmp_path, arch):
+    from trimkit.pretrained import compose_blip, read_blip
+
+    hf = _save_blip(tmp_path / "blip", arch)
+    v, t = read_blip(tmp_path / "blip")
+    model = compose_blip(v, t, labels=["yes", "no"], texts=QUESTIONS, max_text_len=16)
+    c = model.config
+    assert (c.encoder_depth, c.fusion_layers, c.fusion_style) == (2, 2, "text")
+    assert model.tokenizer.index["[ENC]"] == len(model.tokenizer) - 1
+    pix, ids, mask = _inputs(model)
+    with torch.no_grad():
+        out = model(pix, ids, mask, mode="prune", details=True)  # stable init: keeps everything
+        image = hf.vision_model(pixel_values=pix).last_hidden_state
+        text = hf.text_encoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=image).last_hidden_state
+    vis, txt = out.final_states
+    assert (vis - image).abs().max() <= TOL  # the image stream idles through the fusion: BLIP's image embeds
+    real = mask.bool()
+    assert (txt[real] - text[real]).abs().max() <= TOL  # BLIP's question embeddings
+    # trimmed: prune equals mask, the FLOPs drop, and the export is checked against PyTorch
+    trimmed = randomize_trimmers(copy.deepcopy(model), seed=6)
+    with torch.no_grad():
+        a, b = trimmed(pix, ids, mask, mode="mask"), trimmed(pix, ids, mask, mode="prune")
+    assert (a.logits - b.logits).abs().max() <= 1e-5 and torch.equal(a.keep_counts, b.keep_counts)
+    assert (b.flops_ratio < 1).all()
+    if arch == "BlipForQuestionAnswering":
+        pytest.importorskip("onnxruntime")
+        from trimkit.export import to_onnx
+
+        assert to_onnx(trimmed, tmp_path / "blip.onnx").path.exists()
+
+
+def test_cli_import_blip(tmp_path, capsys):
+    from trimkit.cli import main
+
+    _save_blip(tmp_path / "blip", "BlipForQuestionAnswering")
+    out = tmp_path / "blip.pt"
+    assert main(["import", str(tmp_path / "blip"), "--data", "easyvqa", "--max-text-len", "16", "--out", str(out)]) == 0
+    assert "blip" in capsys.readouterr().out
+    assert main(["eval", str(out), "--data", "easyvqa", "--samples", "16"]) == 0
+    # a BLIP directory and --vision/--text together, or a bare encoder as SOURCE: one line, exit 2
+    _save_bert(tmp_path / "bert")
+    capsys.readouterr()
+    assert main(["import", str(tmp_path / "bert"), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "--vision" in capsys.readouterr().err
+    assert main(["import", "--out", str(tmp_path / "x.pt")]) == 2
+    assert not (tmp_path / "x.pt").exists()

@@ -125,8 +125,11 @@ def init(
 @app.command("import")
 def import_cmd(
     out: OutOpt,
-    vision: Annotated[Path, typer.Option("--vision", help="Image encoder: a Hugging Face ViT or DINOv2 directory.")],
-    text: Annotated[Path, typer.Option("--text", help="Text encoder: a Hugging Face BERT-family directory.")],
+    source: Annotated[Path | None, typer.Argument(
+        help="A BLIP directory (BlipForQuestionAnswering / BlipForImageTextRetrieval); or use --vision/--text.")] = None,
+    vision: Annotated[Path | None, typer.Option(
+        "--vision", help="Image encoder: a Hugging Face ViT or DINOv2 directory, or a DINOv2 .onnx export.")] = None,
+    text: Annotated[Path | None, typer.Option("--text", help="Text encoder: a Hugging Face BERT-family directory.")] = None,
     data: DataOpt = "easyvqa",
     fusion_layers: Annotated[int, typer.Option("--fusion-layers", help="New co-attention fusion layers (M).")] = 2,
     image_size: Annotated[int | None, typer.Option(
@@ -139,16 +142,34 @@ def import_cmd(
     seed: SeedOpt = 0,
     force: ForceOpt = False,
 ) -> None:
-    """Build a METER-style model from pretrained encoders + new fusion layers, trimmers attached (all keeping)."""
+    """Pretrained backbone -> trimkit checkpoint with trimmers attached (all keeping): BLIP from one directory,
+    or METER-style: an image encoder + a text encoder + new co-attention fusion layers."""
     from .checkpoint import save_checkpoint
+    from .errors import BadInputError
     from .fileio import check_writable
-    from .pretrained import import_meter
+    from .pretrained import import_blip, import_meter
 
     check_writable(out, force=force)
     if fusion_layers < 0:
         raise typer.BadParameter("--fusion-layers must be >= 0")
-    model = import_meter(vision, text, data=data, fusion_layers=fusion_layers, image_size=image_size,
-                         max_text_len=max_text_len, fusion_hidden=fusion_hidden, fusion_heads=fusion_heads, seed=seed)
+    if source is not None:
+        if vision is not None or text is not None:
+            raise BadInputError("give either a BLIP SOURCE directory or --vision and --text, not both")
+        from .pretrained.hf import read_config
+
+        kind = read_config(source).get("model_type")
+        if kind != "blip":
+            raise BadInputError(f"{source}: a {kind!r} model is one encoder: compose it with --vision DIR --text DIR "
+                                "(SOURCE is for BLIP)")
+        model = import_blip(source, data=data, image_size=image_size, max_text_len=max_text_len, seed=seed)
+    elif vision is None or text is None:
+        raise BadInputError("import needs a BLIP SOURCE directory, or both --vision DIR and --text DIR; supported: "
+                            "blip (BlipForQuestionAnswering, BlipForImageTextRetrieval), vit, dinov2 (--vision), "
+                            "bert (--text)")
+    else:
+        model = import_meter(vision, text, data=data, fusion_layers=fusion_layers, image_size=image_size,
+                             max_text_len=max_text_len, fusion_hidden=fusion_hidden, fusion_heads=fusion_heads,
+                             seed=seed)
     save_checkpoint(model, out, force=force)
     c = model.config
     v, t = c.encoder(0), c.encoder(1)

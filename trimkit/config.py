@@ -13,6 +13,7 @@ __all__ = ["EncoderSpec", "ModelConfig", "TrimConfig", "PRESETS", "preset_config
 
 VISION, TEXT = 0, 1
 NORM_STYLES = ("pre", "post")
+FUSION_STYLES = ("coattn", "text")
 
 
 @dataclass
@@ -73,6 +74,12 @@ class ModelConfig:
     # the shorter one idles (no layer, no trimmer, no FLOPs) until the fusion starts.
     vision_encoder: EncoderSpec | None = None
     text_encoder: EncoderSpec | None = None
+    # "coattn": METER co-attention, both streams run self-attn + cross-attn + FFN (pre-LN, modality type
+    # embeddings, wider/narrower encoders projected to hidden_size). "text": BLIP's text encoder with
+    # cross-attention -- only the text stream runs (self-attn, cross-attn to the image tokens at their own
+    # width, FFN); the image stream idles and serves as keys.
+    fusion_style: str = "coattn"
+    fusion_norm: str = "pre"  # "post" for BLIP's BERT-style layers
 
     def __post_init__(self) -> None:
         for name in ("vision_encoder", "text_encoder"):
@@ -91,6 +98,12 @@ class ModelConfig:
             raise ValueError("need encoder_layers >= 1 and fusion_layers >= 0")
         if self.encoder_depth + self.fusion_layers < 1:
             raise ValueError("the model needs at least one layer")
+        if self.fusion_style not in FUSION_STYLES:
+            raise ValueError(f"unknown fusion_style {self.fusion_style!r}; choose {' or '.join(FUSION_STYLES)}")
+        if self.fusion_norm not in NORM_STYLES:
+            raise ValueError(f"unknown fusion_norm {self.fusion_norm!r}; choose pre or post")
+        if self.fusion_style == "text" and self.encoder(TEXT).hidden_size != self.hidden_size:
+            raise ValueError("with fusion_style 'text' the text encoder's width must be the fusion width")
         if self.fusion_layers == 0 and self.encoder(VISION).hidden_size != self.encoder(TEXT).hidden_size:
             raise ValueError("encoders of different widths need fusion layers (they are projected at fusion entry)")
         if self.max_text_len < 2:
@@ -115,7 +128,7 @@ class ModelConfig:
     def fusion(self) -> EncoderSpec:
         """Sizes of the co-attention fusion layers."""
         return EncoderSpec(self.fusion_layers, self.hidden_size, self.num_heads, self.intermediate_size,
-                           layer_norm_eps=self.layer_norm_eps)
+                           layer_norm_eps=self.layer_norm_eps, norm=self.fusion_norm)
 
     @property
     def encoder_depth(self) -> int:
@@ -132,15 +145,23 @@ class ModelConfig:
 
     def active(self, depth: int, modality: int) -> bool:
         """Does `modality` run a layer at lockstep `depth`? (False while a shorter encoder idles.)"""
-        return self.is_fusion(depth) or depth < self.encoder(modality).layers
+        if self.is_fusion(depth):
+            return self.fusion_style == "coattn" or modality == TEXT
+        return depth < self.encoder(modality).layers
 
     def layer_spec(self, depth: int, modality: int) -> EncoderSpec:
         """Sizes of `modality`'s stream at `depth` (its encoder, or the fusion)."""
-        return self.fusion if self.is_fusion(depth) else self.encoder(modality)
+        if self.is_fusion(depth) and (self.fusion_style == "coattn" or modality == TEXT):
+            return self.fusion
+        return self.encoder(modality)
 
     def stream_width(self, depth: int, modality: int) -> int:
-        """Width of `modality`'s hidden states entering `depth`."""
+        """Width of `modality`'s hidden states entering `depth` (a depth past the last: the final width)."""
         return self.layer_spec(depth, modality).hidden_size
+
+    def final_width(self, modality: int) -> int:
+        """Width of `modality`'s hidden states after the last layer."""
+        return self.stream_width(self.num_layers, modality) if self.fusion_layers else self.encoder(modality).hidden_size
 
     def attention_modules(self, depth: int) -> list[tuple[int, str]]:
         """(modality, kind) of each attention module at `depth`, in head-trimmer order: encoder

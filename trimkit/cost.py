@@ -29,12 +29,13 @@ __all__ = [
 ]
 
 
-def attention_flops(n_q: Number, n_kv: Number, heads: Number, cfg: Dims) -> Number:
-    """One attention module: n_q queries over n_kv keys with `heads` heads kept."""
+def attention_flops(n_q: Number, n_kv: Number, heads: Number, cfg: Dims, kv_dim: int | None = None) -> Number:
+    """One attention module: n_q queries over n_kv keys with `heads` heads kept; keys/values are projected
+    from `kv_dim`-wide states (default: the module's width)."""
     d, dh = cfg.hidden_size, cfg.head_dim
     width = heads * dh  # kept projection width
     q_proj = 2 * n_q * d * width
-    kv_proj = 2 * 2 * n_kv * d * width
+    kv_proj = 2 * 2 * n_kv * (d if kv_dim is None else kv_dim) * width
     scores = 2 * n_q * n_kv * width  # q k^T
     values = 2 * n_q * n_kv * width  # a v
     out_proj = 2 * n_q * width * d
@@ -52,12 +53,13 @@ def encoder_layer_flops(n: Number, heads: Number, cfg: Dims) -> Number:
 
 
 def fusion_stream_flops(
-    n_self: Number, n_other: Number, heads_self: Number, heads_cross: Number, cfg: Dims
+    n_self: Number, n_other: Number, heads_self: Number, heads_cross: Number, cfg: Dims,
+    other_dim: int | None = None,
 ) -> Number:
     """One co-attention layer of one stream: self-attn, cross-attn to the other stream, FFN."""
     return (
         attention_flops(n_self, n_self, heads_self, cfg)
-        + attention_flops(n_self, n_other, heads_cross, cfg)
+        + attention_flops(n_self, n_other, heads_cross, cfg, kv_dim=other_dim)
         + ffn_flops(n_self, cfg)
     )
 
@@ -67,8 +69,10 @@ def depth_flops(cfg: ModelConfig, depth: int, n: list[Number], heads: list[Numbe
     attention module in `ModelConfig.attention_modules` order. An idle stream costs nothing."""
     if cfg.is_fusion(depth):
         f = cfg.fusion
-        return (fusion_stream_flops(n[VISION], n[TEXT], heads[0], heads[1], f)
-                + fusion_stream_flops(n[TEXT], n[VISION], heads[2], heads[3], f))
+        text = fusion_stream_flops(n[TEXT], n[VISION], heads[2], heads[3], f, other_dim=cfg.stream_width(depth, VISION))
+        if cfg.fusion_style == "text":  # BLIP: only the text stream runs
+            return text
+        return fusion_stream_flops(n[VISION], n[TEXT], heads[0], heads[1], f) + text
     total: Number = 0
     for m in (VISION, TEXT):
         if cfg.active(depth, m):

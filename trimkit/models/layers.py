@@ -56,13 +56,13 @@ def masked_softmax(scores: Tensor, key_weight: Tensor) -> Tensor:
 class Attention(nn.Module):
     """Multi-head attention of queries x over keys/values y (y is x for self-attention)."""
 
-    def __init__(self, dim: int, num_heads: int, *, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, num_heads: int, *, dropout: float = 0.0, kv_dim: int | None = None) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = 1.0 / math.sqrt(self.head_dim)
         self.q_proj = nn.Linear(dim, dim)
-        self.kv_proj = nn.Linear(dim, 2 * dim)
+        self.kv_proj = nn.Linear(dim if kv_dim is None else kv_dim, 2 * dim)  # keys/values from kv_dim-wide y
         self.out_proj = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
 
@@ -92,13 +92,13 @@ class Attention(nn.Module):
 
     def _project_gathered(self, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Only the kept heads' slices of W_q, W_k, W_v are gathered and multiplied (batched matmuls)."""
-        h, dh, d = self.num_heads, self.head_dim, x.shape[-1]
+        h, dh, d, dk = self.num_heads, self.head_dim, x.shape[-1], y.shape[-1]
         b, kh = idx.shape
         wq = self.q_proj.weight.view(h, dh, d)[idx].reshape(b, kh * dh, d)  # (B, kh*dh, D)
         bq = self.q_proj.bias.view(h, dh)[idx].reshape(b, 1, kh * dh)  # (B, 1, kh*dh)
-        wkv = self.kv_proj.weight.view(2, h, dh, d)[:, idx]  # (2, B, kh, dh, D)
+        wkv = self.kv_proj.weight.view(2, h, dh, dk)[:, idx]  # (2, B, kh, dh, Dk)
         bkv = self.kv_proj.bias.view(2, h, dh)[:, idx]  # (2, B, kh, dh)
-        wkv = wkv.permute(1, 0, 2, 3, 4).reshape(b, 2 * kh * dh, d)  # (B, 2*kh*dh, D)
+        wkv = wkv.permute(1, 0, 2, 3, 4).reshape(b, 2 * kh * dh, dk)  # (B, 2*kh*dh, Dk)
         bkv = bkv.permute(1, 0, 2, 3).reshape(b, 1, 2 * kh * dh)  # (B, 1, 2*kh*dh)
         q = (x @ wq.transpose(1, 2) + bq).view(b, -1, kh, dh).transpose(1, 2)  # (B, kh, Nq, dh)
         kv = (y @ wkv.transpose(1, 2) + bkv).view(b, -1, 2, kh, dh).permute(2, 0, 3, 1, 4)  # (2, B, kh, Nk, dh)
@@ -179,15 +179,19 @@ class EncoderBlock(nn.Module):
 
 
 class FusionBlock(nn.Module):
-    """One stream of a METER co-attention layer: self-attn, cross-attn to the other stream, FFN."""
+    """One stream of a fusion layer: self-attn, cross-attn to the other stream, FFN. Pre-LN (METER
+    co-attention; the other stream is normalized as it enters) or post-LN (BLIP's text encoder, whose
+    cross-attention reads the `other_dim`-wide image tokens as they are)."""
 
-    def __init__(self, dim: int, num_heads: int, hidden: int, *, eps: float, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, num_heads: int, hidden: int, *, eps: float, dropout: float = 0.0,
+                 norm: str = "pre", other_dim: int | None = None) -> None:
         super().__init__()
+        self.post_norm = norm == "post"
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.self_attn = Attention(dim, num_heads, dropout=dropout)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.norm_other = nn.LayerNorm(dim, eps=eps)
-        self.cross_attn = Attention(dim, num_heads, dropout=dropout)
+        self.norm_other = None if self.post_norm else nn.LayerNorm(dim if other_dim is None else other_dim, eps=eps)
+        self.cross_attn = Attention(dim, num_heads, dropout=dropout, kv_dim=other_dim)
         self.norm3 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, hidden, dropout=dropout)
 
@@ -200,7 +204,11 @@ class FusionBlock(nn.Module):
         heads_self: HeadChoice | None = None,
         heads_cross: HeadChoice | None = None,
     ) -> Tensor:
-        """x: (B, N, D) this stream; other: (B, M, D) the other stream's layer input -> (B, N, D)."""
+        """x: (B, N, D) this stream; other: (B, M, D') the other stream's layer input -> (B, N, D)."""
+        if self.post_norm:
+            x = self.norm1(x + self.self_attn(x, x, key_weight, heads_self))
+            x = self.norm2(x + self.cross_attn(x, other, other_weight, heads_cross))
+            return self.norm3(x + self.mlp(x))
         h = self.norm1(x)
         x = x + self.self_attn(h, h, key_weight, heads_self)
         x = x + self.cross_attn(self.norm2(x), self.norm_other(other), other_weight, heads_cross)

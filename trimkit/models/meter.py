@@ -64,6 +64,7 @@ class TrimOutput:
     encoder_states:   details only: (vision (B, Nv, Dv), text (B, Nt, Dt)) hidden states leaving the
                       encoders (after their final norms, before the fusion); rows are the kept tokens
                       in `prune` mode
+    final_states:     details only: (vision, text) hidden states after the last layer, before pooling
     """
 
     logits: Tensor
@@ -73,6 +74,7 @@ class TrimOutput:
     token_masks: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     head_masks: list[list[Tensor]] = field(default_factory=list)
     encoder_states: tuple[Tensor, Tensor] | None = None
+    final_states: tuple[Tensor, Tensor] | None = None
 
     @property
     def flops_ratio(self) -> Tensor:
@@ -112,7 +114,9 @@ class MeterModel(nn.Module):
         self.text_pos = nn.Parameter(torch.zeros(1, c.max_text_len, dt))
         self.vision_embed_norm = nn.LayerNorm(dv, eps=ev.layer_norm_eps) if ev.embed_norm else None
         self.text_embed_norm = nn.LayerNorm(dt, eps=et.layer_norm_eps) if et.embed_norm else None
-        self.type_embed = nn.Parameter(torch.zeros(2, d))  # modality type, added at fusion entry
+        coattn = c.fusion_style == "coattn"
+        # modality type, added at METER's fusion entry (BLIP has none)
+        self.type_embed = nn.Parameter(torch.zeros(2, d)) if coattn else None
         # lockstep encoders and fusion
         blk = dict(dropout=c.dropout)
         self.vision_layers = nn.ModuleList([EncoderBlock(
@@ -123,15 +127,16 @@ class MeterModel(nn.Module):
             **blk) for _ in range(et.layers)])
         self.vision_final_norm = nn.LayerNorm(dv, eps=ev.layer_norm_eps) if ev.final_norm else None
         self.text_final_norm = nn.LayerNorm(dt, eps=et.layer_norm_eps) if et.final_norm else None
-        blk["eps"] = c.layer_norm_eps
+        blk.update(eps=c.layer_norm_eps, norm=c.fusion_norm)
         self.vision_fusion = nn.ModuleList(
-            [FusionBlock(d, c.num_heads, c.intermediate_size, **blk) for _ in range(c.fusion_layers)])
+            [FusionBlock(d, c.num_heads, c.intermediate_size, **blk) for _ in range(c.fusion_layers if coattn else 0)])
         self.text_fusion = nn.ModuleList(
-            [FusionBlock(d, c.num_heads, c.intermediate_size, **blk) for _ in range(c.fusion_layers)])
-        # an encoder of another width is projected to the fusion width as it enters the fusion (METER)
+            [FusionBlock(d, c.num_heads, c.intermediate_size, other_dim=None if coattn else dv, **blk)
+             for _ in range(c.fusion_layers)])
+        # an encoder of another width is projected to the fusion width as it enters the co-attention (METER)
         self.fusion_proj = nn.ModuleList(
-            [nn.Linear(w, d) if c.fusion_layers and w != d else nn.Identity() for w in (dv, dt)])
-        wv, wt = (d, d) if c.fusion_layers else (dv, dt)  # widths of the final states
+            [nn.Linear(w, d) if c.fusion_layers and coattn and w != d else nn.Identity() for w in (dv, dt)])
+        wv, wt = c.final_width(VISION), c.final_width(TEXT)  # widths of the final states
         self.vision_norm = nn.LayerNorm(wv, eps=c.layer_norm_eps)
         self.text_norm = nn.LayerNorm(wt, eps=c.layer_norm_eps)
         self.vision_pool = nn.Linear(wv, wv)
@@ -175,7 +180,8 @@ class MeterModel(nn.Module):
                 nn.init.ones_(m.ls1)
                 nn.init.ones_(m.ls2)
         for p in (self.vision_pos, self.text_pos, self.vision_cls, self.type_embed):
-            nn.init.trunc_normal_(p, std=0.02)
+            if p is not None:
+                nn.init.trunc_normal_(p, std=0.02)
         if isinstance(self.patch_embed, ConvStem):
             self.patch_embed.reset_parameters()
         self.reset_trimmers()
@@ -257,8 +263,8 @@ class MeterModel(nn.Module):
             trimmed = trim_index >= 0 and mode != "off"
             modules = c.attention_modules(depth)
             heads: list[HeadChoice | None] = [None] * len(modules)
-            if depth == c.encoder_depth:  # fusion entry: project to the fusion width, add the modality type
-                for m, s in enumerate(streams):
+            if depth == c.encoder_depth and self.type_embed is not None:
+                for m, s in enumerate(streams):  # co-attention entry: project to the fusion width, add the type
                     s.x = self.fusion_proj[m](s.x) + self.type_embed[m]
             if trimmed:
                 cls = [s.x[:, 0] for s in streams]  # (B, D_m) each, layer input
@@ -310,6 +316,7 @@ class MeterModel(nn.Module):
             token_masks=token_masks,
             head_masks=head_masks,
             encoder_states=encoder_states,
+            final_states=(vis.x, txt.x) if details else None,
         )
 
     # ------------------------------------------------------------------ pieces
@@ -389,5 +396,6 @@ class MeterModel(nn.Module):
             return
         f = depth - c.encoder_depth
         xv, xt = vis.x, txt.x  # both streams attend to the other's layer input
-        vis.x = self.vision_fusion[f](xv, xt, vis.weight, txt.weight, heads[0], heads[1])
+        if len(self.vision_fusion):  # co-attention; BLIP-style fusion runs the text stream only
+            vis.x = self.vision_fusion[f](xv, xt, vis.weight, txt.weight, heads[0], heads[1])
         txt.x = self.text_fusion[f](xt, xv, txt.weight, vis.weight, heads[2], heads[3])

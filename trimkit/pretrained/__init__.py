@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .compose import compose_meter, import_meter, load_encoder_weights
-from .hf import SUPPORTED, HFEncoder, read_encoder
+from .compose import compose_blip, compose_meter, import_blip, import_meter, load_encoder_weights
+from .hf import BLIP_ARCHITECTURES, SUPPORTED, HFEncoder, read_blip, read_encoder
 
-__all__ = ["SUPPORTED", "HFEncoder", "read_encoder", "compose_meter", "import_meter", "load_encoder_weights"]
+__all__ = ["SUPPORTED", "BLIP_ARCHITECTURES", "HFEncoder", "read_encoder", "read_blip", "compose_meter",
+           "compose_blip", "import_meter", "import_blip", "load_encoder_weights"]

@@ -3,6 +3,8 @@ encoder + new co-attention fusion layers and classifier (random init), trimmers 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +15,9 @@ from ..config import TEXT, VISION, ModelConfig, TrimConfig
 from ..data.tokenizer import WordPieceTokenizer, WordTokenizer
 from ..errors import BadInputError
 from ..models import MeterModel, build_model
-from .hf import HFEncoder, interpolate_positions, read_encoder
+from .hf import HFEncoder, interpolate_positions, read_blip, read_encoder
 
-__all__ = ["compose_meter", "load_encoder_weights", "import_meter"]
+__all__ = ["compose_meter", "compose_blip", "load_encoder_weights", "import_meter", "import_blip"]
 
 
 def import_meter(vision: str | Path, text: str | Path, *, data: str, fusion_layers: int = 2,
@@ -38,6 +40,24 @@ def import_meter(vision: str | Path, text: str | Path, *, data: str, fusion_laye
     return model
 
 
+def import_blip(source: str | Path, *, data: str, image_size: int | None = None, max_text_len: int = 40,
+                seed: int = 0) -> MeterModel:
+    """`trimkit import BLIP_DIR --data D`: BLIP's encoders, a new classifier over the data's answers."""
+    from ..data import task_vocabulary
+
+    v, t = read_blip(source)
+    labels, texts = task_vocabulary(data)
+    model = compose_blip(v, t, labels=labels, texts=texts, image_size=image_size, max_text_len=max_text_len,
+                         seed=seed)
+    model.meta = {"imported": {"blip": {"path": str(source), "architecture": v.config.get("architectures")},
+                               "vision": {"path": str(source), "family": "blip"},
+                               "text": {"path": str(source), "family": "blip",
+                                        "tokenizer": model.tokenizer.to_dict()["type"]},
+                               "fusion_layers": model.config.fusion_layers},
+                  "data": data, "seed": seed}
+    return model
+
+
 def compose_meter(vision: HFEncoder, text: HFEncoder, *, labels: list[str], texts: list[str],
                   fusion_layers: int = 2, image_size: int | None = None, max_text_len: int = 40,
                   fusion_hidden: int | None = None, fusion_heads: int | None = None,
@@ -55,16 +75,7 @@ def compose_meter(vision: HFEncoder, text: HFEncoder, *, labels: list[str], text
     n_pos = text.embed["text_pos"].shape[0]
     if not 3 <= max_text_len <= n_pos:
         raise BadInputError(f"--max-text-len {max_text_len} must be in 3..{n_pos} (the encoder's positions)")
-    encoder_vocab = text.embed["word"].shape[0]
-    if text.vocab_file is not None:
-        tokenizer: Any = WordPieceTokenizer.from_vocab_file(text.vocab_file, max_text_len, lowercase=text.lowercase)
-        if len(tokenizer) != encoder_vocab:
-            raise BadInputError(f"{text.vocab_file}: {len(tokenizer)} words, but the encoder embeds {encoder_vocab}")
-    else:  # word-level tokenizer from the data: its ids must index the encoder's embedding table
-        tokenizer = WordTokenizer.build(texts, max_len=max_text_len)
-        if len(tokenizer) > encoder_vocab:
-            raise BadInputError(f"{text.path}: no vocab.txt, and the data's {len(tokenizer)} words do not fit the "
-                                f"encoder's vocabulary of {encoder_vocab}")
+    tokenizer = _tokenizer(text, texts, max_text_len)
     d = fusion_hidden or vision.spec.hidden_size
     heads = fusion_heads or vision.spec.num_heads
     if d % heads:
@@ -85,6 +96,74 @@ def compose_meter(vision: HFEncoder, text: HFEncoder, *, labels: list[str], text
     model.labels = list(labels)
     model.tokenizer = tokenizer
     return model.eval()
+
+
+def _tokenizer(text: HFEncoder, texts: list[str], max_text_len: int) -> Any:
+    """The text encoder's WordPiece vocabulary, or a word-level one built from the data's questions."""
+    encoder_vocab = text.embed["word"].shape[0]
+    if text.vocab_file is not None:
+        words = text.vocab_file.read_text(encoding="utf-8").splitlines()
+        added = text.path / "added_tokens.json"  # e.g. BLIP's [DEC], [ENC] after the BERT vocabulary
+        extra = json.loads(added.read_text()) if added.is_file() else {}
+        words += [f"[unused-{i}]" for i in range(len(words), encoder_vocab)]
+        for tok, i in extra.items():
+            if 0 <= int(i) < len(words):
+                words[int(i)] = tok
+        if len(words) != encoder_vocab:
+            raise BadInputError(f"{text.vocab_file}: {len(words)} words, but the encoder embeds {encoder_vocab}")
+        return WordPieceTokenizer(words, max_text_len, lowercase=text.lowercase)
+    tokenizer = WordTokenizer.build(texts, max_len=max_text_len)  # its ids must index the embedding table
+    if len(tokenizer) > encoder_vocab:
+        raise BadInputError(f"{text.path}: no vocab.txt, and the data's {len(tokenizer)} words do not fit the "
+                            f"encoder's vocabulary of {encoder_vocab}")
+    return tokenizer
+
+
+def compose_blip(vision: HFEncoder, text: HFEncoder, *, labels: list[str], texts: list[str],
+                 image_size: int | None = None, max_text_len: int = 40, trim: TrimConfig | None = None,
+                 seed: int = 0) -> MeterModel:
+    """BLIP as a trimkit model: the ViT image encoder runs first (the text stream idles), then BLIP's text
+    encoder runs as text-only fusion layers (self-attn, cross-attn to the image tokens, FFN; post-LN).
+    A new classifier over `labels` reads both [CLS] states."""
+    size = image_size or vision.image_size
+    if size % vision.patch_size:
+        raise BadInputError(f"--image-size {size} is not a multiple of the encoder's patch size {vision.patch_size}")
+    n_pos = text.embed["text_pos"].shape[0]
+    if not 3 <= max_text_len <= n_pos:
+        raise BadInputError(f"--max-text-len {max_text_len} must be in 3..{n_pos} (the encoder's positions)")
+    tokenizer = _tokenizer(text, texts, max_text_len)
+    t = text.spec
+    config = ModelConfig(
+        vocab_size=len(tokenizer), max_text_len=max_text_len, image_size=size, patch_size=vision.patch_size,
+        stem="patch", hidden_size=t.hidden_size, num_heads=t.num_heads, intermediate_size=t.intermediate_size,
+        encoder_layers=vision.spec.layers, fusion_layers=t.layers, num_labels=len(labels),
+        layer_norm_eps=t.layer_norm_eps, vision_encoder=vision.spec,
+        text_encoder=dataclasses.replace(t, layers=0), fusion_style="text", fusion_norm="post")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_model(config, trim)
+    load_encoder_weights(model, vision)
+    load_encoder_weights(model, text, layers_into="text_fusion")
+    model.labels = list(labels)
+    model.tokenizer = tokenizer
+    return model.eval()
+
+
+def _fusion_layer_state(layer: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A BLIP text layer (post-LN: self-attn, cross-attn, FFN) as a trimkit FusionBlock."""
+    out = {f"self_attn.{k[len('attn.'):]}": v for k, v in _layer_state(layer).items() if k.startswith("attn.")}
+    out.update({
+        "norm1.weight": layer["norm1.weight"], "norm1.bias": layer["norm1.bias"],
+        "norm2.weight": layer["cnorm.weight"], "norm2.bias": layer["cnorm.bias"],
+        "norm3.weight": layer["norm2.weight"], "norm3.bias": layer["norm2.bias"],
+        "cross_attn.q_proj.weight": layer["cq.weight"], "cross_attn.q_proj.bias": layer["cq.bias"],
+        "cross_attn.kv_proj.weight": torch.cat([layer["ck.weight"], layer["cv.weight"]], dim=0),
+        "cross_attn.kv_proj.bias": torch.cat([layer["ck.bias"], layer["cv.bias"]], dim=0),
+        "cross_attn.out_proj.weight": layer["co.weight"], "cross_attn.out_proj.bias": layer["co.bias"],
+        "mlp.fc1.weight": layer["fc1.weight"], "mlp.fc1.bias": layer["fc1.bias"],
+        "mlp.fc2.weight": layer["fc2.weight"], "mlp.fc2.bias": layer["fc2.bias"],
+    })
+    return out
 
 
 def _layer_state(layer: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -117,8 +196,9 @@ def _fold_normalization(weight: Tensor, bias: Tensor, mean: list[float] | None,
 
 
 @torch.no_grad()
-def load_encoder_weights(model: MeterModel, enc: HFEncoder) -> None:
-    """Copy a pretrained encoder's weights into `model` (shapes checked: the model was built from its spec)."""
+def load_encoder_weights(model: MeterModel, enc: HFEncoder, *, layers_into: str | None = None) -> None:
+    """Copy a pretrained encoder's weights into `model` (shapes checked: the model was built from its spec).
+    `layers_into="text_fusion"`: the layers are BLIP text layers with cross-attention."""
     c = model.config
     e = enc.embed
     state: dict[str, Tensor] = {}
@@ -139,9 +219,10 @@ def load_encoder_weights(model: MeterModel, enc: HFEncoder) -> None:
             e["patch.weight"], e["patch.bias"], enc.pixel_mean, enc.pixel_std)
         state["vision_final_norm.weight"], state["vision_final_norm.bias"] = (e["final_norm.weight"],
                                                                              e["final_norm.bias"])
+    to_state = _fusion_layer_state if layers_into == "text_fusion" else _layer_state
     for i, layer in enumerate(enc.layers):
-        for k, v in _layer_state(layer).items():
-            state[f"{layers_name}.{i}.{k}"] = v
+        for k, v in to_state(layer).items():
+            state[f"{layers_into or layers_name}.{i}.{k}"] = v
     own = model.state_dict()
     for k, v in state.items():
         if k not in own:

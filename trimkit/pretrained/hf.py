@@ -21,9 +21,11 @@ from torch import Tensor
 from ..config import TEXT, VISION, EncoderSpec
 from ..errors import BadInputError
 
-__all__ = ["HFEncoder", "read_encoder", "SUPPORTED", "canonical_layers", "interpolate_positions"]
+__all__ = ["HFEncoder", "read_encoder", "read_blip", "SUPPORTED", "BLIP_ARCHITECTURES", "canonical_layers",
+           "interpolate_positions"]
 
 SUPPORTED = {"bert": TEXT, "vit": VISION, "dinov2": VISION}
+BLIP_ARCHITECTURES = ("BlipForQuestionAnswering", "BlipForImageTextRetrieval")
 _PREFIXES = ("bert.", "vit.", "dinov2.", "backbone.", "model.", "encoder.layer.", "layers.")
 
 # per-layer key (after the layer prefix, without .weight/.bias) -> canonical part
@@ -37,6 +39,10 @@ _LAYER_PARTS = {
     "intermediate.dense": "fc1", "mlp.fc1": "fc1",
     "output.dense": "fc2", "mlp.fc2": "fc2",
     "layer_scale1.lambda1": "ls1", "layer_scale2.lambda1": "ls2",
+    # BLIP vision (fused qkv) and BLIP text (cross-attention in every layer)
+    "self_attn.qkv": "qkv", "self_attn.projection": "o", "layer_norm1": "norm1", "layer_norm2": "norm2",
+    "crossattention.self.query": "cq", "crossattention.self.key": "ck", "crossattention.self.value": "cv",
+    "crossattention.output.dense": "co", "crossattention.output.LayerNorm": "cnorm",
 }
 _LAYER_KEY = re.compile(r"^(?:.*\.)?(?:encoder\.layer|layers?)\.(\d+)\.(.+?)(?:\.(weight|bias))?$")
 _EMBED_PARTS = {  # non-layer keys (suffix match after stripping the model prefix) -> canonical
@@ -46,6 +52,9 @@ _EMBED_PARTS = {  # non-layer keys (suffix match after stripping the model prefi
     "embeddings.position_embeddings": "vision_pos", "embeddings.patch_embeddings.projection.weight": "patch.weight",
     "embeddings.patch_embeddings.projection.bias": "patch.bias", "layernorm.weight": "final_norm.weight",
     "layernorm.bias": "final_norm.bias",
+    "embeddings.class_embedding": "cls", "embeddings.position_embedding": "vision_pos",
+    "embeddings.patch_embedding.weight": "patch.weight", "embeddings.patch_embedding.bias": "patch.bias",
+    "post_layernorm.weight": "final_norm.weight", "post_layernorm.bias": "final_norm.bias",
 }
 
 
@@ -128,6 +137,32 @@ def _check(cond: bool, msg: str) -> None:
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
+def read_config(d: Path) -> dict:
+    cfg_file = d / "config.json"
+    if not cfg_file.is_file():
+        raise BadInputError(f"{d}: not a Hugging Face model directory (no config.json)")
+    try:
+        return json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise BadInputError(f"{cfg_file}: not valid JSON ({e.msg})") from None
+
+
+def _pixel_stats(enc: HFEncoder) -> None:
+    pre = enc.path / "preprocessor_config.json"
+    if pre.is_file():
+        p = json.loads(pre.read_text())
+        if p.get("do_normalize", True) and "image_mean" in p:
+            enc.pixel_mean, enc.pixel_std = list(p["image_mean"]), list(p["image_std"])
+
+
+def _text_vocab(enc: HFEncoder) -> None:
+    vocab = enc.path / "vocab.txt"
+    enc.vocab_file = vocab if vocab.is_file() else None
+    tok_cfg = enc.path / "tokenizer_config.json"
+    if tok_cfg.is_file():
+        enc.lowercase = bool(json.loads(tok_cfg.read_text()).get("do_lower_case", True))
+
+
 def read_encoder(path: str | Path) -> HFEncoder:
     """Read a `save_pretrained` directory of a supported encoder, or a DINOv2 `.onnx` export (which carries
     no preprocessing config: DINOv2's ImageNet normalization is assumed and folded in)."""
@@ -136,13 +171,7 @@ def read_encoder(path: str | Path) -> HFEncoder:
         from .onnx_vit import read_onnx_dinov2
 
         return read_onnx_dinov2(d, pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD)
-    cfg_file = d / "config.json"
-    if not cfg_file.is_file():
-        raise BadInputError(f"{d}: not a Hugging Face model directory (no config.json)")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise BadInputError(f"{cfg_file}: not valid JSON ({e.msg})") from None
+    cfg = read_config(d)
     family = cfg.get("model_type")
     if family not in SUPPORTED:
         raise BadInputError(f"{d}: model_type {family!r} is not supported; supported encoders: "
@@ -171,25 +200,62 @@ def read_encoder(path: str | Path) -> HFEncoder:
             for p in "qkv":
                 layer[f"{p}.bias"] = torch.zeros(hidden)
     if family == "bert":
-        vocab = d / "vocab.txt"
-        enc.vocab_file = vocab if vocab.is_file() else None
-        tok_cfg = d / "tokenizer_config.json"
-        if tok_cfg.is_file():
-            enc.lowercase = bool(json.loads(tok_cfg.read_text()).get("do_lower_case", True))
+        _text_vocab(enc)
     else:
-        pre = d / "preprocessor_config.json"
-        if pre.is_file():
-            p = json.loads(pre.read_text())
-            if p.get("do_normalize", True) and "image_mean" in p:
-                enc.pixel_mean, enc.pixel_std = list(p["image_mean"]), list(p["image_std"])
+        _pixel_stats(enc)
     _check_complete(enc)
     return enc
 
 
-def _check_complete(enc: HFEncoder) -> None:
+def read_blip(path: str | Path) -> tuple[HFEncoder, HFEncoder]:
+    """A BLIP directory (BlipForQuestionAnswering / BlipForImageTextRetrieval) -> (image encoder, text
+    encoder). The text encoder's layers carry cross-attention parts (cq, ck, cv, co, cnorm): in trimkit they
+    become text-only fusion layers. BLIP's answer decoder and retrieval heads are not used."""
+    d = Path(path)
+    cfg = read_config(d)
+    arch = (cfg.get("architectures") or ["?"])[0]
+    if cfg.get("model_type") != "blip" or arch not in BLIP_ARCHITECTURES:
+        raise BadInputError(f"{d}: {arch} ({cfg.get('model_type')!r}) is not a supported BLIP model; supported: "
+                            f"{', '.join(BLIP_ARCHITECTURES)}")
+    vc, tc = cfg.get("vision_config") or {}, cfg.get("text_config") or {}
+    for part, c in (("vision", vc), ("text", tc)):
+        act = c.get("hidden_act", "gelu")
+        _check(act == "gelu", f"{d}: {part} hidden_act {act!r} is not supported (only exact 'gelu')")
+    state = _load_weights(d)
+    vis_state = {k[len("vision_model."):]: v for k, v in state.items() if k.startswith("vision_model.")}
+    txt_state = {k[len("text_encoder."):]: v for k, v in state.items() if k.startswith("text_encoder.")}
+    _check(bool(vis_state) and bool(txt_state), f"{d}: no vision_model.* or text_encoder.* weights")
+    # transformers' BLIP defaults, where a saved config leaves them out
+    nv, dv = int(vc.get("num_hidden_layers", 12)), int(vc.get("hidden_size", 768))
+    vspec = EncoderSpec(nv, dv, int(vc.get("num_attention_heads", 12)), int(vc.get("intermediate_size", 3072)),
+                        layer_norm_eps=float(vc.get("layer_norm_eps", 1e-5)), final_norm=True)
+    nt, dt = int(tc.get("num_hidden_layers", 12)), int(tc.get("hidden_size", 768))
+    tspec = EncoderSpec(nt, dt, int(tc.get("num_attention_heads", 12)), int(tc.get("intermediate_size", 3072)),
+                        norm="post", layer_norm_eps=float(tc.get("layer_norm_eps", 1e-12)), embed_norm=True)
+    vl, ve = canonical_layers(vis_state, nv)
+    for layer in vl:  # fused qkv -> q, k, v
+        for kind in ("weight", "bias"):
+            qkv = layer.pop(f"qkv.{kind}", None)
+            if qkv is not None:
+                layer[f"q.{kind}"], layer[f"k.{kind}"], layer[f"v.{kind}"] = qkv.chunk(3, dim=0)
+    vcfg = dict(vc, model_type="blip", architectures=[arch], image_size=vc.get("image_size", 384),
+                patch_size=vc.get("patch_size", 16))
+    vision = HFEncoder(d, "blip", VISION, vspec, vcfg, vl, ve)
+    _pixel_stats(vision)
+    tl, te = canonical_layers(txt_state, nt)
+    text = HFEncoder(d, "blip", TEXT, tspec, dict(tc, model_type="blip"), tl, te)
+    _text_vocab(text)
+    _check_complete(vision)
+    _check_complete(text, cross=True)
+    return vision, text
+
+
+def _check_complete(enc: HFEncoder, *, cross: bool = False) -> None:
     need = ["q.weight", "q.bias", "k.weight", "k.bias", "v.weight", "v.bias", "o.weight", "o.bias",
             "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "fc1.weight", "fc1.bias", "fc2.weight",
             "fc2.bias"] + (["ls1", "ls2"] if enc.spec.layer_scale else [])
+    if cross:
+        need += [f"{p}.{k}" for p in ("cq", "ck", "cv", "co", "cnorm") for k in ("weight", "bias")]
     for i, layer in enumerate(enc.layers):
         missing = [k for k in need if k not in layer]
         _check(not missing, f"{enc.path}: layer {i} lacks {', '.join(missing)}")
