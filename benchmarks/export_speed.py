@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 import trimkit
-from trimkit.cost import encoder_layer_flops, fusion_stream_flops
+from trimkit.cost import depth_flops
 from trimkit.data import load_dataset
 from trimkit.export.onnx import ort_session, to_onnx
 
@@ -50,16 +51,11 @@ def executed_ratio(model, out) -> float:
         ti = depth - t.first_trimmed_layer
         if ti < 0:
             n = [nv_full, nt_pad]
-            heads = [c.num_heads] * (2 if depth < c.encoder_layers else 4)
+            heads = [c.layer_spec(depth, m).num_heads for m, _ in c.attention_modules(depth)]
         else:
             n = [float(m.sum(1).max()) for m in out.token_masks[ti]]
             heads = [float(h.sum(1).max()) for h in out.head_masks[ti]]
-        if depth < c.encoder_layers:
-            f = encoder_layer_flops(n[0], heads[0], c) + encoder_layer_flops(n[1], heads[1], c)
-        else:
-            f = fusion_stream_flops(n[0], n[1], heads[0], heads[1], c) + fusion_stream_flops(n[1], n[0], heads[2],
-                                                                                             heads[3], c)
-        total += b * f
+        total += b * float(depth_flops(c, depth, n, heads))
     return total / full
 
 
@@ -70,12 +66,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench" / "export")
+    ap.add_argument("--results", default="export_speed", help="result file stem under benchmarks/results/")
     args = ap.parse_args()
     ckpts = dict(x.split("=", 1) for x in args.ckpt) if args.ckpt else {k: str(v) for k, v in DEFAULT.items()}
     args.workdir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     console = Console()
-    results = {"threads": args.threads, "batches": args.batches, "repeats": args.repeats, "runs": {}}
+    results = {"threads": args.threads, "batches": args.batches, "repeats": args.repeats, "runs": {},
+               "results": args.results, "checkpoints": ckpts,
+               "reproduce": "python benchmarks/export_speed.py " + " ".join(sys.argv[1:])}
     for name, path in ckpts.items():
         model = trimkit.load_checkpoint(path)
         keep_all = trimkit.load_checkpoint(path)
@@ -135,14 +134,15 @@ def main() -> None:
                 "ort_adaptive_vs_torch_prune_speedup": med["torch_prune"] / med["adaptive"],
             }
             results["runs"][f"{name}/b{bs}"] = rec
-            save_json(RESULTS / "export_speed.json", results)
+            save_json(RESULTS / f"{args.results}.json", results)
     write_markdown(results, console)
 
 
 def write_markdown(results: dict, console) -> None:
     rows = ["# ONNX Runtime speed of the adaptive export (this CPU)", "",
             f"ONNX Runtime CPU, {results['threads']} threads, easy-VQA test inputs, {results['batches']} batches x "
-            f"{results['repeats']} interleaved repeats; medians. Reproduce: `python benchmarks/export_speed.py`.", "",
+            f"{results['repeats']} interleaved repeats; medians. Reproduce: "
+            f"`{results.get('reproduce', 'python benchmarks/export_speed.py')}`.", "",
             "| model / batch | FLOPs ratio (per sample) | executed | padding overhead | full ms | adaptive ms | "
             "speedup | ≥ 0.85 / ratio | keep-all overhead | heads gathered: speedup | heads gathered: keep-all overhead "
             "| ORT vs torch prune |",
@@ -165,7 +165,7 @@ def write_markdown(results: dict, console) -> None:
     rows += ["", "ONNX graph nodes per variant (as exported; each costs dispatch time at batch 1):", ""]
     rows += [f"- {name}: " + ", ".join(f"{v} {n:,}" for v, n in nodes.items())
              for name, nodes in results.get("graph_nodes", {}).items()]
-    (RESULTS / "export_speed.md").write_text("\n".join(rows) + "\n")
+    (RESULTS / f"{results.get('results', 'export_speed')}.md").write_text("\n".join(rows) + "\n")
     console.print(table)
 
 

@@ -40,8 +40,11 @@ def render_description(info: dict[str, Any], console) -> None:
 
     c, t, p = info["model_config"], info["trim_config"], info["parameters"]
     meta = info["meta"]
+    imported = meta.get("imported")
+    origin = (f"imported {imported['vision']['family']} + {imported['text']['family']}" if imported
+              else f"preset {meta.get('preset', '?')}")
     console.print(f"[bold]{info['path']}[/bold]  trimkit checkpoint v{info['format_version']} "
-                  f"(trimkit {info['trimkit_version']}), preset {meta.get('preset', '?')}, "
+                  f"(trimkit {info['trimkit_version']}), {origin}, "
                   f"data {meta.get('data', '?')}")
     console.print(f"parameters {p['total']:,} (backbone {p['backbone']:,}, trimmers {p['trimmers']:,}); "
                   f"{len(info['labels'])} labels, {info['vocab_size']} words; "
