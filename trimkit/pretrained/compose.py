@@ -149,34 +149,28 @@ def compose_blip(vision: HFEncoder, text: HFEncoder, *, labels: list[str], texts
     return model.eval()
 
 
-def _fusion_layer_state(layer: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A BLIP text layer (post-LN: self-attn, cross-attn, FFN) as a trimkit FusionBlock."""
-    out = {f"self_attn.{k[len('attn.'):]}": v for k, v in _layer_state(layer).items() if k.startswith("attn.")}
-    out.update({
-        "norm1.weight": layer["norm1.weight"], "norm1.bias": layer["norm1.bias"],
-        "norm2.weight": layer["cnorm.weight"], "norm2.bias": layer["cnorm.bias"],
-        "norm3.weight": layer["norm2.weight"], "norm3.bias": layer["norm2.bias"],
-        "cross_attn.q_proj.weight": layer["cq.weight"], "cross_attn.q_proj.bias": layer["cq.bias"],
-        "cross_attn.kv_proj.weight": torch.cat([layer["ck.weight"], layer["cv.weight"]], dim=0),
-        "cross_attn.kv_proj.bias": torch.cat([layer["ck.bias"], layer["cv.bias"]], dim=0),
-        "cross_attn.out_proj.weight": layer["co.weight"], "cross_attn.out_proj.bias": layer["co.bias"],
-        "mlp.fc1.weight": layer["fc1.weight"], "mlp.fc1.bias": layer["fc1.bias"],
-        "mlp.fc2.weight": layer["fc2.weight"], "mlp.fc2.bias": layer["fc2.bias"],
-    })
+def _copy(layer: dict[str, Tensor], pairs: list[tuple[str, str]]) -> dict[str, Tensor]:
+    """trimkit name <- canonical part, for the weight and the bias of each pair."""
+    return {f"{dst}.{w}": layer[f"{src}.{w}"] for dst, src in pairs for w in ("weight", "bias")}
+
+
+def _attention(layer: dict[str, Tensor], dst: str, q: str, k: str, v: str, o: str) -> dict[str, Tensor]:
+    out = _copy(layer, [(f"{dst}.q_proj", q), (f"{dst}.out_proj", o)])
+    for w in ("weight", "bias"):  # trimkit projects keys and values with one matmul
+        out[f"{dst}.kv_proj.{w}"] = torch.cat([layer[f"{k}.{w}"], layer[f"{v}.{w}"]], dim=0)
     return out
 
 
+def _fusion_layer_state(layer: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A BLIP text layer (post-LN: self-attn, cross-attn, FFN) as a trimkit FusionBlock."""
+    return (_copy(layer, [("norm1", "norm1"), ("norm2", "cnorm"), ("norm3", "norm2"), ("mlp.fc1", "fc1"),
+                          ("mlp.fc2", "fc2")])
+            | _attention(layer, "self_attn", "q", "k", "v", "o") | _attention(layer, "cross_attn", "cq", "ck", "cv", "co"))
+
+
 def _layer_state(layer: dict[str, Tensor]) -> dict[str, Tensor]:
-    out = {
-        "norm1.weight": layer["norm1.weight"], "norm1.bias": layer["norm1.bias"],
-        "norm2.weight": layer["norm2.weight"], "norm2.bias": layer["norm2.bias"],
-        "attn.q_proj.weight": layer["q.weight"], "attn.q_proj.bias": layer["q.bias"],
-        "attn.kv_proj.weight": torch.cat([layer["k.weight"], layer["v.weight"]], dim=0),
-        "attn.kv_proj.bias": torch.cat([layer["k.bias"], layer["v.bias"]], dim=0),
-        "attn.out_proj.weight": layer["o.weight"], "attn.out_proj.bias": layer["o.bias"],
-        "mlp.fc1.weight": layer["fc1.weight"], "mlp.fc1.bias": layer["fc1.bias"],
-        "mlp.fc2.weight": layer["fc2.weight"], "mlp.fc2.bias": layer["fc2.bias"],
-    }
+    out = (_copy(layer, [("norm1", "norm1"), ("norm2", "norm2"), ("mlp.fc1", "fc1"), ("mlp.fc2", "fc2")])
+           | _attention(layer, "attn", "q", "k", "v", "o"))
     if "ls1" in layer:
         out["ls1"], out["ls2"] = layer["ls1"], layer["ls2"]
     return out
