@@ -57,6 +57,12 @@ class Preset(str, enum.Enum):
     base = "base"
 
 
+class TrimTokens(str, enum.Enum):
+    both = "both"
+    vision = "vision"
+    text = "text"
+
+
 class Stem(str, enum.Enum):
     patch = "patch"
     conv = "conv"
@@ -210,6 +216,8 @@ def train(
     no_distill: Annotated[bool, typer.Option("--no-distill", help="Ablation: no self-distillation.")] = False,
     no_curriculum: Annotated[bool, typer.Option("--no-curriculum", help="Ablation: no stable init, no linear scheduler.")] = False,
     local_only: Annotated[bool, typer.Option("--local-only", help="Ablation: local token scores only.")] = False,
+    trim_tokens: Annotated[TrimTokens, typer.Option(
+        "--trim-tokens", help="Whose tokens are trimmed (heads are trimmed in both streams).")] = TrimTokens.both,
     epochs: Annotated[float, typer.Option("--epochs", help="Epochs (ignored with --steps).")] = 3.0,
     steps: Annotated[int | None, typer.Option("--steps", help="Total optimizer steps.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Global batch size.")] = 64,
@@ -233,7 +241,8 @@ def train(
                           lr=lr, trimmer_lr=trimmer_lr, seed=seed, eval_every=eval_every, eval_samples=eval_samples,
                           no_trim=no_trim, target_ratio=target_ratio, full_task_weight=full_task_weight,
                           distill_weight=distill_weight, ratio_weight=ratio_weight, tau=tau, warmup_frac=warmup_frac,
-                          no_distill=no_distill, no_curriculum=no_curriculum, local_only=local_only)
+                          no_distill=no_distill, no_curriculum=no_curriculum, local_only=local_only,
+                          trim_tokens=trim_tokens.value)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     result = run_train(ckpt, cfg, resume=resume, force=force, console=_console(), show_progress=not quiet)

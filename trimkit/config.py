@@ -14,6 +14,7 @@ __all__ = ["EncoderSpec", "ModelConfig", "TrimConfig", "PRESETS", "preset_config
 VISION, TEXT = 0, 1
 NORM_STYLES = ("pre", "post")
 FUSION_STYLES = ("coattn", "text")
+TOKEN_MODALITIES = ("both", "vision", "text")
 
 
 @dataclass
@@ -188,6 +189,7 @@ class TrimConfig:
     """SmartTrim trimmers (DESIGN.md §2)."""
 
     token_trimming: bool = True  # XModal-aware token trimmers in every trimmed layer
+    token_modalities: str = "both"  # which streams' tokens are trimmed: both | vision | text
     head_trimming: bool = True  # modal-adaptive head trimmers on every attention module
     first_trimmed_layer: int = 1  # lockstep depth of the first trimmed layer (0 = trim from the start)
     local_only: bool = False  # ablation: token score = local MLP only (no cross-modal global score)
@@ -209,6 +211,12 @@ class TrimConfig:
             raise ValueError("first_trimmed_layer must be >= 0")
         if self.tau <= 0:
             raise ValueError("tau must be > 0")
+        if self.token_modalities not in TOKEN_MODALITIES:
+            raise ValueError(f"token_modalities must be one of {', '.join(TOKEN_MODALITIES)}, not {self.token_modalities!r}")
+
+    def trims_tokens(self, modality: int) -> bool:
+        """Does this config trim the tokens of VISION (0) or TEXT (1)?"""
+        return self.token_trimming and self.token_modalities in ("both", ("vision", "text")[modality])
 
     def thresholds(self, trim_index: int) -> tuple[float, float]:
         """(token, head) decision thresholds of one trimmed layer."""

@@ -1,5 +1,6 @@
 """Tiny-model training runs of a few steps on a small JSONL dataset."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -129,6 +130,32 @@ def test_no_curriculum_and_local_only_change_the_model(base_ckpt, jsonl_data, tm
     assert torch.equal(tt(x, torch.randn(2, 64), torch.randn(2, 64)), tt(x, torch.randn(2, 64), torch.randn(2, 64)))
     full = randomize_trimmers(with_trim_config(local, stable.trim)).token_trimmers[0][0]
     assert not torch.equal(full(x, torch.randn(2, 64), torch.randn(2, 64)), full(x, torch.randn(2, 64), torch.randn(2, 64)))
+
+
+def test_trim_tokens_of_one_modality(base_ckpt, jsonl_data, tmp_path):
+    """--trim-tokens vision: the text keeps every token (heads are still trimmed); switching back restores
+    stable text trimmers; the checkpoint round-trips."""
+    from trimkit.train.loop import _prepare
+    from trimkit.trimmers import Idle
+
+    model, _, _ = _prepare(base_ckpt, cfg_for(jsonl_data, tmp_path / "a.pt", trim_tokens="vision"), False)
+    assert all(isinstance(pair[1], Idle) and not isinstance(pair[0], Idle) for pair in model.token_trimmers)
+    randomize_trimmers(model).eval()
+    ids_len = 8
+    pv, ids, mask = make_inputs(model, 4, ids_len, ragged=False)
+    with torch.no_grad():
+        out = model(pv, ids, mask, mode="prune")
+        ref = model(pv, ids, mask, mode="mask")
+    n_vision = model.config.num_patches + 1
+    assert (out.keep_counts[:, :, 1] == ids_len).all() and (out.keep_counts[:, -1, 0] < n_vision).all()
+    assert (out.flops_ratio < 1).all() and torch.allclose(out.logits, ref.logits, atol=1e-5)
+    trimkit.save_checkpoint(model, tmp_path / "v.pt")
+    again = trimkit.load_checkpoint(tmp_path / "v.pt")
+    assert again.trim.token_modalities == "vision" and torch.equal(again(pv, ids, mask).logits, out.logits)
+    both = with_trim_config(again, dataclasses.replace(again.trim, token_modalities="both"))
+    assert not isinstance(both.token_trimmers[0][1], Idle)
+    with pytest.raises(ValueError, match="trim-tokens"):
+        TrainConfig(trim_tokens="audio")
 
 
 def test_resume_equals_uninterrupted(base_ckpt, jsonl_data, tmp_path):

@@ -152,7 +152,7 @@ class MeterModel(nn.Module):
         for depth in range(t.first_trimmed_layer, c.num_layers):
             w = [c.stream_width(depth, m) for m in (VISION, TEXT)]
             self.token_trimmers.append(nn.ModuleList([
-                TokenTrimmer(w[m], other_dim=w[1 - m], **tok) if c.active(depth, m) else Idle()
+                TokenTrimmer(w[m], other_dim=w[1 - m], **tok) if c.active(depth, m) and t.trims_tokens(m) else Idle()
                 for m in (VISION, TEXT)]))
             self.head_trimmers.append(nn.ModuleList([
                 HeadTrimmer(w[m], c.layer_spec(depth, m).num_heads, init_keep_logit=t.init_keep_logit,

@@ -38,6 +38,7 @@ class TrainConfig:
     no_distill: bool = False  # drop the self-distillation KL term
     no_curriculum: bool = False  # no stable init (trimmers re-initialized at random) and no linear scheduler
     local_only: bool = False  # token trimmers use the local score only
+    trim_tokens: str = "both"  # whose tokens are trimmed: both | vision | text (heads are trimmed in all)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target_ratio <= 1.0:
@@ -52,6 +53,8 @@ class TrainConfig:
             raise ValueError("--warmup-frac must be in [0, 1]")
         if self.tau <= 0:
             raise ValueError("--tau must be > 0")
+        if self.trim_tokens not in ("both", "vision", "text"):
+            raise ValueError(f"--trim-tokens must be both, vision or text, not {self.trim_tokens!r}")
 
     @property
     def distill(self) -> float:

@@ -61,8 +61,14 @@ def with_trim_config(model: MeterModel, trim: TrimConfig) -> MeterModel:
         return model
     new = build_model(model.config, trim)
     missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
-    allowed = ("proj.weight", "cls_proj.weight")
-    bad = [k for k in [*missing, *unexpected] if not (k.startswith("token_trimmers.") and k.endswith(allowed))]
+    allowed = ("proj.weight", "cls_proj.weight")  # the global branch (local_only changes)
+    # token trimmers of a modality switched off or on (token_modalities): dropped, or new at the stable init
+    switched = {str(m) for m in (0, 1) if model.trim.trims_tokens(m) != trim.trims_tokens(m)}
+
+    def expected(k: str) -> bool:
+        return k.startswith("token_trimmers.") and (k.endswith(allowed) or k.split(".")[2] in switched)
+
+    bad = [k for k in [*missing, *unexpected] if not expected(k)]
     if bad:
         raise BadInputError(f"cannot change the trimmer config of this checkpoint: {', '.join(bad[:4])}")
     for attr in ("labels", "tokenizer", "meta"):
@@ -142,7 +148,8 @@ def _prepare(ckpt_path: str | Path, cfg: TrainConfig, resume: bool) -> tuple[Met
     if model.tokenizer is None:
         raise BadInputError(f"{ckpt_path}: checkpoint has no tokenizer")
     if not resume:
-        trim = TrimConfig.from_dict({**model.trim.to_dict(), "tau": cfg.tau, "local_only": cfg.local_only})
+        trim = TrimConfig.from_dict({**model.trim.to_dict(), "tau": cfg.tau, "local_only": cfg.local_only,
+                                     "token_modalities": cfg.trim_tokens})
         model = with_trim_config(model, trim)
         if cfg.no_curriculum and not cfg.no_trim:
             _randomize_trimmers(model, cfg.seed)
