@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--backbone-lr", type=float, default=5e-4)
     ap.add_argument("--trim-epochs", type=float, default=1)
     ap.add_argument("--trim-lr", type=float, default=1e-4)
+    ap.add_argument("--trim-tokens", choices=("both", "vision", "text"), default="both",
+                    help="whose tokens the SmartTrim runs trim (heads: both streams)")
     ap.add_argument("--eval-every", type=int, default=None,
                     help="validation every N steps in the SmartTrim runs (the best one is kept)")
     ap.add_argument("--runs", default=",".join(r[0] for r in RUNS), help="comma-separated subset of the runs")
@@ -56,7 +58,7 @@ def main() -> None:
     rec.update({"results": args.results, "preset": "minilm+vit-s" if args.pretrained else "small",
                 "data": "easyvqa", "seed": args.seed, "backbone_target": backbone_target(args),
                 "backbone_epochs": args.backbone_epochs,
-                "trim_epochs": args.trim_epochs,
+                "trim_epochs": args.trim_epochs, "trim_tokens": args.trim_tokens,
                 "reproduce": "python benchmarks/smarttrim_easyvqa.py " + " ".join(sys.argv[1:])})
     rec.setdefault("runs", {})
     seed = ["--seed", str(args.seed)]
@@ -75,6 +77,8 @@ def main() -> None:
     evaluate("backbone", wd, log, rec, out_json, None)
     wanted = set(args.runs.split(","))
     every = ["--eval-every", str(args.eval_every)] if args.eval_every else []
+    if args.trim_tokens != "both":
+        every += ["--trim-tokens", args.trim_tokens]
     for name, target, flags in RUNS:
         if name not in wanted:
             continue
