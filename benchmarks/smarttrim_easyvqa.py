@@ -3,7 +3,7 @@
 Stages (each a `trimkit` command; a stage whose output exists is skipped, so the script resumes):
   init -> backbone (--no-trim) -> SmartTrim at targets 0.5 and 0.33 -> ablations at 0.5
   (--no-distill, --no-curriculum, --local-only) -> `trimkit eval` of each on the full test split.
-Writes benchmarks/results/<--results>.{json,md} (default smarttrim_easyvqa) after extra stage.
+Writes benchmarks/results/<--results>.{json,md} (default smarttrim_easyvqa) after every stage.
 
 Targets (issue 3): backbone >= 95%; target 0.5 loses <= 1.0 point, 0.33 <= 2.0 points; measured mean
 FLOPs ratio within +-0.05 of the target.
@@ -39,8 +39,8 @@ def main() -> None:
     ap.add_argument("--trim-lr", type=float, default=1e-4)
     ap.add_argument("--trim-tokens", choices=("both", "vision", "text"), default="both",
                     help="whose tokens the SmartTrim runs trim (heads: both streams)")
-    ap.add_argument("--eval-extra", type=int, default=None,
-                    help="validation extra N steps in the SmartTrim runs (the best one is kept)")
+    ap.add_argument("--eval-every", type=int, default=None,
+                    help="validation every N steps in the SmartTrim runs (the best one is kept)")
     ap.add_argument("--runs", default=",".join(r[0] for r in RUNS), help="comma-separated subset of the runs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pretrained", action="store_true",
@@ -76,7 +76,7 @@ def main() -> None:
                            *seed], wd / "backbone.pt", log, rec)
     evaluate("backbone", wd, log, rec, out_json, None)
     wanted = set(args.runs.split(","))
-    extra = ["--eval-extra", str(args.eval_every)] if args.eval_every else []
+    extra = ["--eval-every", str(args.eval_every)] if args.eval_every else []
     if args.trim_tokens != "both":
         extra += ["--trim-tokens", args.trim_tokens]
     for name, target, flags in RUNS:
