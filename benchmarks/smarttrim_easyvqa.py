@@ -59,7 +59,7 @@ def main() -> None:
                 "data": "easyvqa", "seed": args.seed, "backbone_target": backbone_target(args),
                 "backbone_epochs": args.backbone_epochs,
                 "trim_epochs": args.trim_epochs, "trim_tokens": args.trim_tokens,
-                "reproduce": "python benchmarks/smarttrim_easyvqa.py " + " ".join(sys.argv[1:])})
+                "reproduce": reproduce_command(sys.argv[1:])})
     rec.setdefault("runs", {})
     seed = ["--seed", str(args.seed)]
 
@@ -89,6 +89,19 @@ def main() -> None:
         evaluate(name, wd, log, rec, out_json, target)
     write_markdown(rec)
     save_json(out_json, rec)
+
+
+def reproduce_command(argv: list[str]) -> str:
+    """The command that reproduces the whole table: this one without a `--runs` subset."""
+    keep, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--runs":
+            skip = True
+        elif not a.startswith("--runs="):
+            keep.append(a)
+    return " ".join(["python benchmarks/smarttrim_easyvqa.py", *keep])
 
 
 def backbone_target(args) -> float:
