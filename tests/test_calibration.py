@@ -122,6 +122,28 @@ def test_verify_runs_on_int8_with_its_own_tolerances(int8, exported, tmp_path):
     assert agreement["threshold"] == 0.98
 
 
+def test_uint8_activations_for_onnx_runtime_cpu(exported, tmp_path, capsys):
+    """--activations uint8: asymmetric activations (ONNX Runtime's native x86 form), recorded in the metadata;
+    it runs in ONNX Runtime, and a TensorRT export refuses it before looking for TensorRT."""
+    out = tmp_path / "u8.onnx"
+    assert main(["calibrate", "int8", str(exported["adaptive"]), "--ckpt", str(exported["ckpt"]), "--out", str(out),
+                 "--samples", "32", "--activations", "uint8"]) == 0
+    m = onnx.load(str(out))
+    inits = {i.name: i for i in m.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[2] in inits]
+    assert zero_points and all(z.data_type == onnx.TensorProto.UINT8 for z in zero_points)
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert json.loads(meta["trimkit_calibration"])["activations"] == "uint8 asymmetric"
+    model = trimkit.load_checkpoint(exported["ckpt"])
+    pv, ids, mask = (t.numpy() for t in sample_inputs(model.config, 3, 7, seed=1))
+    logits, _ = ort_session(out).run(None, {"pixel_values": pv, "input_ids": ids, "attention_mask": mask})
+    assert np.isfinite(logits).all()
+    capsys.readouterr()
+    assert main(["export", str(out), "--format", "trt", "--out", str(tmp_path / "u8.plan"),
+                 "--profile", "batch=1:2:4", "--profile", "text=2:8:16"]) == 2
+    assert "uint8" in capsys.readouterr().err and not (tmp_path / "u8.plan").exists()
+
+
 def test_int8_refuses_bad_input(exported, tmp_path, capsys):
     out = tmp_path / "q.onnx"
     assert main(["calibrate", "int8", str(exported["adaptive"]), "--ckpt", str(exported["ckpt"]), "--out", str(out),

@@ -63,6 +63,11 @@ class TrimTokens(str, enum.Enum):
     text = "text"
 
 
+class Int8Activations(str, enum.Enum):
+    int8 = "int8"
+    uint8 = "uint8"
+
+
 class Stem(str, enum.Enum):
     patch = "patch"
     conv = "conv"
@@ -478,6 +483,9 @@ def calibrate_int8_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
     method: Annotated[Int8Method, typer.Option("--method", help="Activation range calibration.")] = Int8Method.minmax,
     per_channel: Annotated[bool, typer.Option("--per-channel", help="Per-output-channel weight scales.")] = False,
+    activations: Annotated[Int8Activations, typer.Option(
+        "--activations", help="int8: symmetric (TensorRT and ONNX Runtime); uint8: asymmetric, ONNX Runtime CPU "
+                              "only (its native x86 form).")] = Int8Activations.int8,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
 ) -> None:
@@ -486,7 +494,8 @@ def calibrate_int8_cmd(
 
     console = _console()
     res = quantize_int8(onnx_file, out, ckpt=ckpt, data=data, samples=samples, batch_size=batch_size,
-                        method=method.value, per_channel=per_channel, seed=seed, force=force, log=console.print)
+                        method=method.value, per_channel=per_channel, activations=activations.value, seed=seed,
+                        force=force, log=console.print)
     console.print(f"wrote {res.path}: {res.quantized_nodes} matmuls quantized, {res.skipped_trimmer_nodes} trimmer "
                   f"matmuls kept float, {res.op_counts.get('QuantizeLinear', 0)} QuantizeLinear / "
                   f"{res.op_counts.get('DequantizeLinear', 0)} DequantizeLinear ({res.seconds:.1f} s)")

@@ -3,8 +3,9 @@
 Only the backbone's matmuls (MatMul/Gemm with a constant weight, outside the trimmers) are
 quantized, each with its own Q/DQ pair (`DedicatedQDQPair`), so the trimmer decision path —
 token and head scores, thresholds, TopK, Gather, masks — reads float tensors and pruning decisions
-stay stable. Activations and weights are symmetric int8 (zero point 0): the explicit-quantization
-form TensorRT 10/11 builds, and what ONNX Runtime's CPU kernels fuse into integer matmuls.
+stay stable. Weights are symmetric int8. Activations are symmetric int8 by default (zero point 0): the
+explicit-quantization form TensorRT 10/11 builds; `activations="uint8"` (asymmetric) is the form ONNX
+Runtime's x86 kernels run natively (VNNI multiplies unsigned by signed bytes) -- for CPU deployment only.
 The result carries what produced it (`trimkit_calibration`: data, samples, seed, method, ...).
 """
 
@@ -23,9 +24,11 @@ import numpy as np
 
 from ..errors import BadInputError, MissingDependencyError
 
-__all__ = ["quantize_int8", "Int8Result", "quantizable_matmuls", "trimmer_nodes", "CALIBRATION_METHODS"]
+__all__ = ["quantize_int8", "Int8Result", "quantizable_matmuls", "trimmer_nodes", "CALIBRATION_METHODS",
+           "ACTIVATION_TYPES"]
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+ACTIVATION_TYPES = ("int8", "uint8")
 TRIMMER_SCOPES = ("token_trimmers", "head_trimmers")
 
 
@@ -99,7 +102,7 @@ def calibration_batches(model, data: str, samples: int, batch_size: int, seed: i
 
 def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, *, ckpt: str | os.PathLike, data: str,
                   samples: int = 256, batch_size: int = 16, method: str = "minmax", per_channel: bool = False,
-                  seed: int = 0, force: bool = False, log=None) -> Int8Result:
+                  activations: str = "int8", seed: int = 0, force: bool = False, log=None) -> Int8Result:
     """Quantize `onnx_path` (a trimkit fp32 export of `ckpt`) to a Q/DQ graph at `out` (atomic)."""
     from ..checkpoint import load_checkpoint
     from ..export.onnx import ort_session, quiet_logs
@@ -110,6 +113,8 @@ def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, *, ckpt:
     t0 = time.perf_counter()
     if method not in CALIBRATION_METHODS:
         raise BadInputError(f"unknown calibration method {method!r}; choose {', '.join(CALIBRATION_METHODS)}")
+    if activations not in ACTIVATION_TYPES:
+        raise BadInputError(f"unknown activation type {activations!r}; choose {', '.join(ACTIVATION_TYPES)}")
     if samples < 1 or batch_size < 1:
         raise BadInputError("--samples and --batch-size must be positive")
     onnx_path, out = Path(onnx_path), check_writable(out, force=force)
@@ -136,7 +141,8 @@ def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, *, ckpt:
     batches = calibration_batches(model, data, samples, batch_size, seed)
     calib = {"data": data, "samples": sum(b["input_ids"].shape[0] for b in batches), "seed": seed,
              "method": method, "per_channel": per_channel, "batch_size": batch_size, "split": "train",
-             "source_onnx_sha256": sha256_file(onnx_path), "activations": "int8 symmetric",
+             "source_onnx_sha256": sha256_file(onnx_path),
+             "activations": "int8 symmetric" if activations == "int8" else "uint8 asymmetric",
              "weights": "int8 symmetric" + (" per-channel" if per_channel else "")}
     # quiet_logs(("",)): onnxruntime.quantization warns on the root logger with pre-processing advice that
     # does not apply (symbolic shape inference cannot follow a data-dependent TopK K)
@@ -145,10 +151,11 @@ def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, *, ckpt:
         quantize_static(
             str(onnx_path), str(raw), _Reader(batches), quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=names, per_channel=per_channel,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            activation_type=QuantType.QInt8 if activations == "int8" else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
             calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                               "percentile": CalibrationMethod.Percentile}[method],
-            extra_options={"DedicatedQDQPair": True, "ActivationSymmetric": True, "WeightSymmetric": True,
+            extra_options={"DedicatedQDQPair": True, "ActivationSymmetric": activations == "int8", "WeightSymmetric": True,
                            "MatMulConstBOnly": True},
         )
         q = onnx.load(str(raw))

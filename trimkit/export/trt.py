@@ -103,6 +103,10 @@ def onnx_model_config(onnx_path: str | os.PathLike) -> tuple[ModelConfig, dict[s
     if names != ["pixel_values", "input_ids", "attention_mask"]:
         raise BadInputError(f"{onnx_path}: inputs {names} are not pixel_values, input_ids, attention_mask")
     cfg = json.loads(meta["trimkit_config"])
+    calib = json.loads(meta.get("trimkit_calibration", "{}"))
+    if str(calib.get("activations", "")).startswith("uint8"):
+        raise BadInputError(f"{onnx_path}: uint8 (asymmetric) activations are an ONNX Runtime CPU form; TensorRT "
+                            "takes symmetric int8 Q/DQ: re-run trimkit calibrate int8 --activations int8")
     return ModelConfig.from_dict(cfg["model_config"]), meta
 
 
