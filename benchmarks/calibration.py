@@ -10,6 +10,7 @@ held-out test questions vs the target, adaptive vs static accuracy at equal cost
 Writes benchmarks/results/calibration.{json,md}.
 
     python benchmarks/calibration.py [--ckpt build/bench/easyvqa/smarttrim-0.5.pt] [--samples 2000]
+        [--activations int8,uint8]
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--activations", default="int8,uint8",
+                    help="INT8 activation types to compare (int8: symmetric, TensorRT's; uint8: ONNX Runtime CPU's)")
     ap.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench" / "calibration")
     args = ap.parse_args()
     wd = args.workdir
@@ -55,11 +58,13 @@ def main() -> None:
         fp32 = wd / f"adaptive-{heads}.onnx"
         if not fp32.exists():
             to_onnx(model, fp32, mode="adaptive", head_impl=heads, force=True)
-        int8 = wd / f"adaptive-{heads}.int8.onnx"
-        run_stage(f"int8-{heads}", ["calibrate", "int8", fp32, "--ckpt", args.ckpt, "--data", "easyvqa", "--out", int8,
-                                    "--samples", "256", "--per-channel"], int8, log, rec)
-        rec["int8"][heads] = compare(fp32, int8, test, args, console)
-        save_json(RESULTS / "calibration.json", rec)
+        for act in args.activations.split(","):
+            int8 = wd / f"adaptive-{heads}.{act}.onnx"
+            run_stage(f"int8-{heads}-{act}", ["calibrate", "int8", fp32, "--ckpt", args.ckpt, "--data", "easyvqa",
+                                              "--out", int8, "--samples", "256", "--per-channel", "--activations", act],
+                      int8, log, rec)
+            rec["int8"][f"{heads} / {act}"] = compare(fp32, int8, test, args, console)
+            save_json(RESULTS / "calibration.json", rec)
     for t in (float(x) for x in args.targets.split(",")):
         for how in ("global", "per-layer"):
             out = wd / f"budget-{t}-{how}.pt"
@@ -121,7 +126,7 @@ def write_markdown(rec: dict) -> None:
              f"questions; ONNX Runtime CPU, {rec['threads']} threads, interleaved timing, medians. "
              "Reproduce: `python benchmarks/calibration.py`.", "",
              "## INT8 (Q/DQ, minmax, per-channel, 256 calibration questions) vs the fp32 adaptive export", "",
-             "| heads | speedup b1 | speedup b8 | ≥ 1.5× | accuracy fp32 | accuracy int8 | drop (points) | ≤ 1.0 "
+             "| heads / activations | speedup b1 | speedup b8 | ≥ 1.5× | accuracy fp32 | accuracy int8 | drop (points) | ≤ 1.0 "
              "| keep_counts agreement | ≥ 98% |", "|---|---|---|---|---|---|---|---|---|---|"]
     for heads, r in rec["int8"].items():
         sp = [r["speed"][b]["speedup"] for b in ("b1", "b8")]
