@@ -243,6 +243,9 @@ def test_cli_import_then_train_export_verify_calibrate(tmp_path, capsys):
                  "--out", str(tmp_path / "cal.pt")]) == 0
     assert main(["export", str(tmp_path / "cal.pt"), "--format", "onnx", "--mode", "static",
                  "--out", str(tmp_path / "s.onnx")]) == 0
+    assert main(["export", str(trained), "--format", "onnx", "--mode", "full", "--out", str(tmp_path / "f.onnx")]) == 0
+    assert main(["calibrate", "int8", str(tmp_path / "t.onnx"), "--ckpt", str(trained), "--data", "easyvqa",
+                 "--samples", "16", "--out", str(tmp_path / "t.int8.onnx")]) == 0
     # unsupported architectures: exit 2 and the list of what is supported
     (tmp_path / "gpt").mkdir()
     (tmp_path / "gpt" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
