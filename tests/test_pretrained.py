@@ -92,8 +92,11 @@ def test_wordpiece_ids_match_hugging_face(bert_vit, tmp_path):
     _, _, model = bert_vit
     _save_bert(tmp_path)
     ref = transformers.BertTokenizer(str(tmp_path / "vocab.txt"))
-    for q in QUESTIONS + ["Reds?", "an unseen-word, here!"]:
+    for q in QUESTIONS + ["Reds?", "an unseen-word, here!", "Ré\u0301d  circle\u200b?\tis\xadthere",
+                          "\x00what\ufffd color"]:
         assert model.tokenizer.encode_one(q) == ref(q)["input_ids"], q
+    long = " ".join(["red"] * 30) + "?"
+    assert model.tokenizer.encode_one(long) == ref(long, truncation=True, max_length=16)["input_ids"]
 
 
 def test_dinov2_resized_and_normalized(tmp_path):
@@ -147,7 +150,20 @@ def test_unsupported_and_broken_directories(tmp_path):
         read_encoder(tmp_path / "gpt")
     with pytest.raises(BadInputError, match="no config.json"):
         read_encoder(tmp_path)
+    with pytest.raises(BadInputError, match="no such model directory"):
+        read_encoder(tmp_path / "missing")
     _save_bert(tmp_path / "bert")
+    cfg = json.loads((tmp_path / "bert" / "config.json").read_text())
+    broken = [({k: v for k, v in cfg.items() if k != "hidden_size"}, "cannot read this model"),
+              (dict(cfg, num_attention_heads=5), "not divisible"), ([1, 2], "not a model config")]
+    for bad, msg in broken:  # malformed configs are bad input (exit 2), not tracebacks
+        (tmp_path / "bert" / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(BadInputError, match=msg):
+            read_encoder(tmp_path / "bert")
+    (tmp_path / "bert" / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "bert" / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(BadInputError, match="corrupt|cannot read"):
+        read_encoder(tmp_path / "bert")
     (tmp_path / "bert" / "model.safetensors").unlink()
     with pytest.raises(BadInputError, match="no model.safetensors"):
         read_encoder(tmp_path / "bert")
@@ -176,10 +192,14 @@ def test_heterogeneous_encoders_prune_equals_mask():
     # the text stream idles at depths 1-2: no trimmer there, its count carries over
     assert torch.equal(b.keep_counts[:, 0, 1], b.keep_counts[:, 1, 1])
     # the FLOPs of the untrimmed model count only the layers that run
-    from trimkit.cost import encoder_layer_flops
+    from trimkit.cost import depth_flops, encoder_layer_flops, projection_flops
 
     d1 = full.full_layer_flops[0, 1]
     assert d1 == encoder_layer_flops(17, 2, cfg.encoder(0))  # 16 patches + [CLS]
+    # the fusion entry also counts the projections of the 32- and 24-wide encoders to the 48-wide fusion
+    entry = depth_flops(cfg, 3, [17, 9], [4, 4, 4, 4]) + projection_flops(cfg, [17, 9])
+    assert projection_flops(cfg, [17, 9]) == 2 * 17 * 32 * 48 + 2 * 9 * 24 * 48
+    assert torch.isclose(full.full_layer_flops[0, 3], torch.tensor(float(entry)))
 
 
 def test_dinov2_from_onnx_export(tmp_path):
@@ -318,6 +338,13 @@ def test_cli_import_blip(tmp_path, capsys):
     assert main(["import", str(tmp_path / "blip"), "--data", "easyvqa", "--max-text-len", "16", "--out", str(out)]) == 0
     assert "blip" in capsys.readouterr().out
     assert main(["eval", str(out), "--data", "easyvqa", "--samples", "16"]) == 0
+    # inspect counts the trimmers that exist: the image stream idles through BLIP's text layers
+    from trimkit.inspect import describe_checkpoint
+
+    info = describe_checkpoint(out)
+    # depth 1: the vision layer's token + head trimmer; depths 2-3 (BLIP text layers): text tokens, self + cross heads
+    assert info["trimmers"] == {"token": 1 + 2, "head": 1 + 2 * 2}
+    assert info["layers"][0]["trimmer_flops"] == 0 and all(r["trimmer_flops"] > 0 for r in info["layers"][1:])
     # a BLIP directory and --vision/--text together, or a bare encoder as SOURCE: one line, exit 2
     _save_bert(tmp_path / "bert")
     capsys.readouterr()

@@ -25,6 +25,9 @@ __all__ = [
     "encoder_layer_flops",
     "fusion_stream_flops",
     "trimmer_flops",
+    "token_trimmer_flops",
+    "head_trimmer_flops",
+    "projection_flops",
     "depth_flops",
 ]
 
@@ -66,7 +69,8 @@ def fusion_stream_flops(
 
 def depth_flops(cfg: ModelConfig, depth: int, n: list[Number], heads: list[Number]) -> Number:
     """All layers at lockstep `depth`: n = [vision, text] token counts entering it, heads = kept heads per
-    attention module in `ModelConfig.attention_modules` order. An idle stream costs nothing."""
+    attention module in `ModelConfig.attention_modules` order. An idle stream costs nothing. (The fusion
+    entry's projections, on the tokens before that depth's trimming: `projection_flops`.)"""
     if cfg.is_fusion(depth):
         f = cfg.fusion
         text = fusion_stream_flops(n[TEXT], n[VISION], heads[2], heads[3], f, other_dim=cfg.stream_width(depth, VISION))
@@ -80,14 +84,37 @@ def depth_flops(cfg: ModelConfig, depth: int, n: list[Number], heads: list[Numbe
     return total
 
 
+def token_trimmer_flops(n: Number, dim: int, other_dim: int, *, hidden_ratio: int = 4, proj_ratio: int = 16,
+                        local_only: bool = False) -> Number:
+    """Matmul FLOPs of one token trimmer on n tokens of width `dim` (the other stream's [CLS]: `other_dim`)."""
+    hidden, dp = max(1, dim // hidden_ratio), max(1, dim // proj_ratio)
+    local = 2 * n * dim * hidden + 2 * n * hidden
+    glob = 0 if local_only else 2 * n * dim * dp + 2 * (dim + other_dim) * dp + 2 * n * dp
+    return local + glob
+
+
+def head_trimmer_flops(dim: int, other_dim: int, heads: int) -> Number:
+    """Matmul FLOPs of one head trimmer: [c_m ; c_m'] -> one logit per head."""
+    return 2 * (dim + other_dim) * heads
+
+
 def trimmer_flops(n: Number, cfg: Dims, *, hidden_ratio: int = 4, proj_ratio: int = 16,
                   local_only: bool = False, other_dim: int | None = None) -> Number:
-    """Matmul FLOPs of one token trimmer on n tokens plus one head trimmer (overhead, for reports).
-    `other_dim`: width of the other stream's [CLS] (default: the same width)."""
+    """One token trimmer on n tokens plus one head trimmer (overhead, for reports); `other_dim`: width of the
+    other stream's [CLS] (default: the same width)."""
     d = cfg.hidden_size
-    both = d + (d if other_dim is None else other_dim)  # [c_m ; c_m']
-    hidden, dp = max(1, d // hidden_ratio), max(1, d // proj_ratio)
-    local = 2 * n * d * hidden + 2 * n * hidden
-    glob = 0 if local_only else 2 * n * d * dp + 2 * both * dp + 2 * n * dp
-    heads = 2 * both * cfg.num_heads
-    return local + glob + heads
+    other = d if other_dim is None else other_dim
+    return (token_trimmer_flops(n, d, other, hidden_ratio=hidden_ratio, proj_ratio=proj_ratio, local_only=local_only)
+            + head_trimmer_flops(d, other, cfg.num_heads))
+
+
+def projection_flops(cfg: ModelConfig, n: list[Number]) -> Number:
+    """The METER fusion entry: encoders of another width are projected to the fusion width (n tokens each)."""
+    if cfg.fusion_style != "coattn" or not cfg.fusion_layers:
+        return 0
+    total: Number = 0
+    for m in (VISION, TEXT):
+        w = cfg.encoder(m).hidden_size
+        if w != cfg.hidden_size:
+            total = total + 2 * n[m] * w * cfg.hidden_size
+    return total

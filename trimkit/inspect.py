@@ -8,8 +8,9 @@ from typing import Any
 
 from .checkpoint import model_from_checkpoint, read_checkpoint
 from .config import TEXT, VISION
-from .cost import depth_flops, trimmer_flops
+from .cost import depth_flops, head_trimmer_flops, projection_flops, token_trimmer_flops
 from .errors import BadInputError
+from .trimmers import Idle
 
 __all__ = ["describe", "describe_checkpoint", "describe_onnx"]
 
@@ -37,16 +38,22 @@ def describe_checkpoint(path: str | os.PathLike, *, text_len: int | None = None)
         fusion = c.is_fusion(depth)
         modules = c.attention_modules(depth)
         flops = depth_flops(c, depth, [nv, nt], [c.layer_spec(depth, m).num_heads for m, _ in modules])
+        if depth == c.encoder_depth:
+            flops += projection_flops(c, [nv, nt])
         trimmed = depth >= t.first_trimmed_layer
         overhead = 0
-        if trimmed:
+        if trimmed:  # the trimmers that exist at this depth (none for an idle or untrimmed stream)
+            ti = depth - t.first_trimmed_layer
             kw = dict(hidden_ratio=t.score_hidden_ratio, proj_ratio=t.proj_ratio, local_only=t.local_only)
             w = [c.stream_width(depth, m) for m in (VISION, TEXT)]
-            for m, n in ((VISION, nv), (TEXT, nt)):
-                if c.active(depth, m):
-                    overhead += trimmer_flops(n, c.layer_spec(depth, m), other_dim=w[1 - m], **kw)
-            if fusion:  # two more head trimmers (cross-attention of each stream)
-                overhead += sum(2 * (w[0] + w[1]) * c.num_heads for _ in range(2))
+            if t.token_trimming:
+                for m, n in ((VISION, nv), (TEXT, nt)):
+                    if not isinstance(model.token_trimmers[ti][m], Idle):
+                        overhead += token_trimmer_flops(n, w[m], w[1 - m], **kw)
+            if t.head_trimming:
+                for j, (m, _) in enumerate(c.attention_modules(depth)):
+                    if not isinstance(model.head_trimmers[ti][j], Idle):
+                        overhead += head_trimmer_flops(w[m], w[1 - m], c.layer_spec(depth, m).num_heads)
         layers.append({"depth": depth, "kind": "fusion" if fusion else "encoder", "trimmed": trimmed,
                        "flops": int(flops), "trimmer_flops": int(overhead)})
     return {
@@ -60,8 +67,10 @@ def describe_checkpoint(path: str | os.PathLike, *, text_len: int | None = None)
         "labels": list(model.labels),
         "vocab_size": c.vocab_size,
         "parameters": {"total": n_all, "backbone": n_all - n_trim, "trimmers": n_trim},
-        "trimmers": {"token": len(model.token_trimmers) * 2 if t.token_trimming else 0,
-                     "head": sum(len(h) for h in model.head_trimmers) if t.head_trimming else 0},
+        "trimmers": {"token": sum(not isinstance(m, Idle) for pair in model.token_trimmers for m in pair)
+                     if t.token_trimming else 0,
+                     "head": sum(not isinstance(m, Idle) for mods in model.head_trimmers for m in mods)
+                     if t.head_trimming else 0},
         "flops_input": {"vision_tokens": nv, "text_tokens": nt},
         "layers": layers,
         "has_train_state": "train_state" in ckpt,

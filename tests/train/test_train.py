@@ -153,7 +153,11 @@ def test_trim_tokens_of_one_modality(base_ckpt, jsonl_data, tmp_path):
     again = trimkit.load_checkpoint(tmp_path / "v.pt")
     assert again.trim.token_modalities == "vision" and torch.equal(again(pv, ids, mask).logits, out.logits)
     both = with_trim_config(again, dataclasses.replace(again.trim, token_modalities="both"))
-    assert not isinstance(both.token_trimmers[0][1], Idle)
+    text_trimmer = both.token_trimmers[0][1]
+    assert not isinstance(text_trimmer, Idle)  # back, at the stable init: every logit is init_keep_logit
+    x = torch.randn(2, 5, model.config.hidden_size)
+    cls = torch.randn(2, model.config.hidden_size)
+    assert torch.allclose(text_trimmer(x, cls, cls), torch.full((2, 5), both.trim.init_keep_logit))
     with pytest.raises(ValueError, match="trim-tokens"):
         TrainConfig(trim_tokens="audio")
 

@@ -106,10 +106,12 @@ class WordPieceTokenizer(_Padder):
     longest-match WordPiece with `##` continuations; texts are [CLS] pieces [SEP]. Same ids as the
     Hugging Face tokenizer of the same `vocab.txt` for ordinary text (no Chinese-character splitting)."""
 
-    def __init__(self, vocab: Sequence[str], max_len: int, *, lowercase: bool = True) -> None:
+    def __init__(self, vocab: Sequence[str], max_len: int, *, lowercase: bool = True,
+                 strip_accents: bool | None = None) -> None:
         self.vocab = list(vocab)
         self.max_len = max_len
         self.lowercase = lowercase
+        self.strip_accents = lowercase if strip_accents is None else bool(strip_accents)
         self.index = {w: i for i, w in enumerate(self.vocab)}
         missing = [t for t in (PAD, UNK, CLS, SEP) if t not in self.index]
         if missing:
@@ -130,9 +132,13 @@ class WordPieceTokenizer(_Padder):
         return self.index[PAD]
 
     def _basic(self, text: str) -> list[str]:
+        # BERT's clean-up: drop NUL, U+FFFD and control/format characters; other whitespace becomes a space
+        text = "".join(" " if ch in "\t\n\r" or unicodedata.category(ch) == "Zs" else ch for ch in text
+                       if ch not in "\x00\ufffd" and (ch in "\t\n\r" or not unicodedata.category(ch).startswith("C")))
         if self.lowercase:
-            text = unicodedata.normalize("NFD", text.lower())
-            text = "".join(ch for ch in text if unicodedata.category(ch) != "Mn")
+            text = text.lower()
+        if self.strip_accents:
+            text = "".join(ch for ch in unicodedata.normalize("NFD", text) if unicodedata.category(ch) != "Mn")
         out: list[str] = []
         for word in text.split():
             cur = ""
@@ -180,11 +186,12 @@ class WordPieceTokenizer(_Padder):
 
     def to_dict(self) -> dict:
         return {"type": "wordpiece", "vocab": list(self.vocab), "max_len": self.max_len,
-                "lowercase": self.lowercase}
+                "lowercase": self.lowercase, "strip_accents": self.strip_accents}
 
     @classmethod
     def from_dict(cls, d: dict) -> WordPieceTokenizer:
-        return cls(d["vocab"], int(d["max_len"]), lowercase=bool(d.get("lowercase", True)))
+        return cls(d["vocab"], int(d["max_len"]), lowercase=bool(d.get("lowercase", True)),
+                   strip_accents=d.get("strip_accents"))
 
 
 def tokenizer_from_dict(d: dict) -> WordTokenizer | WordPieceTokenizer:

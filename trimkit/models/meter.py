@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import TEXT, VISION, ModelConfig, TrimConfig
-from ..cost import depth_flops
+from ..cost import depth_flops, projection_flops
 from ..trimmers import (
     HeadTrimmer,
     Idle,
@@ -263,8 +263,12 @@ class MeterModel(nn.Module):
             trimmed = trim_index >= 0 and mode != "off"
             modules = c.attention_modules(depth)
             heads: list[HeadChoice | None] = [None] * len(modules)
+            entry = entry_full = 0.0
             if depth == c.encoder_depth and self.type_embed is not None:
-                for m, s in enumerate(streams):  # co-attention entry: project to the fusion width, add the type
+                # co-attention entry: project to the fusion width (counted on the tokens that reach it), add the type
+                entry = projection_flops(c, [s.weight.sum(dim=1) for s in streams])
+                entry_full = projection_flops(c, n_full)
+                for m, s in enumerate(streams):
                     s.x = self.fusion_proj[m](s.x) + self.type_embed[m]
             if trimmed:
                 cls = [s.x[:, 0] for s in streams]  # (B, D_m) each, layer input
@@ -294,8 +298,8 @@ class MeterModel(nn.Module):
                                        for h, (m, _) in zip(heads, modules)])
             if trim_index >= 0:  # weights are {0, 1} (hard gates): their sum is the kept count
                 counts += [s.weight.detach().sum(dim=1, keepdim=True) for s in streams]  # (B, 1) each
-            flops.append(self._layer_flops(depth, [s.weight.sum(dim=1) for s in streams], heads))
-            full_flops.append(self._layer_flops(depth, n_full, [None] * len(modules)))
+            flops.append(self._layer_flops(depth, [s.weight.sum(dim=1) for s in streams], heads) + entry)
+            full_flops.append(self._layer_flops(depth, n_full, [None] * len(modules)) + entry_full)
             self._run_layer(depth, streams, heads)
             if details and depth == c.encoder_depth - 1:
                 encoder_states = (streams[VISION].x, streams[TEXT].x)

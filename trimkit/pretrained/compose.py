@@ -15,7 +15,7 @@ from ..config import TEXT, VISION, ModelConfig, TrimConfig
 from ..data.tokenizer import WordPieceTokenizer, WordTokenizer
 from ..errors import BadInputError
 from ..models import MeterModel, build_model
-from .hf import HFEncoder, interpolate_positions, read_blip, read_encoder
+from .hf import HFEncoder, interpolate_positions, read_blip, read_encoder, reading
 
 __all__ = ["compose_meter", "compose_blip", "load_encoder_weights", "import_meter", "import_blip"]
 
@@ -100,6 +100,11 @@ def compose_meter(vision: HFEncoder, text: HFEncoder, *, labels: list[str], text
 
 def _tokenizer(text: HFEncoder, texts: list[str], max_text_len: int) -> Any:
     """The text encoder's WordPiece vocabulary, or a word-level one built from the data's questions."""
+    with reading(text.path):
+        return _tokenizer_of(text, texts, max_text_len)
+
+
+def _tokenizer_of(text: HFEncoder, texts: list[str], max_text_len: int) -> Any:
     encoder_vocab = text.embed["word"].shape[0]
     if text.vocab_file is not None:
         words = text.vocab_file.read_text(encoding="utf-8").splitlines()
@@ -111,7 +116,7 @@ def _tokenizer(text: HFEncoder, texts: list[str], max_text_len: int) -> Any:
                 words[int(i)] = tok
         if len(words) != encoder_vocab:
             raise BadInputError(f"{text.vocab_file}: {len(words)} words, but the encoder embeds {encoder_vocab}")
-        return WordPieceTokenizer(words, max_text_len, lowercase=text.lowercase)
+        return WordPieceTokenizer(words, max_text_len, lowercase=text.lowercase, strip_accents=text.strip_accents)
     tokenizer = WordTokenizer.build(texts, max_len=max_text_len)  # its ids must index the embedding table
     if len(tokenizer) > encoder_vocab:
         raise BadInputError(f"{text.path}: no vocab.txt, and the data's {len(tokenizer)} words do not fit the "
@@ -133,12 +138,15 @@ def compose_blip(vision: HFEncoder, text: HFEncoder, *, labels: list[str], texts
         raise BadInputError(f"--max-text-len {max_text_len} must be in 3..{n_pos} (the encoder's positions)")
     tokenizer = _tokenizer(text, texts, max_text_len)
     t = text.spec
-    config = ModelConfig(
-        vocab_size=len(tokenizer), max_text_len=max_text_len, image_size=size, patch_size=vision.patch_size,
-        stem="patch", hidden_size=t.hidden_size, num_heads=t.num_heads, intermediate_size=t.intermediate_size,
-        encoder_layers=vision.spec.layers, fusion_layers=t.layers, num_labels=len(labels),
-        layer_norm_eps=t.layer_norm_eps, vision_encoder=vision.spec,
-        text_encoder=dataclasses.replace(t, layers=0), fusion_style="text", fusion_norm="post")
+    try:
+        config = ModelConfig(
+            vocab_size=len(tokenizer), max_text_len=max_text_len, image_size=size, patch_size=vision.patch_size,
+            stem="patch", hidden_size=t.hidden_size, num_heads=t.num_heads, intermediate_size=t.intermediate_size,
+            encoder_layers=vision.spec.layers, fusion_layers=t.layers, num_labels=len(labels),
+            layer_norm_eps=t.layer_norm_eps, vision_encoder=vision.spec,
+            text_encoder=dataclasses.replace(t, layers=0), fusion_style="text", fusion_norm="post")
+    except ValueError as e:
+        raise BadInputError(str(e)) from None
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = build_model(config, trim)

@@ -10,8 +10,10 @@ both understood. Weights are read with safetensors or `torch.load(weights_only=T
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +73,7 @@ class HFEncoder:
     embed: dict[str, Tensor]  # word, text_pos, token_type, embed_norm.*, cls, vision_pos, patch.*, final_norm.*
     vocab_file: Path | None = None
     lowercase: bool = True
+    strip_accents: bool | None = None  # None: as lowercase (BERT's rule)
     pixel_mean: list[float] | None = None  # from preprocessor_config.json (None: the model reads [-1, 1])
     pixel_std: list[float] | None = None
     notes: list[str] = field(default_factory=list)
@@ -142,9 +145,12 @@ def read_config(d: Path) -> dict:
     if not cfg_file.is_file():
         raise BadInputError(f"{d}: not a Hugging Face model directory (no config.json)")
     try:
-        return json.loads(cfg_file.read_text())
+        cfg = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
         raise BadInputError(f"{cfg_file}: not valid JSON ({e.msg})") from None
+    if not isinstance(cfg, dict):
+        raise BadInputError(f"{cfg_file}: not a model config (a JSON object)")
+    return cfg
 
 
 def _pixel_stats(enc: HFEncoder) -> None:
@@ -160,17 +166,40 @@ def _text_vocab(enc: HFEncoder) -> None:
     enc.vocab_file = vocab if vocab.is_file() else None
     tok_cfg = enc.path / "tokenizer_config.json"
     if tok_cfg.is_file():
-        enc.lowercase = bool(json.loads(tok_cfg.read_text()).get("do_lower_case", True))
+        t = json.loads(tok_cfg.read_text())
+        enc.lowercase = bool(t.get("do_lower_case", True))
+        enc.strip_accents = t.get("strip_accents")
+
+
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """A malformed model (missing config keys, impossible sizes, corrupt weights) is bad input: one line, exit 2."""
+    try:
+        yield
+    except BadInputError:
+        raise
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError, OSError) as e:
+        raise BadInputError(f"{path}: cannot read this model ({type(e).__name__}: {e})") from None
+    except Exception as e:
+        if type(e).__name__ == "SafetensorError":  # safetensors' parse error (a corrupt file)
+            raise BadInputError(f"{path}: corrupt safetensors weights ({e})") from None
+        raise
 
 
 def read_encoder(path: str | Path) -> HFEncoder:
     """Read a `save_pretrained` directory of a supported encoder, or a DINOv2 `.onnx` export (which carries
     no preprocessing config: DINOv2's ImageNet normalization is assumed and folded in)."""
-    d = Path(path)
+    with reading(Path(path)):
+        return _read_encoder(Path(path))
+
+
+def _read_encoder(d: Path) -> HFEncoder:
     if d.suffix == ".onnx" and d.is_file():
         from .onnx_vit import read_onnx_dinov2
 
         return read_onnx_dinov2(d, pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD)
+    if not d.is_dir():
+        raise BadInputError(f"{d}: no such model directory (or .onnx file)")
     cfg = read_config(d)
     family = cfg.get("model_type")
     if family not in SUPPORTED:
@@ -211,7 +240,11 @@ def read_blip(path: str | Path) -> tuple[HFEncoder, HFEncoder]:
     """A BLIP directory (BlipForQuestionAnswering / BlipForImageTextRetrieval) -> (image encoder, text
     encoder). The text encoder's layers carry cross-attention parts (cq, ck, cv, co, cnorm): in trimkit they
     become text-only fusion layers. BLIP's answer decoder and retrieval heads are not used."""
-    d = Path(path)
+    with reading(Path(path)):
+        return _read_blip(Path(path))
+
+
+def _read_blip(d: Path) -> tuple[HFEncoder, HFEncoder]:
     cfg = read_config(d)
     arch = (cfg.get("architectures") or ["?"])[0]
     if cfg.get("model_type") != "blip" or arch not in BLIP_ARCHITECTURES:
