@@ -195,7 +195,8 @@ def _batches(model: MeterModel, data: str, samples: int, batch_size: int, seed: 
         i = 0
         while n_done < samples:
             b = min(batch_size, samples - n_done)
-            pv, ids, mask = sample_inputs(model.config, b, min(model.config.max_text_len, 12), seed=seed + i)
+            pv, ids, mask = sample_inputs(model.config, b, min(model.config.max_text_len, 12), seed=seed + i,
+                                          tokenizer=getattr(model, "tokenizer", None))
             yield pv.numpy(), ids.numpy(), mask.numpy(), None
             n_done += b
             i += 1
@@ -376,7 +377,8 @@ def _speed(model, runners, batch_sizes, text_lens, repeats, seed, say) -> list[d
             f"{model.config.max_text_len}")
     for b in batch_sizes:
         for n in (n for n in text_lens if n <= model.config.max_text_len):
-            pv, ids, mask = (t.numpy() for t in sample_inputs(model.config, b, n, seed=seed, ragged=False))
+            pv, ids, mask = (t.numpy() for t in sample_inputs(model.config, b, n, seed=seed, ragged=False,
+                                                              tokenizer=getattr(model, "tokenizer", None)))
             lat = time_interleaved({r.name: r for r in runners}, (pv, ids, mask), repeats)
             row = {"batch": b, "text_len": n, **{name: latency_summary(ts, b) for name, ts in lat.items()}}
             art = runners[0].name

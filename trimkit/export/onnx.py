@@ -130,7 +130,7 @@ def _export_proto(model: MeterModel, mode: str, opset: int, precision: str):
         model = copy.deepcopy(model).half()
     wrapper = ExportWrapper(model, TRIM_MODE_OF[mode], fp16=precision == "fp16").eval()
     c = model.config
-    example = sample_inputs(c, 2, min(c.max_text_len, 6), ragged=False)
+    example = sample_inputs(c, 2, min(c.max_text_len, 6), ragged=False, tokenizer=getattr(model, "tokenizer", None))
     batch = Dim("batch", min=1, max=4096)
     text = Dim("text_len", min=2, max=c.max_text_len)
     shapes = {"pixel_values": {0: batch}, "input_ids": {0: batch, 1: text}, "attention_mask": {0: batch, 1: text}}
@@ -202,7 +202,7 @@ def check_onnx(model: MeterModel, path: str | os.PathLike, mode: str, *, precisi
     sess = ort_session(path)
     rows, ok = [], True
     for i, (b, n) in enumerate(shapes):
-        pv, ids, mask = sample_inputs(c, b, n, seed=seed + i)
+        pv, ids, mask = sample_inputs(c, b, n, seed=seed + i, tokenizer=getattr(model, "tokenizer", None))
         ref = model(pv, ids, mask, mode=TRIM_MODE_OF[mode])
         logits, counts = sess.run(OUTPUT_NAMES, {"pixel_values": pv.numpy(), "input_ids": ids.numpy(),
                                                  "attention_mask": mask.numpy()})
