@@ -30,47 +30,20 @@ app = typer.Typer(
 )
 
 
-class ExportFormat(str, enum.Enum):
-    onnx = "onnx"
-    trt = "trt"
+def _choices(name: str, *values: str) -> type[enum.Enum]:
+    """A str enum whose members are their values (Typer shows them as the option's choices)."""
+    return enum.Enum(name, [(v, v) for v in values], type=str)
 
 
-class ExportMode(str, enum.Enum):
-    adaptive = "adaptive"
-    static = "static"
-    full = "full"
-
-
-class Precision(str, enum.Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-
-
-class HeadImpl(str, enum.Enum):
-    gather = "gather"
-    mask = "mask"
-
-
-class Preset(str, enum.Enum):
-    tiny = "tiny"
-    small = "small"
-    base = "base"
-
-
-class TrimTokens(str, enum.Enum):
-    both = "both"
-    vision = "vision"
-    text = "text"
-
-
-class Int8Activations(str, enum.Enum):
-    int8 = "int8"
-    uint8 = "uint8"
-
-
-class Stem(str, enum.Enum):
-    patch = "patch"
-    conv = "conv"
+ExportFormat = _choices("ExportFormat", "onnx", "trt")
+ExportMode = _choices("ExportMode", "adaptive", "static", "full")
+Precision = _choices("Precision", "fp32", "fp16")
+HeadImpl = _choices("HeadImpl", "gather", "mask")
+Preset = _choices("Preset", "tiny", "small", "base")
+TrimTokens = _choices("TrimTokens", "both", "vision", "text")
+Int8Activations = _choices("Int8Activations", "int8", "uint8")
+Int8Method = _choices("Int8Method", "minmax", "entropy", "percentile")
+Stem = _choices("Stem", "patch", "conv")
 
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Where to write (atomic; see --force).")]
@@ -441,12 +414,6 @@ def show(
 calibrate_app = typer.Typer(help="Hit a compute budget without retraining; INT8 (Q/DQ) quantization.",
                             no_args_is_help=True)
 app.add_typer(calibrate_app, name="calibrate")
-
-
-class Int8Method(str, enum.Enum):
-    minmax = "minmax"
-    entropy = "entropy"
-    percentile = "percentile"
 
 
 @calibrate_app.command("budget")
