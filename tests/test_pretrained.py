@@ -352,3 +352,18 @@ def test_cli_import_blip(tmp_path, capsys):
     assert "--vision" in capsys.readouterr().err
     assert main(["import", "--out", str(tmp_path / "x.pt")]) == 2
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_show_on_an_imported_model_labels_the_pieces(bert_vit, tmp_path):
+    """`trimkit show` on a WordPiece model: one label per id, [SEP] last even when the question is truncated."""
+    from PIL import Image
+
+    from trimkit.show import explain
+
+    _, _, model = bert_vit
+    img = tmp_path / "x.png"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(img)
+    long = " ".join(["red circle"] * 12) + "?"
+    ex = explain(model, img, long)
+    assert len(ex["words"]) == model.config.max_text_len and ex["words"][0] == "[CLS]" and ex["words"][-1] == "[SEP]"
+    assert all(len(layer["words"]) == len(ex["words"]) for layer in ex["layers"])

@@ -23,6 +23,7 @@ __all__ = ["show", "explain"]
 def explain(model, image: str | os.PathLike, question: str) -> dict[str, Any]:
     """Run one (image, question) in `prune` mode with details; masks over the original positions."""
     from .data.dataset import _open_image, _resize, to_pixel_values
+    from .data.tokenizer import WordPieceTokenizer
 
     if model.tokenizer is None:
         raise BadInputError("the checkpoint has no tokenizer; cannot encode a question")
@@ -36,7 +37,10 @@ def explain(model, image: str | os.PathLike, question: str) -> dict[str, Any]:
     out = model(pix, ids, mask, mode="prune", details=True)
     probs = torch.softmax(out.logits[0], -1)
     top = torch.topk(probs, min(3, probs.numel()))
-    words = ["[CLS]", *model.tokenizer.words(question)][: ids.shape[1]]
+    if isinstance(model.tokenizer, WordPieceTokenizer):  # the pieces the model reads ([SEP] kept on truncation)
+        words = model.tokenizer.decode(ids[0].tolist())
+    else:  # the question's own words (an unknown word is shown, not [UNK])
+        words = ["[CLS]", *model.tokenizer.words(question)][: ids.shape[1]]
     g = c.image_size // c.patch_size
     first = model.trim.first_trimmed_layer
     layers = []
