@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from . import __version__
+from .config import TOKEN_MODALITIES
 from .errors import TrimkitError
 
 __all__ = ["app", "main"]
@@ -40,7 +41,7 @@ ExportMode = _choices("ExportMode", "adaptive", "static", "full")
 Precision = _choices("Precision", "fp32", "fp16")
 HeadImpl = _choices("HeadImpl", "gather", "mask")
 Preset = _choices("Preset", "tiny", "small", "base")
-TrimTokens = _choices("TrimTokens", "both", "vision", "text")
+TrimTokens = _choices("TrimTokens", *TOKEN_MODALITIES)
 Int8Activations = _choices("Int8Activations", "int8", "uint8")
 Int8Method = _choices("Int8Method", "minmax", "entropy", "percentile")
 Stem = _choices("Stem", "patch", "conv")

@@ -3,7 +3,7 @@
 A FLOP is one multiply or one add (a multiply-add is 2). Counted: the q/k/v and output
 projections, the attention scores (q k^T) and the weighted values (a v), and the FFN. Not
 counted: layer norms, softmax, activations, embeddings (incl. a conv stem), the classifier and the trimmers
-themselves (reported separately by `trimmer_flops`). Every function is plain arithmetic,
+themselves (reported separately by `token_trimmer_flops` / `head_trimmer_flops`). Every function is plain arithmetic,
 so it works on Python numbers and on tensors alike: with straight-through soft counts from
 `mask` mode the ratio is differentiable.
 """
@@ -24,7 +24,6 @@ __all__ = [
     "ffn_flops",
     "encoder_layer_flops",
     "fusion_stream_flops",
-    "trimmer_flops",
     "token_trimmer_flops",
     "head_trimmer_flops",
     "projection_flops",
@@ -96,16 +95,6 @@ def token_trimmer_flops(n: Number, dim: int, other_dim: int, *, hidden_ratio: in
 def head_trimmer_flops(dim: int, other_dim: int, heads: int) -> Number:
     """Matmul FLOPs of one head trimmer: [c_m ; c_m'] -> one logit per head."""
     return 2 * (dim + other_dim) * heads
-
-
-def trimmer_flops(n: Number, cfg: Dims, *, hidden_ratio: int = 4, proj_ratio: int = 16,
-                  local_only: bool = False, other_dim: int | None = None) -> Number:
-    """One token trimmer on n tokens plus one head trimmer (overhead, for reports); `other_dim`: width of the
-    other stream's [CLS] (default: the same width)."""
-    d = cfg.hidden_size
-    other = d if other_dim is None else other_dim
-    return (token_trimmer_flops(n, d, other, hidden_ratio=hidden_ratio, proj_ratio=proj_ratio, local_only=local_only)
-            + head_trimmer_flops(d, other, cfg.num_heads))
 
 
 def projection_flops(cfg: ModelConfig, n: list[Number]) -> Number:

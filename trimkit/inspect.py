@@ -51,7 +51,7 @@ def describe_checkpoint(path: str | os.PathLike, *, text_len: int | None = None)
                     if not isinstance(model.token_trimmers[ti][m], Idle):
                         overhead += token_trimmer_flops(n, w[m], w[1 - m], **kw)
             if t.head_trimming:
-                for j, (m, _) in enumerate(c.attention_modules(depth)):
+                for j, (m, _) in enumerate(modules):
                     if not isinstance(model.head_trimmers[ti][j], Idle):
                         overhead += head_trimmer_flops(w[m], w[1 - m], c.layer_spec(depth, m).num_heads)
         layers.append({"depth": depth, "kind": "fusion" if fusion else "encoder", "trimmed": trimmed,

@@ -214,7 +214,6 @@ class HeadTrimmer(nn.Module):
     def __init__(self, dim: int, num_heads: int, *, init_keep_logit: float = 5.0,
                  other_dim: int | None = None) -> None:
         super().__init__()
-        self.num_heads = num_heads
         self.fc = nn.Linear(dim + (dim if other_dim is None else other_dim), num_heads)
         self.reset_stable(init_keep_logit)
 

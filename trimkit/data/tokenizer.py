@@ -3,10 +3,10 @@ BERT's WordPiece (for imported text encoders that bring their own `vocab.txt`)."
 
 from __future__ import annotations
 
+import abc
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -19,15 +19,16 @@ PAD, UNK, CLS, SEP = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
 _WORD = re.compile(r"[a-z0-9]+")
 
 
-class _Padder:
-    """`encode` for tokenizers that define `encode_one`, `max_len` and `pad_id`."""
+class _Padder(abc.ABC):
+    """`encode` and `decode` for tokenizers that define `encode_one`, `max_len`, `pad_id` and `vocab`."""
 
     max_len: int
     pad_id: int
     vocab: list[str]
 
-    def encode_one(self, text: str) -> list[int]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def encode_one(self, text: str) -> list[int]:
+        """One text -> ids, [CLS] first, at most `max_len`."""
 
     def encode(self, texts: Sequence[str], pad_to: int | None = None) -> tuple[Tensor, Tensor]:
         """-> input_ids (B, L) int64 and attention_mask (B, L) int64, L = longest (or pad_to)."""
@@ -118,11 +119,6 @@ class WordPieceTokenizer(_Padder):
             raise BadInputError(f"WordPiece vocabulary lacks {', '.join(missing)}")
         if max_len < 3:
             raise BadInputError("tokenizer max_len must be >= 3 ([CLS], a word, [SEP])")
-
-    @classmethod
-    def from_vocab_file(cls, path: str | Path, max_len: int, *, lowercase: bool = True) -> WordPieceTokenizer:
-        words = Path(path).read_text(encoding="utf-8").splitlines()
-        return cls([w.rstrip("\n") for w in words], max_len, lowercase=lowercase)
 
     def __len__(self) -> int:
         return len(self.vocab)

@@ -400,6 +400,6 @@ class MeterModel(nn.Module):
             return
         f = depth - c.encoder_depth
         xv, xt = vis.x, txt.x  # both streams attend to the other's layer input
-        if len(self.vision_fusion):  # co-attention; BLIP-style fusion runs the text stream only
+        if c.active(depth, VISION):  # co-attention; BLIP-style fusion runs the text stream only
             vis.x = self.vision_fusion[f](xv, xt, vis.weight, txt.weight, heads[0], heads[1])
         txt.x = self.text_fusion[f](xt, xv, txt.weight, vis.weight, heads[2], heads[3])

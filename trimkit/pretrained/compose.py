@@ -32,11 +32,7 @@ def import_meter(vision: str | Path, text: str | Path, *, data: str, fusion_laye
     model = compose_meter(v, t, labels=labels, texts=texts, fusion_layers=fusion_layers, image_size=image_size,
                           max_text_len=max_text_len, fusion_hidden=fusion_hidden, fusion_heads=fusion_heads,
                           seed=seed)
-    model.meta = {"imported": {"vision": {"path": str(vision), "family": v.family},
-                               "text": {"path": str(text), "family": t.family,
-                                        "tokenizer": model.tokenizer.to_dict()["type"]},
-                               "fusion_layers": fusion_layers},
-                  "data": data, "seed": seed}
+    model.meta = _meta(model, v, t, data, seed)
     return model
 
 
@@ -49,13 +45,18 @@ def import_blip(source: str | Path, *, data: str, image_size: int | None = None,
     labels, texts = task_vocabulary(data)
     model = compose_blip(v, t, labels=labels, texts=texts, image_size=image_size, max_text_len=max_text_len,
                          seed=seed)
-    model.meta = {"imported": {"blip": {"path": str(source), "architecture": v.config.get("architectures")},
-                               "vision": {"path": str(source), "family": "blip"},
-                               "text": {"path": str(source), "family": "blip",
-                                        "tokenizer": model.tokenizer.to_dict()["type"]},
-                               "fusion_layers": model.config.fusion_layers},
-                  "data": data, "seed": seed}
+    model.meta = _meta(model, v, t, data, seed)
+    model.meta["imported"]["blip"] = {"path": str(source), "architecture": v.config.get("architectures")}
     return model
+
+
+def _meta(model: MeterModel, vision: HFEncoder, text: HFEncoder, data: str, seed: int) -> dict[str, Any]:
+    """What an imported checkpoint records about its sources."""
+    return {"imported": {"vision": {"path": str(vision.path), "family": vision.family},
+                         "text": {"path": str(text.path), "family": text.family,
+                                  "tokenizer": model.tokenizer.to_dict()["type"]},
+                         "fusion_layers": model.config.fusion_layers},
+            "data": data, "seed": seed}
 
 
 def compose_meter(vision: HFEncoder, text: HFEncoder, *, labels: list[str], texts: list[str],
@@ -68,31 +69,53 @@ def compose_meter(vision: HFEncoder, text: HFEncoder, *, labels: list[str], text
         raise BadInputError(f"{vision.path}: a {vision.family} model is not an image encoder")
     if text.modality != TEXT:
         raise BadInputError(f"{text.path}: a {text.family} model is not a text encoder")
-    patch = vision.patch_size
-    size = image_size or vision.image_size
-    if size % patch:
-        raise BadInputError(f"--image-size {size} is not a multiple of the encoder's patch size {patch}")
-    n_pos = text.embed["text_pos"].shape[0]
-    if not 3 <= max_text_len <= n_pos:
-        raise BadInputError(f"--max-text-len {max_text_len} must be in 3..{n_pos} (the encoder's positions)")
-    tokenizer = _tokenizer(text, texts, max_text_len)
     d = fusion_hidden or vision.spec.hidden_size
     heads = fusion_heads or vision.spec.num_heads
     if d % heads:
         raise BadInputError(f"fusion width {d} is not divisible by {heads} heads")
+    return _compose(vision, text, labels, texts, image_size, max_text_len, trim, seed, dict(
+        hidden_size=d, num_heads=heads, intermediate_size=4 * d,
+        encoder_layers=max(vision.spec.layers, text.spec.layers), fusion_layers=fusion_layers,
+        text_encoder=text.spec))
+
+
+def compose_blip(vision: HFEncoder, text: HFEncoder, *, labels: list[str], texts: list[str],
+                 image_size: int | None = None, max_text_len: int = 40, trim: TrimConfig | None = None,
+                 seed: int = 0) -> MeterModel:
+    """BLIP as a trimkit model: the ViT image encoder runs first (the text stream idles), then BLIP's text
+    encoder runs as text-only fusion layers (self-attn, cross-attn to the image tokens, FFN; post-LN).
+    A new classifier over `labels` reads both [CLS] states."""
+    t = text.spec
+    return _compose(vision, text, labels, texts, image_size, max_text_len, trim, seed, dict(
+        hidden_size=t.hidden_size, num_heads=t.num_heads, intermediate_size=t.intermediate_size,
+        encoder_layers=vision.spec.layers, fusion_layers=t.layers, layer_norm_eps=t.layer_norm_eps,
+        text_encoder=dataclasses.replace(t, layers=0), fusion_style="text", fusion_norm="post"),
+        text_layers_into="text_fusion")
+
+
+def _compose(vision: HFEncoder, text: HFEncoder, labels: list[str], texts: list[str], image_size: int | None,
+             max_text_len: int, trim: TrimConfig | None, seed: int, sizes: dict[str, Any],
+             text_layers_into: str | None = None) -> MeterModel:
+    """Check the input sizes, build the model (`sizes`: the composition's ModelConfig fields), load both
+    encoders' weights, attach labels and tokenizer."""
+    size = image_size or vision.image_size
+    if size % vision.patch_size:
+        raise BadInputError(f"--image-size {size} is not a multiple of the encoder's patch size {vision.patch_size}")
+    n_pos = text.embed["text_pos"].shape[0]
+    if not 3 <= max_text_len <= n_pos:
+        raise BadInputError(f"--max-text-len {max_text_len} must be in 3..{n_pos} (the encoder's positions)")
+    tokenizer = _tokenizer(text, texts, max_text_len)
     try:
-        config = ModelConfig(
-            vocab_size=len(tokenizer), max_text_len=max_text_len, image_size=size, patch_size=patch, stem="patch",
-            hidden_size=d, num_heads=heads, intermediate_size=4 * d,
-            encoder_layers=max(vision.spec.layers, text.spec.layers), fusion_layers=fusion_layers,
-            num_labels=len(labels), vision_encoder=vision.spec, text_encoder=text.spec)
+        config = ModelConfig(vocab_size=len(tokenizer), max_text_len=max_text_len, image_size=size,
+                             patch_size=vision.patch_size, stem="patch", num_labels=len(labels),
+                             vision_encoder=vision.spec, **sizes)
     except ValueError as e:  # e.g. encoders of different widths without fusion layers
         raise BadInputError(str(e)) from None
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = build_model(config, trim)
     load_encoder_weights(model, vision)
-    load_encoder_weights(model, text)
+    load_encoder_weights(model, text, layers_into=text_layers_into)
     model.labels = list(labels)
     model.tokenizer = tokenizer
     return model.eval()
@@ -122,39 +145,6 @@ def _tokenizer_of(text: HFEncoder, texts: list[str], max_text_len: int) -> Any:
         raise BadInputError(f"{text.path}: no vocab.txt, and the data's {len(tokenizer)} words do not fit the "
                             f"encoder's vocabulary of {encoder_vocab}")
     return tokenizer
-
-
-def compose_blip(vision: HFEncoder, text: HFEncoder, *, labels: list[str], texts: list[str],
-                 image_size: int | None = None, max_text_len: int = 40, trim: TrimConfig | None = None,
-                 seed: int = 0) -> MeterModel:
-    """BLIP as a trimkit model: the ViT image encoder runs first (the text stream idles), then BLIP's text
-    encoder runs as text-only fusion layers (self-attn, cross-attn to the image tokens, FFN; post-LN).
-    A new classifier over `labels` reads both [CLS] states."""
-    size = image_size or vision.image_size
-    if size % vision.patch_size:
-        raise BadInputError(f"--image-size {size} is not a multiple of the encoder's patch size {vision.patch_size}")
-    n_pos = text.embed["text_pos"].shape[0]
-    if not 3 <= max_text_len <= n_pos:
-        raise BadInputError(f"--max-text-len {max_text_len} must be in 3..{n_pos} (the encoder's positions)")
-    tokenizer = _tokenizer(text, texts, max_text_len)
-    t = text.spec
-    try:
-        config = ModelConfig(
-            vocab_size=len(tokenizer), max_text_len=max_text_len, image_size=size, patch_size=vision.patch_size,
-            stem="patch", hidden_size=t.hidden_size, num_heads=t.num_heads, intermediate_size=t.intermediate_size,
-            encoder_layers=vision.spec.layers, fusion_layers=t.layers, num_labels=len(labels),
-            layer_norm_eps=t.layer_norm_eps, vision_encoder=vision.spec,
-            text_encoder=dataclasses.replace(t, layers=0), fusion_style="text", fusion_norm="post")
-    except ValueError as e:
-        raise BadInputError(str(e)) from None
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = build_model(config, trim)
-    load_encoder_weights(model, vision)
-    load_encoder_weights(model, text, layers_into="text_fusion")
-    model.labels = list(labels)
-    model.tokenizer = tokenizer
-    return model.eval()
 
 
 def _copy(layer: dict[str, Tensor], pairs: list[tuple[str, str]]) -> dict[str, Tensor]:

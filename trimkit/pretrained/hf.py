@@ -14,7 +14,7 @@ import contextlib
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,7 +28,6 @@ __all__ = ["HFEncoder", "read_encoder", "read_blip", "SUPPORTED", "BLIP_ARCHITEC
 
 SUPPORTED = {"bert": TEXT, "vit": VISION, "dinov2": VISION}
 BLIP_ARCHITECTURES = ("BlipForQuestionAnswering", "BlipForImageTextRetrieval")
-_PREFIXES = ("bert.", "vit.", "dinov2.", "backbone.", "model.", "encoder.layer.", "layers.")
 
 # per-layer key (after the layer prefix, without .weight/.bias) -> canonical part
 _LAYER_PARTS = {
@@ -76,7 +75,6 @@ class HFEncoder:
     strip_accents: bool | None = None  # None: as lowercase (BERT's rule)
     pixel_mean: list[float] | None = None  # from preprocessor_config.json (None: the model reads [-1, 1])
     pixel_std: list[float] | None = None
-    notes: list[str] = field(default_factory=list)
 
     @property
     def patch_size(self) -> int:

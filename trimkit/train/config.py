@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import TOKEN_MODALITIES
+
 __all__ = ["TrainConfig"]
 
 
@@ -53,8 +55,8 @@ class TrainConfig:
             raise ValueError("--warmup-frac must be in [0, 1]")
         if self.tau <= 0:
             raise ValueError("--tau must be > 0")
-        if self.trim_tokens not in ("both", "vision", "text"):
-            raise ValueError(f"--trim-tokens must be both, vision or text, not {self.trim_tokens!r}")
+        if self.trim_tokens not in TOKEN_MODALITIES:
+            raise ValueError(f"--trim-tokens must be one of {', '.join(TOKEN_MODALITIES)}, not {self.trim_tokens!r}")
 
     @property
     def distill(self) -> float:
