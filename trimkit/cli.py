@@ -18,6 +18,7 @@ import typer
 from . import __version__
 from .config import TOKEN_MODALITIES
 from .errors import TrimkitError
+from .export import DEFAULT_OPSET
 
 __all__ = ["app", "main"]
 
@@ -265,7 +266,7 @@ def export(
     out: OutOpt,
     fmt: Annotated[ExportFormat, typer.Option("--format", help="onnx or trt (TensorRT engine + manifest).")] = ExportFormat.onnx,
     mode: Annotated[ExportMode, typer.Option("--mode", help="adaptive (data-dependent k), static (calibrated k) or full.")] = ExportMode.adaptive,
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 18,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (20 and up: one Gelu node).")] = DEFAULT_OPSET,
     precision: Annotated[Precision, typer.Option("--precision", help="fp16: an fp16 graph with fp32 inputs/outputs.")] = Precision.fp32,
     keep_ratios: Annotated[str | None, typer.Option("--keep-ratios", help="static mode: 'v,t;v,t;...' per trimmed layer (default: calibrated).")] = None,
     heads: Annotated[HeadImpl, typer.Option("--heads", help="Head pruning: mask pruned heads (default; faster on CPU, "

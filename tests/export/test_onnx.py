@@ -50,6 +50,13 @@ def test_topk_and_gather_in_adaptive_not_in_full(exported):
     assert not {"TopK", "GatherElements", "GatherND"} & full
 
 
+def test_default_opset_has_one_gelu_node(exported):
+    """Opset 20: GELU is one Gelu node, not Div/Erf/Add/Mul/Mul (each node costs dispatch time at batch 1)."""
+    m = onnx.load(str(exported["full"]))
+    assert {o.domain or "ai.onnx": o.version for o in m.opset_import}["ai.onnx"] == 20
+    assert "Gelu" in ops(exported["full"]) and "Erf" not in ops(exported["full"])
+
+
 def test_gathered_heads_export_matches_pytorch(exported, tmp_path):
     res = to_onnx(exported["ckpt"], tmp_path / "gather.onnx", mode="adaptive", head_impl="gather")
     assert res.check["passed"]

@@ -31,7 +31,7 @@ from ..checkpoint import load_checkpoint, weights_digest
 from ..errors import BadInputError, CheckFailedError
 from ..fileio import atomic_path, check_writable, sha256_file
 from ..models import MeterModel
-from . import EXPORT_MODES
+from . import DEFAULT_OPSET, EXPORT_MODES
 from .inputs import sample_inputs
 
 __all__ = ["to_onnx", "OnnxExport", "ExportWrapper", "check_onnx", "TRIM_MODE_OF", "parse_keep_ratios",
@@ -224,7 +224,7 @@ def check_onnx(model: MeterModel, path: str | os.PathLike, mode: str, *, precisi
 
 
 def to_onnx(source: str | os.PathLike | MeterModel, out: str | os.PathLike, *, mode: str = "adaptive",
-            opset: int = 18, precision: str = "fp32", keep_ratios: str | list | None = None,
+            opset: int = DEFAULT_OPSET, precision: str = "fp32", keep_ratios: str | list | None = None,
             head_impl: str = "mask", ort_optimize: bool = False, force: bool = False,
             check: bool = True, log=None) -> OnnxExport:
     """Export a checkpoint (or model) to one ONNX file; checked, atomic, never overwriting without force."""

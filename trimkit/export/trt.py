@@ -22,6 +22,7 @@ from typing import Any
 from ..config import ModelConfig
 from ..errors import BadInputError, CheckFailedError, MissingDependencyError
 from ..fileio import atomic_write, check_writable, sha256_file
+from . import DEFAULT_OPSET
 from .manifest import build_manifest, manifest_path, write_manifest
 from .profiles import Profile, validate_profiles
 
@@ -182,7 +183,7 @@ def build_engine(onnx_path: str | os.PathLike, out: str | os.PathLike, *, profil
 
 
 def export_engine(source, out: str | os.PathLike, *, profiles: list[Profile], mode: str = "adaptive",
-                  precision: str = "fp32", opset: int = 18, keep_ratios=None, head_impl: str = "mask",
+                  precision: str = "fp32", opset: int = DEFAULT_OPSET, keep_ratios=None, head_impl: str = "mask",
                   onnx_out: str | os.PathLike | None = None, timing_cache=None, workspace_gib: float = 4.0,
                   force: bool = False, log=None) -> EngineBuild:
     """Checkpoint (or trimkit ONNX file) -> checked ONNX -> TensorRT engine + manifest.
