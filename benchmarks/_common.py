@@ -45,3 +45,20 @@ def save_json(path: Path, data: dict) -> None:
 
 def load_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def merge_save_json(path: Path, data: dict, merged_keys=("runs", "commands", "seconds")) -> dict:
+    """Save `data`, keeping what other processes wrote to the same file meanwhile: under a lock, the dicts
+    under `merged_keys` are merged with the file's (this process's entries win). Lets one benchmark run its
+    stages in parallel processes (e.g. `--runs A` and `--runs B` on one core each). Returns the merged record."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(path.suffix + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        disk = load_json(path)
+        merged = {**disk, **data}
+        for key in merged_keys:
+            merged[key] = {**disk.get(key, {}), **data.get(key, {})}
+        save_json(path, merged)
+    return merged

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from _common import RESULTS, ROOT, load_json, run_stage, save_json
+from _common import RESULTS, ROOT, load_json, merge_save_json, run_stage
 
 RUNS = [  # name, target, extra flags
     ("smarttrim-0.5", 0.5, []),
@@ -87,8 +87,7 @@ def main() -> None:
                          args.trim_epochs, "--lr", args.trim_lr, "--out", ckpt, "--quiet", *flags, *extra, *seed],
                   ckpt, log, rec)
         evaluate(name, wd, log, rec, out_json, target)
-    write_markdown(rec)
-    save_json(out_json, rec)
+    write_markdown(merge_save_json(out_json, rec))
 
 
 def reproduce_command(argv: list[str]) -> str:
@@ -132,8 +131,7 @@ def evaluate(name: str, wd: Path, log: Path, rec: dict, out_json: Path, target: 
     rec["runs"][name] = {"target": target, "accuracy": r[mode]["accuracy"], "accuracy_full": r["off"]["accuracy"],
                          "flops_ratio": f["mean"], "flops_p10": f["p10"], "flops_p90": f["p90"],
                          "keep_per_layer": r[mode]["keep_per_layer"], "test_questions": r["samples"]}
-    write_markdown(rec)
-    save_json(out_json, rec)
+    write_markdown(merge_save_json(out_json, rec))
 
 
 def write_markdown(rec: dict) -> None:
@@ -145,7 +143,8 @@ def write_markdown(rec: dict) -> None:
              f"`prune` mode. Reproduce: `{rec.get('reproduce', 'python benchmarks/smarttrim_easyvqa.py')}`.", "",
              "| run | target | accuracy | Δ vs backbone (points) | FLOPs ratio mean | p10 | p90 | check |",
              "|---|---|---|---|---|---|---|---|"]
-    for name, r in runs.items():
+    order = ["backbone", *(r[0] for r in RUNS)]  # the table's order, whichever process finished first
+    for name, r in sorted(runs.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
         t = r["target"]
         delta = "" if base is None or t is None else f"{100 * (r['accuracy'] - base):+.2f}"
         if t is None:
