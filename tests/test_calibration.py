@@ -85,6 +85,8 @@ def test_int8_graph_has_qdq_around_matmuls_and_none_in_the_trimmers(int8):
     quantized = [n for n in matmuls if all(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
                                            for i in n.input[:2])]
     assert len(quantized) >= 5
+    # matmul outputs stay float (no requantization before the bias Add)
+    assert not [n for n in m.graph.node if n.op_type == "QuantizeLinear" and producer.get(n.input[0]) in matmuls]
     trim = trimmer_nodes(m)
     assert trim
     for n in m.graph.node:

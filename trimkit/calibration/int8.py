@@ -3,7 +3,7 @@
 Only the backbone's matmuls (MatMul/Gemm with a constant weight, outside the trimmers) are
 quantized, each with its own Q/DQ pair (`DedicatedQDQPair`), so the trimmer decision path —
 token and head scores, thresholds, TopK, Gather, masks — reads float tensors and pruning decisions
-stay stable. Weights are symmetric int8. Activations are symmetric int8 by default (zero point 0): the
+stay stable. Matmul outputs stay float (no requantization before the bias Add). Weights are symmetric int8. Activations are symmetric int8 by default (zero point 0): the
 explicit-quantization form TensorRT 10/11 builds; `activations="uint8"` (asymmetric) is the form ONNX
 Runtime's x86 kernels run natively (VNNI multiplies unsigned by signed bytes) -- for CPU deployment only.
 The result carries what produced it (`trimkit_calibration`: data, samples, seed, method, ...).
@@ -156,7 +156,10 @@ def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, *, ckpt:
             calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                               "percentile": CalibrationMethod.Percentile}[method],
             extra_options={"DedicatedQDQPair": True, "ActivationSymmetric": activations == "int8", "WeightSymmetric": True,
-                           "MatMulConstBOnly": True},
+                           "MatMulConstBOnly": True,
+                           # float matmul outputs: the bias Add reads them as they are, and ONNX Runtime fuses
+                           # DQ -> MatMul (+ bias) into one MatMulIntegerToFloat instead of requantizing
+                           "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]},
         )
         q = onnx.load(str(raw))
         cfg = dict(meta["config"], precision="int8")
