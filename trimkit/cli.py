@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from . import __version__
-from .config import TOKEN_MODALITIES
+from .config import FREEZE_CHOICES, TOKEN_MODALITIES
 from .errors import TrimkitError
 from .export import DEFAULT_OPSET
 
@@ -43,6 +43,7 @@ Precision = _choices("Precision", "fp32", "fp16")
 HeadImpl = _choices("HeadImpl", "gather", "mask")
 Preset = _choices("Preset", "tiny", "small", "base")
 TrimTokens = _choices("TrimTokens", *TOKEN_MODALITIES)
+Freeze = _choices("Freeze", *FREEZE_CHOICES)
 Int8Activations = _choices("Int8Activations", "int8", "uint8")
 Int8Method = _choices("Int8Method", "minmax", "entropy", "percentile")
 Stem = _choices("Stem", "patch", "conv")
@@ -198,6 +199,8 @@ def train(
     local_only: Annotated[bool, typer.Option("--local-only", help="Ablation: local token scores only.")] = False,
     trim_tokens: Annotated[TrimTokens, typer.Option(
         "--trim-tokens", help="Whose tokens are trimmed (heads are trimmed in both streams).")] = TrimTokens.both,
+    freeze: Annotated[Freeze, typer.Option(
+        "--freeze", help="Encoders whose weights stay fixed (e.g. imported pretrained ones): cheaper steps.")] = Freeze.none,
     epochs: Annotated[float, typer.Option("--epochs", help="Epochs (ignored with --steps).")] = 3.0,
     steps: Annotated[int | None, typer.Option("--steps", help="Total optimizer steps.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Global batch size.")] = 64,
@@ -222,7 +225,7 @@ def train(
                           no_trim=no_trim, target_ratio=target_ratio, full_task_weight=full_task_weight,
                           distill_weight=distill_weight, ratio_weight=ratio_weight, tau=tau, warmup_frac=warmup_frac,
                           no_distill=no_distill, no_curriculum=no_curriculum, local_only=local_only,
-                          trim_tokens=trim_tokens.value)
+                          trim_tokens=trim_tokens.value, freeze=freeze.value)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     result = run_train(ckpt, cfg, resume=resume, force=force, console=_console(), show_progress=not quiet)

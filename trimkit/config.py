@@ -15,6 +15,7 @@ VISION, TEXT = 0, 1
 NORM_STYLES = ("pre", "post")
 FUSION_STYLES = ("coattn", "text")
 TOKEN_MODALITIES = ("both", "vision", "text")
+FREEZE_CHOICES = ("none", "vision", "text", "both")  # which pretrained encoders stay fixed in training
 
 
 @dataclass

@@ -162,6 +162,28 @@ def test_trim_tokens_of_one_modality(base_ckpt, jsonl_data, tmp_path):
         TrainConfig(trim_tokens="audio")
 
 
+def test_freeze_keeps_an_encoder_fixed(base_ckpt, jsonl_data, tmp_path):
+    """--freeze vision: the image encoder (embeddings, layers, norms) ends bit-identical, while the text
+    encoder, the fusion, the classifier and the trimmers train; the setting is stored for --resume."""
+    from trimkit.config import VISION
+
+    before = trimkit.load_checkpoint(base_ckpt)
+    result = train(base_ckpt, cfg_for(jsonl_data, tmp_path / "f.pt", freeze="vision", lr=2e-3), show_progress=False)
+    after = trimkit.load_checkpoint(result.last)
+    frozen = {id(p) for p in before.encoder_parameters(VISION)}
+    names = [n for n, p in before.named_parameters() if id(p) in frozen]
+    assert any(n.startswith("vision_layers.") for n in names) and "vision_pos" in names
+    assert not any(n.startswith(("text_", "token_", "vision_fusion", "token_trimmers")) for n in names)
+    b, a = dict(before.named_parameters()), dict(after.named_parameters())
+    assert all(torch.equal(b[n], a[n]) for n in names)
+    moved = [n for n in b if n not in names and not torch.equal(b[n], a[n])]
+    assert any(n.startswith("text_layers.") for n in moved) and any(n.startswith("classifier.") for n in moved)
+    assert any(n.startswith("token_trimmers.") for n in moved)
+    assert read_checkpoint(result.last)["train_state"]["config"]["freeze"] == "vision"
+    with pytest.raises(ValueError, match="freeze"):
+        TrainConfig(freeze="fusion")
+
+
 def test_resume_equals_uninterrupted(base_ckpt, jsonl_data, tmp_path):
     cfg = cfg_for(jsonl_data, tmp_path / "full.pt", steps=8, eval_every=3)
     whole = train(base_ckpt, cfg, show_progress=False)

@@ -196,6 +196,17 @@ class MeterModel(nn.Module):
     def trimmer_parameters(self) -> list[nn.Parameter]:
         return [*self.token_trimmers.parameters(), *self.head_trimmers.parameters()]
 
+    def encoder_parameters(self, modality: int) -> list[nn.Parameter]:
+        """One modality's embeddings and encoder layers (with their norms): what `--freeze` holds fixed.
+        Not its trimmers, not the fusion (nor the projection into it), not the classifier."""
+        if modality == VISION:
+            parts = [self.patch_embed, self.vision_embed_norm, self.vision_layers, self.vision_final_norm]
+            own = [self.vision_cls, self.vision_pos]
+        else:
+            parts = [self.token_embed, self.text_embed_norm, self.text_layers, self.text_final_norm]
+            own = [self.text_pos]
+        return own + [p for mod in parts if mod is not None for p in mod.parameters()]
+
     def backbone_parameters(self) -> list[nn.Parameter]:
         ids = {id(p) for p in self.trimmer_parameters()}
         return [p for p in self.parameters() if id(p) not in ids]

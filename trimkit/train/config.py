@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import TOKEN_MODALITIES
+from ..config import FREEZE_CHOICES, TEXT, TOKEN_MODALITIES, VISION
 
 __all__ = ["TrainConfig"]
 
@@ -41,6 +41,7 @@ class TrainConfig:
     no_curriculum: bool = False  # no stable init (trimmers re-initialized at random) and no linear scheduler
     local_only: bool = False  # token trimmers use the local score only
     trim_tokens: str = "both"  # whose tokens are trimmed: both | vision | text (heads are trimmed in all)
+    freeze: str = "none"  # encoders whose weights stay fixed: none | vision | text | both (e.g. pretrained ones)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target_ratio <= 1.0:
@@ -57,6 +58,12 @@ class TrainConfig:
             raise ValueError("--tau must be > 0")
         if self.trim_tokens not in TOKEN_MODALITIES:
             raise ValueError(f"--trim-tokens must be one of {', '.join(TOKEN_MODALITIES)}, not {self.trim_tokens!r}")
+        if self.freeze not in FREEZE_CHOICES:
+            raise ValueError(f"--freeze must be one of {', '.join(FREEZE_CHOICES)}, not {self.freeze!r}")
+
+    @property
+    def frozen_modalities(self) -> list[int]:
+        return {"none": [], "vision": [VISION], "text": [TEXT], "both": [VISION, TEXT]}[self.freeze]
 
     @property
     def distill(self) -> float:

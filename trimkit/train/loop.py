@@ -192,6 +192,9 @@ def _train(ckpt, cfg, *, resume, force, console, show_progress, stop_at_step, di
     if cfg.no_trim:
         for p in model.trimmer_parameters():
             p.requires_grad_(False)
+    for m in cfg.frozen_modalities:  # no weight gradients, no optimizer state; in --no-trim no backward at all
+        for p in model.encoder_parameters(m):
+            p.requires_grad_(False)
     model.train()
     opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999))
     step, best, history = 0, None, []
