@@ -140,6 +140,10 @@ def test_uint8_activations_for_onnx_runtime_cpu(exported, tmp_path, capsys):
     pv, ids, mask = (t.numpy() for t in sample_inputs(model.config, 3, 7, seed=1))
     logits, _ = ort_session(out).run(None, {"pixel_values": pv, "input_ids": ids, "attention_mask": mask})
     assert np.isfinite(logits).all()
+    js = tmp_path / "u8.json"  # verify runs it in ONNX Runtime (only TensorRT refuses the form)
+    assert main(["verify", str(exported["ckpt"]), str(out), "--samples", "16", "--batch-sizes", "2", "--text-lens", "8",
+                 "--repeats", "2", "--json", str(js)]) in (0, 1)
+    assert json.loads(js.read_text())["numerics"]["samples"] == 16
     capsys.readouterr()
     assert main(["export", str(out), "--format", "trt", "--out", str(tmp_path / "u8.plan"),
                  "--profile", "batch=1:2:4", "--profile", "text=2:8:16"]) == 2

@@ -89,7 +89,7 @@ class EngineBuild:
     manifest_data: dict[str, Any]
 
 
-def onnx_model_config(onnx_path: str | os.PathLike) -> tuple[ModelConfig, dict[str, str]]:
+def onnx_model_config(onnx_path: str | os.PathLike, *, for_tensorrt: bool = True) -> tuple[ModelConfig, dict[str, str]]:
     """The model config and metadata a trimkit ONNX file carries."""
     import onnx
 
@@ -105,7 +105,7 @@ def onnx_model_config(onnx_path: str | os.PathLike) -> tuple[ModelConfig, dict[s
         raise BadInputError(f"{onnx_path}: inputs {names} are not pixel_values, input_ids, attention_mask")
     cfg = json.loads(meta["trimkit_config"])
     calib = json.loads(meta.get("trimkit_calibration", "{}"))
-    if str(calib.get("activations", "")).startswith("uint8"):
+    if for_tensorrt and str(calib.get("activations", "")).startswith("uint8"):
         raise BadInputError(f"{onnx_path}: uint8 (asymmetric) activations are an ONNX Runtime CPU form; TensorRT "
                             "takes symmetric int8 Q/DQ: re-run trimkit calibrate int8 --activations int8")
     return ModelConfig.from_dict(cfg["model_config"]), meta
