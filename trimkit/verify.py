@@ -150,7 +150,7 @@ def artifact_metadata(path: Path) -> tuple[str, dict[str, Any], dict[str, Any] |
     if path.suffix == ".onnx":
         from .export.trt import onnx_model_config
 
-        _, meta = onnx_model_config(path, for_tensorrt=False)  # ONNX Runtime runs uint8 activations too
+        _, meta = onnx_model_config(path)
         cfg = json.loads(meta["trimkit_config"])
         return "onnxruntime", {"mode": meta["trimkit_mode"], "config": cfg, "labels": json.loads(meta["labels"]),
                                "weights": meta.get("trimkit_weights_sha256")}, None

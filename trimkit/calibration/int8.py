@@ -3,9 +3,10 @@
 Only the backbone's matmuls (MatMul/Gemm with a constant weight, outside the trimmers) are
 quantized, each with its own Q/DQ pair (`DedicatedQDQPair`), so the trimmer decision path —
 token and head scores, thresholds, TopK, Gather, masks — reads float tensors and pruning decisions
-stay stable. Matmul outputs stay float (no requantization before the bias Add). Weights are symmetric int8. Activations are symmetric int8 by default (zero point 0): the
-explicit-quantization form TensorRT 10/11 builds; `activations="uint8"` (asymmetric) is the form ONNX
-Runtime's x86 kernels run natively (VNNI multiplies unsigned by signed bytes) -- for CPU deployment only.
+stay stable. Matmul outputs stay float (no requantization before the bias Add). Weights are symmetric
+int8. Activations are symmetric int8 by default (zero point 0): the explicit-quantization form
+TensorRT 10/11 builds; `activations="uint8"` (asymmetric) is the form ONNX Runtime's x86 kernels run
+natively (VNNI multiplies unsigned by signed bytes) -- for CPU deployment only.
 The result carries what produced it (`trimkit_calibration`: data, samples, seed, method, ...).
 """
 

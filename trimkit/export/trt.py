@@ -89,7 +89,7 @@ class EngineBuild:
     manifest_data: dict[str, Any]
 
 
-def onnx_model_config(onnx_path: str | os.PathLike, *, for_tensorrt: bool = True) -> tuple[ModelConfig, dict[str, str]]:
+def onnx_model_config(onnx_path: str | os.PathLike) -> tuple[ModelConfig, dict[str, str]]:
     """The model config and metadata a trimkit ONNX file carries."""
     import onnx
 
@@ -104,11 +104,15 @@ def onnx_model_config(onnx_path: str | os.PathLike, *, for_tensorrt: bool = True
     if names != ["pixel_values", "input_ids", "attention_mask"]:
         raise BadInputError(f"{onnx_path}: inputs {names} are not pixel_values, input_ids, attention_mask")
     cfg = json.loads(meta["trimkit_config"])
+    return ModelConfig.from_dict(cfg["model_config"]), meta
+
+
+def _refuse_cpu_only_int8(onnx_path, meta: dict[str, str]) -> None:
+    """uint8 (asymmetric) activations run in ONNX Runtime only; TensorRT takes symmetric int8 Q/DQ."""
     calib = json.loads(meta.get("trimkit_calibration", "{}"))
-    if for_tensorrt and str(calib.get("activations", "")).startswith("uint8"):
+    if str(calib.get("activations", "")).startswith("uint8"):
         raise BadInputError(f"{onnx_path}: uint8 (asymmetric) activations are an ONNX Runtime CPU form; TensorRT "
                             "takes symmetric int8 Q/DQ: re-run trimkit calibrate int8 --activations int8")
-    return ModelConfig.from_dict(cfg["model_config"]), meta
 
 
 def _major(version: str) -> int:
@@ -124,6 +128,7 @@ def build_engine(onnx_path: str | os.PathLike, out: str | os.PathLike, *, profil
     """Build a serialized TensorRT engine + manifest from a trimkit ONNX file."""
     say = log or (lambda msg: None)
     config, meta = onnx_model_config(onnx_path)
+    _refuse_cpu_only_int8(onnx_path, meta)
     validate_profiles(profiles, config)
     check_writable(out, force=force)
     check_writable(manifest_path(out), force=force)

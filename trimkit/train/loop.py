@@ -76,8 +76,8 @@ def with_trim_config(model: MeterModel, trim: TrimConfig) -> MeterModel:
     return new
 
 
-def _randomize_trimmers(model: MeterModel, seed: int) -> None:
-    """The no-curriculum ablation: ordinary random init instead of the stable one."""
+def randomize_trimmers(model: MeterModel, seed: int) -> None:
+    """Ordinary random init of every trimmer instead of the stable one (the no-curriculum ablation)."""
     g = torch.Generator().manual_seed(seed + 7919)
     with torch.no_grad():
         for name, p in [*model.token_trimmers.named_parameters(), *model.head_trimmers.named_parameters()]:
@@ -152,7 +152,7 @@ def _prepare(ckpt_path: str | Path, cfg: TrainConfig, resume: bool) -> tuple[Met
                                      "token_modalities": cfg.trim_tokens})
         model = with_trim_config(model, trim)
         if cfg.no_curriculum and not cfg.no_trim:
-            _randomize_trimmers(model, cfg.seed)
+            randomize_trimmers(model, cfg.seed)
     return model, cfg, (state if resume else None)
 
 
