@@ -2,20 +2,22 @@
 
 INT8: the `small` SmartTrim checkpoint (target 0.5) exported adaptive with heads masked (so the
 attention projections are constant-weight matmuls and quantize too) and with gathered heads; each
-quantized with `trimkit calibrate int8` (minmax, per-channel, 256 train questions) and compared
+quantized with `trimkit calibrate int8` (minmax, per-channel, 256 train questions; symmetric int8 or
+asymmetric uint8 activations; every backbone matmul or only the feed-forward ones) and compared
 with its fp32 export on easy-VQA test questions: speedup (interleaved timing, 2 threads, batch 1
 and 8), accuracy, keep_counts agreement.
 Budget: `trimkit calibrate budget` from that checkpoint to lower targets; mean FLOPs ratio on
 held-out test questions vs the target, adaptive vs static accuracy at equal cost.
 Writes benchmarks/results/calibration.{json,md}.
 
-    python benchmarks/calibration.py [--ckpt build/bench/easyvqa/smarttrim-0.5.pt] [--samples 2000]
-        [--activations int8,uint8]
+    python benchmarks/calibration.py [--ckpt build/bench/easyvqa-conv-t2/smarttrim-0.5.pt] [--samples 2000]
+        [--activations int8,uint8] [--scopes all,mlp] [--heads mask,gather]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from pathlib import Path
@@ -33,7 +35,7 @@ from trimkit.train.evaluate import sample_indices
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt", type=Path, default=ROOT / "build/bench/easyvqa/smarttrim-0.5.pt")
+    ap.add_argument("--ckpt", type=Path, default=ROOT / "build/bench/easyvqa-conv-t2/smarttrim-0.5.pt")
     ap.add_argument("--samples", type=int, default=2000, help="test questions for accuracy/agreement")
     ap.add_argument("--targets", default="0.4,0.3")
     ap.add_argument("--batches", type=int, default=30)
@@ -41,6 +43,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--activations", default="int8,uint8",
                     help="INT8 activation types to compare (int8: symmetric, TensorRT's; uint8: ONNX Runtime CPU's)")
+    ap.add_argument("--scopes", default="all,mlp", help="which matmuls get Q/DQ (trimkit calibrate int8 --scope)")
+    ap.add_argument("--heads", default="mask,gather", help="head pruning in the exports (trimkit export --heads)")
     ap.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench" / "calibration")
     args = ap.parse_args()
     wd = args.workdir
@@ -54,16 +58,16 @@ def main() -> None:
     rec["preset"] = model.meta.get("preset", "?")
     test = load_dataset("easyvqa", tokenizer=model.tokenizer, labels=model.labels,
                         image_size=model.config.image_size, splits=("test",)).test
-    for heads in ("mask", "gather"):
+    for heads in args.heads.split(","):
         fp32 = wd / f"adaptive-{heads}.onnx"
         if not fp32.exists():
             to_onnx(model, fp32, mode="adaptive", head_impl=heads, force=True)
-        for act in args.activations.split(","):
-            int8 = wd / f"adaptive-{heads}.{act}.onnx"
-            run_stage(f"int8-{heads}-{act}", ["calibrate", "int8", fp32, "--ckpt", args.ckpt, "--data", "easyvqa",
-                                              "--out", int8, "--samples", "256", "--per-channel", "--activations", act],
-                      int8, log, rec)
-            rec["int8"][f"{heads} / {act}"] = compare(fp32, int8, test, args, console)
+        for act, scope in itertools.product(args.activations.split(","), args.scopes.split(",")):
+            int8 = wd / f"adaptive-{heads}.{act}.{scope}.onnx"
+            run_stage(f"int8-{heads}-{act}-{scope}",
+                      ["calibrate", "int8", fp32, "--ckpt", args.ckpt, "--data", "easyvqa", "--out", int8,
+                       "--samples", "256", "--per-channel", "--activations", act, "--scope", scope], int8, log, rec)
+            rec["int8"][f"{heads} / {act} / {scope}"] = compare(fp32, int8, test, args, console)
             save_json(RESULTS / "calibration.json", rec)
     for t in (float(x) for x in args.targets.split(",")):
         for how in ("global", "per-layer"):
@@ -126,7 +130,7 @@ def write_markdown(rec: dict) -> None:
              f"questions; ONNX Runtime CPU, {rec['threads']} threads, interleaved timing, medians. "
              "Reproduce: `python benchmarks/calibration.py`.", "",
              "## INT8 (Q/DQ, minmax, per-channel, 256 calibration questions) vs the fp32 adaptive export", "",
-             "| heads / activations | speedup b1 | speedup b8 | ≥ 1.5× | accuracy fp32 | accuracy int8 | drop (points) | ≤ 1.0 "
+             "| heads / activations / matmuls | speedup b1 | speedup b8 | ≥ 1.5× | accuracy fp32 | accuracy int8 | drop (points) | ≤ 1.0 "
              "| keep_counts agreement | ≥ 98% |", "|---|---|---|---|---|---|---|---|---|---|"]
     for heads, r in rec["int8"].items():
         sp = [r["speed"][b]["speedup"] for b in ("b1", "b8")]

@@ -36,7 +36,8 @@ from trimkit.cost import depth_flops
 from trimkit.data import load_dataset
 from trimkit.export.onnx import ort_session, to_onnx
 
-DEFAULT = {"t0.5": ROOT / "build/bench/easyvqa/smarttrim-0.5.pt", "t0.33": ROOT / "build/bench/easyvqa/smarttrim-0.33.pt"}
+DEFAULT = {"t0.5": ROOT / "build/bench/easyvqa-conv-t2/smarttrim-0.5.pt",
+           "t0.33": ROOT / "build/bench/easyvqa-conv-t2/smarttrim-0.33.pt"}
 
 
 def executed_ratio(model, out) -> float:

@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 import trimkit
-from trimkit.calibration.int8 import trimmer_nodes
+from trimkit.calibration.int8 import _scopes, quantizable_matmuls, trimmer_nodes
 from trimkit.cli import main
 from trimkit.export.inputs import sample_inputs
 from trimkit.export.onnx import ort_session, to_onnx
@@ -148,6 +148,27 @@ def test_uint8_activations_for_onnx_runtime_cpu(exported, tmp_path, capsys):
     assert main(["export", str(out), "--format", "trt", "--out", str(tmp_path / "u8.plan"),
                  "--profile", "batch=1:2:4", "--profile", "text=2:8:16"]) == 2
     assert "uint8" in capsys.readouterr().err and not (tmp_path / "u8.plan").exists()
+
+
+def test_int8_scope_mlp_quantizes_only_the_feed_forward_matmuls(exported, tmp_path):
+    """--scope mlp: Q/DQ reach exactly the feed-forward fc1/fc2 matmuls; attention projections, pooler and
+    classifier stay float; the scope is recorded."""
+    src = onnx.load(str(exported["adaptive"]))
+    every, _ = quantizable_matmuls(src)
+    mlp, _ = quantizable_matmuls(src, "mlp")
+    attn, _ = quantizable_matmuls(src, "attention")
+    assert mlp and attn and not set(mlp) & set(attn) and set(mlp) | set(attn) < set(every)
+    out = tmp_path / "mlp.onnx"
+    assert main(["calibrate", "int8", str(exported["adaptive"]), "--ckpt", str(exported["ckpt"]), "--out", str(out),
+                 "--samples", "16", "--scope", "mlp"]) == 0
+    m = onnx.load(str(out))
+    producer = {o: n for n in m.graph.node for o in n.output}
+    quantized = [n for n in m.graph.node if n.op_type in ("MatMul", "Gemm")
+                 and producer.get(n.input[0]) is not None and producer[n.input[0]].op_type == "DequantizeLinear"]
+    assert sorted(n.name for n in quantized) == sorted(mlp)
+    assert all("layers.Mlp/" in _scopes(n) for n in quantized)
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert json.loads(meta["trimkit_calibration"])["scope"] == "mlp"
 
 
 def test_int8_refuses_bad_input(exported, tmp_path, capsys):

@@ -46,6 +46,7 @@ TrimTokens = _choices("TrimTokens", *TOKEN_MODALITIES)
 Freeze = _choices("Freeze", *FREEZE_CHOICES)
 Int8Activations = _choices("Int8Activations", "int8", "uint8")
 Int8Method = _choices("Int8Method", "minmax", "entropy", "percentile")
+Int8Scope = _choices("Int8Scope", "all", "mlp", "attention")
 Stem = _choices("Stem", "patch", "conv")
 
 
@@ -458,6 +459,9 @@ def calibrate_int8_cmd(
     activations: Annotated[Int8Activations, typer.Option(
         "--activations", help="int8: symmetric (TensorRT and ONNX Runtime); uint8: asymmetric, ONNX Runtime CPU "
                               "only (its native x86 form).")] = Int8Activations.int8,
+    scope: Annotated[Int8Scope, typer.Option(
+        "--scope", help="Which matmuls: all, mlp (feed-forward only: fewer flipped pruning decisions) or "
+                        "attention.")] = Int8Scope.all,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
 ) -> None:
@@ -466,7 +470,8 @@ def calibrate_int8_cmd(
 
     console = _console()
     res = quantize_int8(onnx_file, out, ckpt=ckpt, data=data, samples=samples, batch_size=batch_size,
-                        method=method.value, per_channel=per_channel, activations=activations.value, seed=seed,
+                        method=method.value, per_channel=per_channel, activations=activations.value,
+                        scope=scope.value, seed=seed,
                         force=force, log=console.print)
     console.print(f"wrote {res.path}: {res.quantized_nodes} matmuls quantized, {res.skipped_trimmer_nodes} trimmer "
                   f"matmuls kept float, {res.op_counts.get('QuantizeLinear', 0)} QuantizeLinear / "

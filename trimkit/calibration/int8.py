@@ -26,11 +26,14 @@ import numpy as np
 from ..errors import BadInputError, MissingDependencyError
 
 __all__ = ["quantize_int8", "Int8Result", "quantizable_matmuls", "trimmer_nodes", "CALIBRATION_METHODS",
-           "ACTIVATION_TYPES"]
+           "ACTIVATION_TYPES", "QUANT_SCOPES"]
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("int8", "uint8")
 TRIMMER_SCOPES = ("token_trimmers", "head_trimmers")
+# which backbone matmuls get Q/DQ: every one, only the feed-forward blocks' (fc1/fc2: two thirds of a layer's
+# matmul FLOPs, and fewer quantization errors upstream of the trimmers' scores), or only the attention projections
+QUANT_SCOPES = {"all": None, "mlp": "trimkit.models.layers.Mlp/", "attention": "trimkit.models.layers.Attention/"}
 
 
 @dataclass
@@ -55,8 +58,10 @@ def trimmer_nodes(model) -> set[str]:
     return {n.name for n in model.graph.node if any(s in _scopes(n) for s in TRIMMER_SCOPES)}
 
 
-def quantizable_matmuls(model) -> tuple[list[str], int]:
-    """MatMul/Gemm nodes with a constant weight outside the trimmers -> (names, trimmer matmuls skipped)."""
+def quantizable_matmuls(model, scope: str = "all") -> tuple[list[str], int]:
+    """MatMul/Gemm nodes with a constant weight outside the trimmers, within `scope` (a QUANT_SCOPES key,
+    matched on the exporter's module name scopes) -> (names, trimmer matmuls skipped)."""
+    module = QUANT_SCOPES[scope]
     consts = {i.name for i in model.graph.initializer}
     consts |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
     trim = trimmer_nodes(model)
@@ -66,7 +71,7 @@ def quantizable_matmuls(model) -> tuple[list[str], int]:
             continue
         if n.name in trim:
             skipped += 1
-        else:
+        elif module is None or module in _scopes(n):
             names.append(n.name)
     return names, skipped
 
@@ -103,7 +108,8 @@ def calibration_batches(model, data: str, samples: int, batch_size: int, seed: i
 
 def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, *, ckpt: str | os.PathLike, data: str,
                   samples: int = 256, batch_size: int = 16, method: str = "minmax", per_channel: bool = False,
-                  activations: str = "int8", seed: int = 0, force: bool = False, log=None) -> Int8Result:
+                  activations: str = "int8", scope: str = "all", seed: int = 0, force: bool = False,
+                  log=None) -> Int8Result:
     """Quantize `onnx_path` (a trimkit fp32 export of `ckpt`) to a Q/DQ graph at `out` (atomic)."""
     from ..checkpoint import load_checkpoint
     from ..export.onnx import ort_session, quiet_logs
@@ -116,6 +122,8 @@ def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, *, ckpt:
         raise BadInputError(f"unknown calibration method {method!r}; choose {', '.join(CALIBRATION_METHODS)}")
     if activations not in ACTIVATION_TYPES:
         raise BadInputError(f"unknown activation type {activations!r}; choose {', '.join(ACTIVATION_TYPES)}")
+    if scope not in QUANT_SCOPES:
+        raise BadInputError(f"unknown quantization scope {scope!r}; choose {', '.join(QUANT_SCOPES)}")
     if samples < 1 or batch_size < 1:
         raise BadInputError("--samples and --batch-size must be positive")
     onnx_path, out = Path(onnx_path), check_writable(out, force=force)
@@ -136,12 +144,14 @@ def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, *, ckpt:
     import onnx
 
     proto = onnx.load(str(onnx_path))
-    names, skipped = quantizable_matmuls(proto)
-    say(f"quantizing {len(names)} matmuls ({skipped} trimmer matmuls stay float) with {method} calibration "
+    names, skipped = quantizable_matmuls(proto, scope)
+    if not names:
+        raise BadInputError(f"{onnx_path}: no {scope} matmul with a constant weight to quantize")
+    say(f"quantizing {len(names)} {'' if scope == 'all' else scope + ' '}matmuls ({skipped} trimmer matmuls stay float) with {method} calibration "
         f"on {samples} {data} samples ...")
     batches = calibration_batches(model, data, samples, batch_size, seed)
     calib = {"data": data, "samples": sum(b["input_ids"].shape[0] for b in batches), "seed": seed,
-             "method": method, "per_channel": per_channel, "batch_size": batch_size, "split": "train",
+             "method": method, "per_channel": per_channel, "scope": scope, "batch_size": batch_size, "split": "train",
              "source_onnx_sha256": sha256_file(onnx_path),
              "activations": "int8 symmetric" if activations == "int8" else "uint8 asymmetric",
              "weights": "int8 symmetric" + (" per-channel" if per_channel else "")}
