@@ -1,14 +1,15 @@
 """The adaptive part of SmartTrim on `shapes` (issue 3): cost follows the scene, and adaptive beats static.
 
 Stages (trimkit commands, skipped when their output exists):
-  init small on shapes -> backbone (--no-trim) -> SmartTrim at FLOPs target 0.5.
-Then, on the test split:
+  init small on shapes -> backbone (--no-trim) -> SmartTrim at each FLOPs target (0.5, 0.3, 0.2).
+Then, for each target, on the test split (skipped when the results file has it for the same checkpoint):
   - per-instance FLOPs ratio against the number of objects in the scene (plot + table);
   - static per-layer keep ratios calibrated (on the validation split) to the same mean FLOPs as the
     adaptive model, and the accuracy of both at that equal mean cost.
 Writes benchmarks/results/adaptive_shapes.{json,md,png}.
 
     python benchmarks/adaptive_shapes.py [--workdir build/bench/shapes] [--backbone-epochs 8] [--trim-epochs 2]
+        [--targets 0.5,0.3,0.2]
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import argparse
 from pathlib import Path
 
 import torch
-from _common import RESULTS, ROOT, load_json, run_stage, save_json
+from _common import RESULTS, ROOT, load_json, merge_save_json, run_stage
 
 import trimkit
 from trimkit.calibration import adaptive_profile, match_static_budget, measure
 from trimkit.data import load_dataset
+from trimkit.data.shapes import QUESTION_TYPES
+from trimkit.fileio import sha256_file
 from trimkit.train.evaluate import evaluate
 
 
@@ -30,8 +33,11 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench" / "shapes")
     ap.add_argument("--backbone-epochs", type=float, default=8)
     ap.add_argument("--trim-epochs", type=float, default=2)
-    ap.add_argument("--target", type=float, default=0.5)
+    ap.add_argument("--targets", default="0.5,0.3,0.2",
+                    help="FLOPs targets, one SmartTrim run each (separate processes may run different targets; the "
+                         "results file is merged under a lock)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reeval", action="store_true", help="evaluate again even when the results file has the run")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where the json/md/png go")
     args = ap.parse_args()
@@ -41,21 +47,36 @@ def main() -> None:
     wd.mkdir(parents=True, exist_ok=True)
     log = wd / "log.txt"
     out_json = results / "adaptive_shapes.json"
-    rec = load_json(out_json)
-    rec.update({"preset": args.preset, "data": "shapes", "target": args.target, "backbone_epochs": args.backbone_epochs,
-                "trim_epochs": args.trim_epochs})
+    rec = {"preset": args.preset, "data": "shapes", "backbone_epochs": args.backbone_epochs,
+           "trim_epochs": args.trim_epochs, "runs": {}}
     seed = ["--seed", str(args.seed)]
     run_stage("init", ["init", "--preset", args.preset, "--data", "shapes", "--out", wd / "init.pt", *seed],
               wd / "init.pt", log, rec)
     run_stage("backbone", ["train", wd / "init.pt", "--data", "shapes", "--no-trim", "--epochs", args.backbone_epochs,
                            "--lr", "5e-4", "--out", wd / "backbone.pt", "--quiet", *seed], wd / "backbone.pt", log, rec)
-    run_stage("smarttrim", ["train", wd / "backbone.pt", "--data", "shapes", "--target-ratio", args.target,
-                            "--epochs", args.trim_epochs, "--lr", "1e-4", "--out", wd / "smarttrim.pt", "--quiet",
-                            *seed], wd / "smarttrim.pt", log, rec)
+    for target in (float(t) for t in args.targets.split(",")):
+        ckpt = wd / f"smarttrim-{target}.pt"
+        run_stage(f"smarttrim-{target}", ["train", wd / "backbone.pt", "--data", "shapes", "--target-ratio", target,
+                                          "--epochs", args.trim_epochs, "--lr", "1e-4", "--out", ckpt, "--quiet",
+                                          *seed], ckpt, log, rec)
+        digest = sha256_file(ckpt)
+        old = load_json(out_json).get("runs", {}).get(str(target), {})
+        if old.get("checkpoint_sha256") == digest and not args.reeval:
+            print(f"[skip] evaluation at {target}: {out_json} has it for this checkpoint", flush=True)
+            continue
+        rec["runs"][str(target)] = {"target": target, "checkpoint_sha256": digest,
+                                    **evaluate_run(ckpt, args.seed)}
+        rec = merge_save_json(out_json, rec)
+    rec = merge_save_json(out_json, rec)
+    _plot(rec["runs"], results / "adaptive_shapes.png")
+    _markdown(rec, results)
 
-    model = trimkit.load_checkpoint(wd / "smarttrim.pt")
+
+def evaluate_run(ckpt: Path, seed: int) -> dict:
+    """Test split: per-instance FLOPs ratio against the number of objects; adaptive vs static at equal cost."""
+    model = trimkit.load_checkpoint(ckpt)
     data = load_dataset("shapes", tokenizer=model.tokenizer, labels=model.labels, image_size=model.config.image_size,
-                        seed=args.seed)
+                        seed=seed)
     res = evaluate(model, data.test, modes=("off", "prune"))
     ratios = torch.tensor(res["per_instance"]["prune"]["ratio"])
     correct = torch.tensor(res["per_instance"]["prune"]["correct"])
@@ -64,14 +85,14 @@ def main() -> None:
     for k in sorted(set(n_obj.tolist())):
         sel = n_obj == k
         r = ratios[sel]
-        by_count[int(k)] = {"questions": int(sel.sum()), "ratio_mean": float(r.mean()), "ratio_std": float(r.std()),
+        by_count[str(int(k))] = {"questions": int(sel.sum()), "ratio_mean": float(r.mean()), "ratio_std": float(r.std()),
                             "accuracy": float(correct[sel].float().mean())}
-    counts = sorted(by_count)
-    means = [by_count[k]["ratio_mean"] for k in counts]
+    means = [by_count[k]["ratio_mean"] for k in sorted(by_count, key=int)]
     rho = _spearman(n_obj.float(), ratios)
-    rec["adaptive"] = {"accuracy": res["prune"]["accuracy"], "accuracy_full": res["off"]["accuracy"],
-                       "flops_ratio": res["prune"]["flops_ratio"], "by_objects": by_count,
-                       "spearman_objects_vs_ratio": rho, "rises_with_objects": rises(means, rho)}
+    out = {"adaptive": {"accuracy": res["prune"]["accuracy"], "accuracy_full": res["off"]["accuracy"],
+                        "flops_ratio": res["prune"]["flops_ratio"], "by_objects": by_count,
+                        "by_question_type": by_question_type(ratios, correct, data.test.extra["qtype_id"]),
+                        "spearman_objects_vs_ratio": rho, "rises_with_objects": rises(means, rho)}}
     # static at equal mean FLOPs, calibrated on the validation split
     profile = adaptive_profile(model, data.val, samples=2000)
     static_trim, cal = match_static_budget(model, data.val, profile["flops_ratio"], samples=2000, profile=profile)
@@ -80,13 +101,21 @@ def main() -> None:
     static = measure(model, data.test, "static", samples=None)
     model.trim = adaptive_trim
     adaptive = measure(model, data.test, "prune", samples=None)
-    rec["static_vs_adaptive"] = {
+    out["static_vs_adaptive"] = {
         "calibration": {"split": "val", "samples": profile["samples"], "static_val_ratio": cal["flops_ratio"]},
         "static_keep_ratios": static_trim.static_keep_ratios, "static_head_keep": static_trim.static_head_keep,
         "adaptive": adaptive, "static": static, "adaptive_beats_static": adaptive["accuracy"] > static["accuracy"]}
-    _plot(by_count, results / "adaptive_shapes.png", args.target)
-    save_json(out_json, rec)
-    _markdown(rec, results)
+    return out
+
+
+def by_question_type(ratios: torch.Tensor, correct: torch.Tensor, qtype_id: torch.Tensor) -> dict:
+    """Per-instance FLOPs ratio and accuracy by the kind of question (what else the cost could follow)."""
+    out = {}
+    for i, t in enumerate(QUESTION_TYPES):
+        sel = qtype_id == i
+        out[t] = {"questions": int(sel.sum()), "ratio_mean": float(ratios[sel].mean()),
+                  "ratio_std": float(ratios[sel].std()), "accuracy": float(correct[sel].float().mean())}
+    return out
 
 
 RISE_MIN_SPEARMAN = 0.2  # per instance: a clear, not incidental, rank correlation
@@ -106,48 +135,75 @@ def _spearman(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((rx * ry).sum() / (rx.norm() * ry.norm()))
 
 
-def _plot(by_count: dict, path: Path, target: float) -> None:
+def _plot(runs: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ks = sorted(by_count)
-    m = [by_count[k]["ratio_mean"] for k in ks]
-    s = [by_count[k]["ratio_std"] for k in ks]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.errorbar(ks, m, yerr=s, marker="o", capsize=4, label="SmartTrim (adaptive), mean ± std")
-    ax.axhline(target, ls="--", color="gray", label=f"training target {target}")
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
+    for i, (t, run) in enumerate(sorted(runs.items(), key=lambda kv: -float(kv[0]))):
+        by = run["adaptive"]["by_objects"]
+        ks = sorted(by, key=int)
+        color = f"C{i}"
+        ax.errorbar([int(k) + 0.06 * i for k in ks], [by[k]["ratio_mean"] for k in ks],
+                    yerr=[by[k]["ratio_std"] for k in ks], marker="o", capsize=3, color=color,
+                    label=f"target {t}: Spearman {run['adaptive']['spearman_objects_vs_ratio']:+.2f}")
+        ax.axhline(float(t), ls=":", color=color, lw=0.8)
     ax.set_xlabel("objects in the scene")
-    ax.set_ylabel("per-instance FLOPs ratio")
-    ax.set_title("shapes: compute spent per instance")
-    ax.legend()
+    ax.set_ylabel("per-instance FLOPs ratio (mean ± std)")
+    ax.set_title("shapes: compute SmartTrim spends per instance")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
 def _markdown(rec: dict, results: Path) -> None:
-    a, sv = rec["adaptive"], rec["static_vs_adaptive"]
+    runs = sorted(rec["runs"].values(), key=lambda r: -r["target"])
     lines = [f"# Adaptive pruning on `shapes` (`{rec['preset']}` preset, this CPU)", "",
-             f"SmartTrim at FLOPs target {rec['target']} ({rec['trim_epochs']} epochs from a backbone trained "
+             f"SmartTrim at each FLOPs target ({rec['trim_epochs']} epochs from one backbone trained "
              f"{rec['backbone_epochs']} epochs). Test split. Reproduce: `python benchmarks/adaptive_shapes.py`.", "",
              "![FLOPs ratio vs objects](adaptive_shapes.png)", "",
-             "| objects | questions | FLOPs ratio mean | std | accuracy |", "|---|---|---|---|---|"]
-    for k, r in sorted(a["by_objects"].items(), key=lambda kv: int(kv[0])):
-        lines.append(f"| {k} | {r['questions']} | {r['ratio_mean']:.3f} | {r['ratio_std']:.3f} | "
-                     f"{100 * r['accuracy']:.2f}% |")
-    lines += ["", f"Spearman correlation (objects, FLOPs ratio): {a['spearman_objects_vs_ratio']:.3f}; rises with "
-              f"the number of objects (Spearman ≥ {RISE_MIN_SPEARMAN}, mean ≥ +{RISE_MIN_SPAN} from fewest to most "
-              "objects): "
-              f"{'yes' if a['rises_with_objects'] else 'NO'}.", "",
-              "At equal mean FLOPs (static per-layer keep ratios calibrated on the validation split to the adaptive "
-              "model's mean cost, same weights and trimmer scores):", "",
-              "| model | accuracy | mean FLOPs ratio |", "|---|---|---|",
-              f"| adaptive (SmartTrim) | {100 * sv['adaptive']['accuracy']:.2f}% | {sv['adaptive']['flops_ratio']:.3f} |",
-              f"| static keep ratios | {100 * sv['static']['accuracy']:.2f}% | {sv['static']['flops_ratio']:.3f} |",
-              "", f"Adaptive beats static: {'yes' if sv['adaptive_beats_static'] else 'NO'}.", "",
-              "Commands:", "", "```", *rec.get("commands", {}).values(), "```", ""]
+             "Per-instance FLOPs ratio (mean ± std) and accuracy by the number of objects in the scene:", "",
+             "| objects | questions | "
+             + " | ".join(f"target {r['target']}: ratio | target {r['target']}: accuracy" for r in runs) + " |",
+             "|---|---|" + "---|---|" * len(runs)]
+    first = runs[0]["adaptive"]["by_objects"]
+    for k in sorted(first, key=int):
+        cells = [f"{r['adaptive']['by_objects'][k]['ratio_mean']:.3f} ± {r['adaptive']['by_objects'][k]['ratio_std']:.3f}"
+                 f" | {100 * r['adaptive']['by_objects'][k]['accuracy']:.2f}%" for r in runs]
+        lines.append(f"| {k} | {first[k]['questions']} | " + " | ".join(cells) + " |")
+    lines += ["", f"Cost rises with the number of objects when the per-instance Spearman correlation is ≥ "
+              f"{RISE_MIN_SPEARMAN} and the mean ratio at the most objects exceeds the one at the fewest by ≥ "
+              f"{RISE_MIN_SPAN}. Adaptive vs static: static per-layer keep ratios calibrated on the validation split "
+              "to the adaptive model's mean cost (same weights and trimmer scores), both on the test split.", "",
+              "| target | mean FLOPs ratio (p10 / p90) | Spearman | span (most − fewest) | rises | accuracy untrimmed "
+              "| adaptive accuracy (ratio) | static accuracy (ratio) | adaptive beats static |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        a, sv = r["adaptive"], r["static_vs_adaptive"]
+        by = a["by_objects"]
+        ks = sorted(by, key=int)
+        span = by[ks[-1]]["ratio_mean"] - by[ks[0]]["ratio_mean"]
+        fr = a["flops_ratio"]
+        lines.append(f"| {r['target']} | {fr['mean']:.3f} ({fr['p10']:.2f} / {fr['p90']:.2f}) | "
+                     f"{a['spearman_objects_vs_ratio']:+.3f} | {span:+.3f} | "
+                     f"{'yes' if a['rises_with_objects'] else 'NO'} | {100 * a['accuracy_full']:.2f}% | "
+                     f"{100 * sv['adaptive']['accuracy']:.2f}% ({sv['adaptive']['flops_ratio']:.3f}) | "
+                     f"{100 * sv['static']['accuracy']:.2f}% ({sv['static']['flops_ratio']:.3f}) | "
+                     f"{'yes' if sv['adaptive_beats_static'] else 'NO'} |")
+    if all("by_question_type" in r["adaptive"] for r in runs):
+        lines += ["", "Per-instance FLOPs ratio (mean ± std) and accuracy by the kind of question:", "",
+                  "| question | questions | " + " | ".join(f"target {r['target']}" for r in runs) + " |",
+                  "|---|---|" + "---|" * len(runs)]
+        first = runs[0]["adaptive"]["by_question_type"]
+        for t in first:
+            cells = [f"{r['adaptive']['by_question_type'][t]['ratio_mean']:.3f} ± "
+                     f"{r['adaptive']['by_question_type'][t]['ratio_std']:.3f}, "
+                     f"{100 * r['adaptive']['by_question_type'][t]['accuracy']:.1f}%" for r in runs]
+            lines.append(f"| {t} | {first[t]['questions']} | " + " | ".join(cells) + " |")
+    lines += ["", "Commands:", "", "```", *rec.get("commands", {}).values(), "```", ""]
     (results / "adaptive_shapes.md").write_text("\n".join(lines))
 
 

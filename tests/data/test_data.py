@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from trimkit.data import WordTokenizer, load_dataset, read_jsonl, task_vocabulary
-from trimkit.data.shapes import generate, labels
+from trimkit.data.shapes import QUESTION_TYPES, generate, labels
 from trimkit.errors import BadInputError
 
 
@@ -19,6 +19,8 @@ def test_shapes_is_seeded_and_consistent():
     for q, ans, k in zip(a["questions"], a["answers"], n):
         if q == "how many objects are there?":
             assert ans == str(k)
+    assert [QUESTION_TYPES[i] for i in a["extra"]["qtype_id"]] == a["extra"]["qtype"]
+    assert {QUESTION_TYPES[i] for i in a["extra"]["qtype_id"]} == set(QUESTION_TYPES)
 
 
 def test_easyvqa_splits():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["COLORS", "SHAPES", "labels", "generate", "draw_scene"]
+__all__ = ["COLORS", "SHAPES", "QUESTION_TYPES", "labels", "generate", "draw_scene"]
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
@@ -88,7 +88,8 @@ def generate(n_images: int, *, max_objects: int = 6, image_size: int = 64, quest
              seed: int = 0) -> dict:
     """A seeded split: images (I, S, S, 3) uint8 and per-question lists.
 
-    Returns dict(images, image_index, questions, answers, extra={"n_objects", "qtype"}).
+    Returns dict(images, image_index, questions, answers, extra={"n_objects", "qtype", "qtype_id"});
+    qtype_id indexes QUESTION_TYPES (numeric extras travel with the dataset split).
     """
     rng = np.random.default_rng(seed)
     images = np.zeros((n_images, image_size, image_size, 3), dtype=np.uint8)
@@ -107,4 +108,4 @@ def generate(n_images: int, *, max_objects: int = 6, image_size: int = 64, quest
             n_objs.append(len(objs))
             qtypes.append(t)
     return {"images": images, "image_index": image_index, "questions": questions, "answers": answers,
-            "extra": {"n_objects": n_objs, "qtype": qtypes}}
+            "extra": {"n_objects": n_objs, "qtype": qtypes, "qtype_id": [QUESTION_TYPES.index(t) for t in qtypes]}}
