@@ -153,7 +153,7 @@ def _plot(runs: dict, path: Path) -> None:
     ax.set_xlabel("objects in the scene")
     ax.set_ylabel("per-instance FLOPs ratio (mean ± std)")
     ax.set_title("shapes: compute SmartTrim spends per instance")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

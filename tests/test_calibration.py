@@ -171,6 +171,17 @@ def test_int8_scope_mlp_quantizes_only_the_feed_forward_matmuls(exported, tmp_pa
     assert json.loads(meta["trimkit_calibration"])["scope"] == "mlp"
 
 
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_int8_histogram_methods_take_data_dependent_shapes(exported, tmp_path, method):
+    """Histogram calibration over batches whose pruned token counts differ (ragged intermediate tensors)."""
+    out = tmp_path / f"{method}.onnx"
+    assert main(["calibrate", "int8", str(exported["adaptive"]), "--ckpt", str(exported["ckpt"]), "--out", str(out),
+                 "--samples", "48", "--batch-size", "8", "--method", method, "--scope", "mlp"]) == 0
+    m = onnx.load(str(out))
+    assert json.loads({p.key: p.value for p in m.metadata_props}["trimkit_calibration"])["method"] == method
+    assert any(n.op_type == "QuantizeLinear" for n in m.graph.node)
+
+
 def test_int8_refuses_bad_input(exported, tmp_path, capsys):
     out = tmp_path / "q.onnx"
     assert main(["calibrate", "int8", str(exported["adaptive"]), "--ckpt", str(exported["ckpt"]), "--out", str(out),

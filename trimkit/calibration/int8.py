@@ -17,6 +17,7 @@ import os
 import tempfile
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,7 +158,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, *, ckpt:
              "weights": "int8 symmetric" + (" per-channel" if per_channel else "")}
     # quiet_logs(("",)): onnxruntime.quantization warns on the root logger with pre-processing advice that
     # does not apply (symbolic shape inference cannot follow a data-dependent TopK K)
-    with tempfile.TemporaryDirectory(prefix="trimkit-int8-") as tmp, quiet_logs(("",)):
+    with tempfile.TemporaryDirectory(prefix="trimkit-int8-") as tmp, quiet_logs(("",)), _ragged_histograms():
         raw = Path(tmp) / "q.onnx"
         quantize_static(
             str(onnx_path), str(raw), _Reader(batches), quant_format=QuantFormat.QDQ,
@@ -187,6 +188,32 @@ def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, *, ckpt:
             onnx.checker.check_model(str(tmp_out), full_check=True)
             _smoke(ort_session(tmp_out), batches)
     return Int8Result(out, len(names), skipped, dict(counts), calib, time.perf_counter() - t0)
+
+
+@contextmanager
+def _ragged_histograms():
+    """Let ONNX Runtime's histogram calibrators (entropy, percentile) take tensors whose shapes differ from
+    batch to batch. An adaptive graph's token count k depends on the data, so the per-batch arrays of one
+    tensor are ragged, and `HistogramCollector` stacks them with `np.asarray` (ValueError). It flattens the
+    stack right after, so handing it each tensor's values already flattened and concatenated is the same
+    histogram. Scoped to the quantization call; left alone if that class is not there."""
+    try:
+        from onnxruntime.quantization.calibrate import HistogramCollector
+    except ImportError:
+        yield
+        return
+    original = HistogramCollector.collect
+
+    def collect(self, name_to_arr):
+        flat = {k: np.concatenate([np.asarray(a).ravel() for a in v]) if isinstance(v, list) and v else v
+                for k, v in name_to_arr.items()}
+        return original(self, flat)
+
+    HistogramCollector.collect = collect
+    try:
+        yield
+    finally:
+        HistogramCollector.collect = original
 
 
 def _smoke(sess, batches) -> None:
