@@ -128,7 +128,7 @@ def write_markdown(rec: dict) -> None:
     lines = ["# Calibration on this CPU (ONNX Runtime)", "",
              f"Checkpoint `{rec['checkpoint']}` (`{rec['preset']}` preset). {rec['samples']} easy-VQA test "
              f"questions; ONNX Runtime CPU, {rec['threads']} threads, interleaved timing, medians. "
-             "Reproduce: `python benchmarks/calibration.py`.", "",
+             f"Reproduce: `python benchmarks/calibration.py --ckpt {rec['checkpoint']}`.", "",
              "## INT8 (Q/DQ, minmax, per-channel, 256 calibration questions) vs the fp32 adaptive export", "",
              "| heads / activations / matmuls | speedup b1 | speedup b8 | ≥ 1.5× | accuracy fp32 | accuracy int8 | drop (points) | ≤ 1.0 "
              "| keep_counts agreement | ≥ 98% |", "|---|---|---|---|---|---|---|---|---|---|"]
