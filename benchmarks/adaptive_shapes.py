@@ -81,12 +81,7 @@ def evaluate_run(ckpt: Path, seed: int) -> dict:
     ratios = torch.tensor(res["per_instance"]["prune"]["ratio"])
     correct = torch.tensor(res["per_instance"]["prune"]["correct"])
     n_obj = data.test.extra["n_objects"]
-    by_count = {}
-    for k in sorted(set(n_obj.tolist())):
-        sel = n_obj == k
-        r = ratios[sel]
-        by_count[str(int(k))] = {"questions": int(sel.sum()), "ratio_mean": float(r.mean()), "ratio_std": float(r.std()),
-                            "accuracy": float(correct[sel].float().mean())}
+    by_count = {str(int(k)): _group(ratios, correct, n_obj == k) for k in sorted(set(n_obj.tolist()))}
     means = [by_count[k]["ratio_mean"] for k in sorted(by_count, key=int)]
     rho = _spearman(n_obj.float(), ratios)
     out = {"adaptive": {"accuracy": res["prune"]["accuracy"], "accuracy_full": res["off"]["accuracy"],
@@ -110,12 +105,13 @@ def evaluate_run(ckpt: Path, seed: int) -> dict:
 
 def by_question_type(ratios: torch.Tensor, correct: torch.Tensor, qtype_id: torch.Tensor) -> dict:
     """Per-instance FLOPs ratio and accuracy by the kind of question (what else the cost could follow)."""
-    out = {}
-    for i, t in enumerate(QUESTION_TYPES):
-        sel = qtype_id == i
-        out[t] = {"questions": int(sel.sum()), "ratio_mean": float(ratios[sel].mean()),
-                  "ratio_std": float(ratios[sel].std()), "accuracy": float(correct[sel].float().mean())}
-    return out
+    return {t: _group(ratios, correct, qtype_id == i) for i, t in enumerate(QUESTION_TYPES)}
+
+
+def _group(ratios: torch.Tensor, correct: torch.Tensor, sel: torch.Tensor) -> dict:
+    """Questions, FLOPs ratio mean/std and accuracy of the instances in `sel`."""
+    return {"questions": int(sel.sum()), "ratio_mean": float(ratios[sel].mean()),
+            "ratio_std": float(ratios[sel].std()), "accuracy": float(correct[sel].float().mean())}
 
 
 RISE_MIN_SPEARMAN = 0.2  # per instance: a clear, not incidental, rank correlation

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from . import __version__
-from .config import FREEZE_CHOICES, TOKEN_MODALITIES
+from .config import FREEZE_CHOICES, INT8_ACTIVATIONS, INT8_METHODS, INT8_SCOPES, TOKEN_MODALITIES
 from .errors import TrimkitError
 from .export import DEFAULT_OPSET
 
@@ -44,9 +44,9 @@ HeadImpl = _choices("HeadImpl", "gather", "mask")
 Preset = _choices("Preset", "tiny", "small", "base")
 TrimTokens = _choices("TrimTokens", *TOKEN_MODALITIES)
 Freeze = _choices("Freeze", *FREEZE_CHOICES)
-Int8Activations = _choices("Int8Activations", "int8", "uint8")
-Int8Method = _choices("Int8Method", "minmax", "entropy", "percentile")
-Int8Scope = _choices("Int8Scope", "all", "mlp", "attention")
+Int8Activations = _choices("Int8Activations", *INT8_ACTIVATIONS)
+Int8Method = _choices("Int8Method", *INT8_METHODS)
+Int8Scope = _choices("Int8Scope", *INT8_SCOPES)
 Stem = _choices("Stem", "patch", "conv")
 
 

@@ -16,6 +16,10 @@ NORM_STYLES = ("pre", "post")
 FUSION_STYLES = ("coattn", "text")
 TOKEN_MODALITIES = ("both", "vision", "text")
 FREEZE_CHOICES = ("none", "vision", "text", "both")  # which pretrained encoders stay fixed in training
+# `trimkit calibrate int8` choices (here so the CLI offers them without importing the calibration code)
+INT8_METHODS = ("minmax", "entropy", "percentile")
+INT8_ACTIVATIONS = ("int8", "uint8")
+INT8_SCOPES = ("all", "mlp", "attention")
 
 
 @dataclass

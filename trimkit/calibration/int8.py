@@ -24,17 +24,19 @@ from typing import Any
 
 import numpy as np
 
+from ..config import INT8_ACTIVATIONS, INT8_METHODS, INT8_SCOPES
 from ..errors import BadInputError, MissingDependencyError
 
 __all__ = ["quantize_int8", "Int8Result", "quantizable_matmuls", "trimmer_nodes", "CALIBRATION_METHODS",
            "ACTIVATION_TYPES", "QUANT_SCOPES"]
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-ACTIVATION_TYPES = ("int8", "uint8")
+CALIBRATION_METHODS = INT8_METHODS
+ACTIVATION_TYPES = INT8_ACTIVATIONS
 TRIMMER_SCOPES = ("token_trimmers", "head_trimmers")
 # which backbone matmuls get Q/DQ: every one, only the feed-forward blocks' (fc1/fc2: two thirds of a layer's
 # matmul FLOPs, and fewer quantization errors upstream of the trimmers' scores), or only the attention projections
 QUANT_SCOPES = {"all": None, "mlp": "trimkit.models.layers.Mlp/", "attention": "trimkit.models.layers.Attention/"}
+assert tuple(QUANT_SCOPES) == INT8_SCOPES
 
 
 @dataclass
