@@ -9,7 +9,7 @@ Then, for each target, on the test split (skipped when the results file has it f
 Writes benchmarks/results/adaptive_shapes.{json,md,png}.
 
     python benchmarks/adaptive_shapes.py [--workdir build/bench/shapes] [--backbone-epochs 8] [--trim-epochs 2]
-        [--targets 0.5,0.3,0.2]
+        [--targets 0.5,0.3,0.2] [--precision bf16|fp32]
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench" / "shapes")
     ap.add_argument("--backbone-epochs", type=float, default=8)
     ap.add_argument("--trim-epochs", type=float, default=2)
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
+                    help="trimkit train --precision (bf16: ~1.7x faster steps on CPUs with AVX512-BF16)")
     ap.add_argument("--targets", default="0.5,0.3,0.2",
                     help="FLOPs targets, one SmartTrim run each (separate processes may run different targets; the "
                          "results file is merged under a lock)")
@@ -48,17 +50,18 @@ def main() -> None:
     log = wd / "log.txt"
     out_json = results / "adaptive_shapes.json"
     rec = {"preset": args.preset, "data": "shapes", "backbone_epochs": args.backbone_epochs,
-           "trim_epochs": args.trim_epochs, "runs": {}}
+           "trim_epochs": args.trim_epochs, "precision": args.precision, "runs": {}}
     seed = ["--seed", str(args.seed)]
+    train_opts = [*seed, "--precision", args.precision]
     run_stage("init", ["init", "--preset", args.preset, "--data", "shapes", "--out", wd / "init.pt", *seed],
               wd / "init.pt", log, rec)
     run_stage("backbone", ["train", wd / "init.pt", "--data", "shapes", "--no-trim", "--epochs", args.backbone_epochs,
-                           "--lr", "5e-4", "--out", wd / "backbone.pt", "--quiet", *seed], wd / "backbone.pt", log, rec)
+                           "--lr", "5e-4", "--out", wd / "backbone.pt", "--quiet", *train_opts], wd / "backbone.pt", log, rec)
     for target in (float(t) for t in args.targets.split(",")):
         ckpt = wd / f"smarttrim-{target}.pt"
         run_stage(f"smarttrim-{target}", ["train", wd / "backbone.pt", "--data", "shapes", "--target-ratio", target,
                                           "--epochs", args.trim_epochs, "--lr", "1e-4", "--out", ckpt, "--quiet",
-                                          *seed], ckpt, log, rec)
+                                          *train_opts], ckpt, log, rec)
         digest = sha256_file(ckpt)
         old = load_json(out_json).get("runs", {}).get(str(target), {})
         if old.get("checkpoint_sha256") == digest and not args.reeval:

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from . import __version__
-from .config import FREEZE_CHOICES, INT8_ACTIVATIONS, INT8_METHODS, INT8_SCOPES, TOKEN_MODALITIES
+from .config import FREEZE_CHOICES, INT8_ACTIVATIONS, INT8_METHODS, INT8_SCOPES, TOKEN_MODALITIES, TRAIN_PRECISIONS
 from .errors import TrimkitError
 from .export import DEFAULT_OPSET
 
@@ -44,6 +44,7 @@ HeadImpl = _choices("HeadImpl", "gather", "mask")
 Preset = _choices("Preset", "tiny", "small", "base")
 TrimTokens = _choices("TrimTokens", *TOKEN_MODALITIES)
 Freeze = _choices("Freeze", *FREEZE_CHOICES)
+Precision = _choices("Precision", *TRAIN_PRECISIONS)
 Int8Activations = _choices("Int8Activations", *INT8_ACTIVATIONS)
 Int8Method = _choices("Int8Method", *INT8_METHODS)
 Int8Scope = _choices("Int8Scope", *INT8_SCOPES)
@@ -202,6 +203,9 @@ def train(
         "--trim-tokens", help="Whose tokens are trimmed (heads are trimmed in both streams).")] = TrimTokens.both,
     freeze: Annotated[Freeze, typer.Option(
         "--freeze", help="Encoders whose weights stay fixed (e.g. imported pretrained ones): cheaper steps.")] = Freeze.none,
+    precision: Annotated[Precision, typer.Option(
+        "--precision", help="bf16: bfloat16 autocast in the training passes (fp32 weights and losses); "
+        "~1.7x faster on CPUs with AVX512-BF16/AMX, slower without.")] = Precision.fp32,
     epochs: Annotated[float, typer.Option("--epochs", help="Epochs (ignored with --steps).")] = 3.0,
     steps: Annotated[int | None, typer.Option("--steps", help="Total optimizer steps.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Global batch size.")] = 64,
@@ -226,7 +230,8 @@ def train(
                           no_trim=no_trim, target_ratio=target_ratio, full_task_weight=full_task_weight,
                           distill_weight=distill_weight, ratio_weight=ratio_weight, tau=tau, warmup_frac=warmup_frac,
                           no_distill=no_distill, no_curriculum=no_curriculum, local_only=local_only,
-                          trim_tokens=trim_tokens.value, freeze=freeze.value)
+                          trim_tokens=trim_tokens.value, freeze=freeze.value,
+                          precision=precision.value)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     result = run_train(ckpt, cfg, resume=resume, force=force, console=_console(), show_progress=not quiet)

@@ -184,6 +184,33 @@ def test_freeze_keeps_an_encoder_fixed(base_ckpt, jsonl_data, tmp_path):
         TrainConfig(freeze="fusion")
 
 
+def test_bf16_training(base_ckpt, jsonl_data, tmp_path):
+    """--precision bf16: the passes run under bfloat16 autocast (the first loss differs from fp32, but only by
+    rounding), the loss falls, and the saved weights stay fp32 (evaluation and export see fp32 models)."""
+    model = trimkit.load_checkpoint(base_ckpt)
+    from trimkit.data import load_dataset
+
+    data = load_dataset(str(jsonl_data), tokenizer=model.tokenizer, labels=model.labels, image_size=32, splits=("train",))
+    batch = data.train.batch(torch.arange(16))
+    cfg = TrainConfig(target_ratio=0.6)
+    fp32 = _parts(model, cfg, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = _parts(model, cfg, batch)
+    assert bf16.loss.dtype == torch.float32 and bf16.loss != fp32.loss
+    assert abs(bf16.loss - fp32.loss) < 0.05 * fp32.loss
+    result = train(base_ckpt, cfg_for(jsonl_data, tmp_path / "bf.pt", steps=30, eval_every=30, no_trim=True, lr=2e-3,
+                                      precision="bf16"), show_progress=False)
+    trained = trimkit.load_checkpoint(result.out)
+    before = _parts(model, TrainConfig(no_trim=True), batch).loss
+    after = _parts(trained, TrainConfig(no_trim=True), batch).loss
+    assert after < 0.8 * before
+    ck = read_checkpoint(result.last)
+    assert ck["train_state"]["config"]["precision"] == "bf16"
+    assert all(v.dtype != torch.bfloat16 for v in ck["state_dict"].values())
+    with pytest.raises(ValueError, match="--precision"):
+        TrainConfig(precision="fp8")
+
+
 def test_resume_equals_uninterrupted(base_ckpt, jsonl_data, tmp_path):
     cfg = cfg_for(jsonl_data, tmp_path / "full.pt", steps=8, eval_every=3)
     whole = train(base_ckpt, cfg, show_progress=False)

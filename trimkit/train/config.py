@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import FREEZE_CHOICES, TEXT, TOKEN_MODALITIES, VISION
+from ..config import FREEZE_CHOICES, TEXT, TOKEN_MODALITIES, TRAIN_PRECISIONS, VISION
 
 __all__ = ["TrainConfig"]
 
@@ -42,6 +42,9 @@ class TrainConfig:
     local_only: bool = False  # token trimmers use the local score only
     trim_tokens: str = "both"  # whose tokens are trimmed: both | vision | text (heads are trimmed in all)
     freeze: str = "none"  # encoders whose weights stay fixed: none | vision | text | both (e.g. pretrained ones)
+    # fp32 | bf16: the training forward passes under bfloat16 autocast (matmuls and convolutions in bf16,
+    # weights, optimizer, losses and evaluation in fp32); ~1.7x faster steps on CPUs with AVX512-BF16/AMX
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target_ratio <= 1.0:
@@ -58,6 +61,8 @@ class TrainConfig:
             raise ValueError("--tau must be > 0")
         if self.trim_tokens not in TOKEN_MODALITIES:
             raise ValueError(f"--trim-tokens must be one of {', '.join(TOKEN_MODALITIES)}, not {self.trim_tokens!r}")
+        if self.precision not in TRAIN_PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(TRAIN_PRECISIONS)}, not {self.precision!r}")
         if self.freeze not in FREEZE_CHOICES:
             raise ValueError(f"--freeze must be one of {', '.join(FREEZE_CHOICES)}, not {self.freeze!r}")
 

@@ -67,20 +67,21 @@ class SmartTrimObjective(nn.Module):
         cfg = self.cfg
         zero = pixel_values.new_zeros(())
         if cfg.no_trim:
-            out = self.model(pixel_values, input_ids, attention_mask, mode="off")
-            ce = F.cross_entropy(out.logits, labels)
-            return LossParts(ce, ce, zero, zero, zero, zero + 1.0, (out.logits.argmax(-1) == labels).sum())
+            logits = self.model(pixel_values, input_ids, attention_mask, mode="off").logits.float()
+            ce = F.cross_entropy(logits, labels)
+            return LossParts(ce, ce, zero, zero, zero, zero + 1.0, (logits.argmax(-1) == labels).sum())
         out = self.model(pixel_values, input_ids, attention_mask, mode="mask", noise=noise)
-        ce = F.cross_entropy(out.logits, labels)
+        logits = out.logits.float()  # losses in fp32 also under bf16 autocast
+        ce = F.cross_entropy(logits, labels)
         need_full = cfg.full_task_weight > 0 or cfg.distill > 0
         ce_full = kl = zero
         if need_full:
             with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.full_task_weight > 0):
-                full = self.model(pixel_values, input_ids, attention_mask, mode="off")
-            ce_full = F.cross_entropy(full.logits, labels)
+                full_logits = self.model(pixel_values, input_ids, attention_mask, mode="off").logits.float()
+            ce_full = F.cross_entropy(full_logits, labels)
             if cfg.distill > 0:
-                kl = kl_teacher_student(full.logits, out.logits)
-        ratio = _global_mean(out.flops_ratio)
+                kl = kl_teacher_student(full_logits, logits)
+        ratio = _global_mean(out.flops_ratio.float())
         ratio_loss = (ratio - target) ** 2
         loss = ce + cfg.full_task_weight * ce_full + cfg.distill * kl + cfg.ratio_weight * ratio_loss
-        return LossParts(loss, ce, ce_full, kl, ratio_loss, ratio.detach(), (out.logits.argmax(-1) == labels).sum())
+        return LossParts(loss, ce, ce_full, kl, ratio_loss, ratio.detach(), (logits.argmax(-1) == labels).sum())
