@@ -1,12 +1,16 @@
-"""Helpers shared by the benchmark scripts: run a trimkit command once, keep results as JSON + Markdown."""
+"""Helpers shared by the benchmark scripts: run a trimkit command once, keep results as JSON + Markdown,
+time several variants interleaved."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,3 +66,39 @@ def merge_save_json(path: Path, data: dict, merged_keys=("runs", "commands", "se
             merged[key] = {**disk.get(key, {}), **data.get(key, {})}
         save_json(path, merged)
     return merged
+
+
+def timing_args(ap: argparse.ArgumentParser, *, batches: int, repeats: int, workdir: str) -> None:
+    """The options every timing benchmark takes."""
+    ap.add_argument("--batches", type=int, default=batches, help="batches per variant per repeat")
+    ap.add_argument("--repeats", type=int, default=repeats, help="interleaved repeats (the median is reported)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench" / workdir)
+
+
+def time_interleaved(passes: dict[str, Callable[[], int]], repeats: int, console, label: str) -> dict[str, float]:
+    """Median seconds per batch of each variant. A pass runs all of a variant's batches and returns how many;
+    the variants take turns within every repeat, so machine noise hits them alike. One warm-up pass each."""
+    from rich.progress import Progress
+
+    for run in passes.values():
+        run()
+    times: dict[str, list[float]] = {v: [] for v in passes}
+    with Progress(console=console, transient=True) as prog:
+        task = prog.add_task(label, total=repeats * len(passes))
+        for _ in range(repeats):
+            for v, run in passes.items():
+                t0 = time.perf_counter()
+                n = run()
+                times[v].append((time.perf_counter() - t0) / n)
+                prog.advance(task)
+    return {v: statistics.median(ts) for v, ts in times.items()}
+
+
+def ort_pass(session, feeds: list[dict]) -> Callable[[], int]:
+    """A `time_interleaved` pass: one ONNX Runtime session over its batches."""
+    def run() -> int:
+        for f in feeds:
+            session.run(None, f)
+        return len(feeds)
+    return run

@@ -89,7 +89,7 @@ def evaluate_run(ckpt: Path, seed: int) -> dict:
     rho = _spearman(n_obj.float(), ratios)
     out = {"adaptive": {"accuracy": res["prune"]["accuracy"], "accuracy_full": res["off"]["accuracy"],
                         "flops_ratio": res["prune"]["flops_ratio"], "by_objects": by_count,
-                        "by_question_type": by_question_type(ratios, correct, data.test.extra["qtype_id"]),
+                        "by_question_type": by_question_type(ratios, correct, data.test.extra["qtype_id"], n_obj),
                         "spearman_objects_vs_ratio": rho, "rises_with_objects": rises(means, rho)}}
     # static at equal mean FLOPs, calibrated on the validation split
     profile = adaptive_profile(model, data.val, samples=2000)
@@ -106,9 +106,17 @@ def evaluate_run(ckpt: Path, seed: int) -> dict:
     return out
 
 
-def by_question_type(ratios: torch.Tensor, correct: torch.Tensor, qtype_id: torch.Tensor) -> dict:
-    """Per-instance FLOPs ratio and accuracy by the kind of question (what else the cost could follow)."""
-    return {t: _group(ratios, correct, qtype_id == i) for i, t in enumerate(QUESTION_TYPES)}
+def by_question_type(ratios: torch.Tensor, correct: torch.Tensor, qtype_id: torch.Tensor,
+                     n_obj: torch.Tensor) -> dict:
+    """Per-instance FLOPs ratio and accuracy by the kind of question (what else the cost could follow), and
+    within each kind how the ratio follows the number of objects (Spearman, mean ratio per object count)."""
+    out = {}
+    for i, t in enumerate(QUESTION_TYPES):
+        sel = qtype_id == i
+        out[t] = {**_group(ratios, correct, sel), "spearman_objects": _spearman(n_obj[sel].float(), ratios[sel]),
+                  "ratio_by_objects": {str(int(k)): float(ratios[sel & (n_obj == k)].mean())
+                                       for k in sorted(set(n_obj[sel].tolist()))}}
+    return out
 
 
 def _group(ratios: torch.Tensor, correct: torch.Tensor, sel: torch.Tensor) -> dict:
@@ -140,8 +148,9 @@ def _plot(runs: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
-    for i, (t, run) in enumerate(sorted(runs.items(), key=lambda kv: -float(kv[0]))):
+    ordered = sorted(runs.items(), key=lambda kv: -float(kv[0]))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2), dpi=120)
+    for i, (t, run) in enumerate(ordered):
         by = run["adaptive"]["by_objects"]
         ks = sorted(by, key=int)
         color = f"C{i}"
@@ -153,9 +162,25 @@ def _plot(runs: dict, path: Path) -> None:
     ax.set_ylabel("per-instance FLOPs ratio (mean ± std)")
     ax.set_title("shapes: compute SmartTrim spends per instance")
     ax.legend(fontsize=8, loc="center right")
+    t, run = ordered[len(ordered) // 2]  # the middle target: by kind of question
+    for j, (q, g) in enumerate(run["adaptive"]["by_question_type"].items()):
+        if "ratio_by_objects" not in g:
+            continue
+        ks = sorted(g["ratio_by_objects"], key=int)
+        bx.plot([int(k) for k in ks], [g["ratio_by_objects"][k] for k in ks], marker="o", color=f"C{j}",
+                label=f"{q}: ρ {g['spearman_objects']:+.2f}, acc {100 * g['accuracy']:.0f}%")
+    bx.set_xlabel("objects in the scene")
+    bx.set_ylabel("mean per-instance FLOPs ratio")
+    bx.set_title(f"target {t}: by kind of question")
+    bx.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _qtype_cell(g: dict) -> str:
+    rho = f", ρ {g['spearman_objects']:+.2f}" if "spearman_objects" in g else ""
+    return f"{g['ratio_mean']:.3f} ± {g['ratio_std']:.3f}, {100 * g['accuracy']:.1f}%{rho}"
 
 
 def _markdown(rec: dict, results: Path) -> None:
@@ -193,14 +218,13 @@ def _markdown(rec: dict, results: Path) -> None:
                      f"{100 * sv['static']['accuracy']:.2f}% ({sv['static']['flops_ratio']:.3f}) | "
                      f"{'yes' if sv['adaptive_beats_static'] else 'NO'} |")
     if all("by_question_type" in r["adaptive"] for r in runs):
-        lines += ["", "Per-instance FLOPs ratio (mean ± std) and accuracy by the kind of question:", "",
+        lines += ["", "Per-instance FLOPs ratio (mean ± std) and accuracy by the kind of question; ρ: Spearman "
+                  "correlation of the ratio with the number of objects among the questions of that kind:", "",
                   "| question | questions | " + " | ".join(f"target {r['target']}" for r in runs) + " |",
                   "|---|---|" + "---|" * len(runs)]
         first = runs[0]["adaptive"]["by_question_type"]
         for t in first:
-            cells = [f"{r['adaptive']['by_question_type'][t]['ratio_mean']:.3f} ± "
-                     f"{r['adaptive']['by_question_type'][t]['ratio_std']:.3f}, "
-                     f"{100 * r['adaptive']['by_question_type'][t]['accuracy']:.1f}%" for r in runs]
+            cells = [_qtype_cell(r["adaptive"]["by_question_type"][t]) for r in runs]
             lines.append(f"| {t} | {first[t]['questions']} | " + " | ".join(cells) + " |")
     lines += ["", "Commands:", "", "```", *rec.get("commands", {}).values(), "```", ""]
     (results / "adaptive_shapes.md").write_text("\n".join(lines))

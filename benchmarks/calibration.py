@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
-import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS, ROOT, run_stage, save_json
+from _common import RESULTS, ROOT, ort_pass, run_stage, save_json, time_interleaved
 from rich.console import Console
 from rich.progress import track
 
@@ -107,16 +105,8 @@ def compare(fp32: Path, int8: Path, test, args, console) -> dict:
         for r in rows:
             pv, ids, mask, _ = test.batch(r, trim_padding=True)
             feeds.append({"pixel_values": pv.numpy(), "input_ids": ids.numpy(), "attention_mask": mask.numpy()})
-        times = {"fp32": [], "int8": []}
-        for sess in (s32, s8):
-            sess.run(None, feeds[0])
-        for _ in range(args.repeats):
-            for name, sess in (("fp32", s32), ("int8", s8)):
-                t0 = time.perf_counter()
-                for f in feeds:
-                    sess.run(None, f)
-                times[name].append((time.perf_counter() - t0) / len(feeds))
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = time_interleaved({"fp32": ort_pass(s32, feeds), "int8": ort_pass(s8, feeds)}, args.repeats, console,
+                               f"speed b{bs}")
         out["speed"][f"b{bs}"] = {"fp32_ms": 1000 * med["fp32"], "int8_ms": 1000 * med["int8"],
                                   "speedup": med["fp32"] / med["int8"]}
     console.print(f"{int8.name}: " + ", ".join(f"{k} {v:.4g}" for k, v in out.items() if not isinstance(v, dict))

@@ -21,14 +21,11 @@ import argparse
 import dataclasses
 import statistics
 import sys
-import time
-from pathlib import Path
 
 import onnx
 import torch
-from _common import RESULTS, ROOT, save_json
+from _common import RESULTS, ROOT, ort_pass, save_json, time_interleaved, timing_args
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 import trimkit
@@ -63,10 +60,7 @@ def executed_ratio(model, out) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", action="append", help="NAME=PATH (default: the two easy-VQA SmartTrim runs)")
-    ap.add_argument("--batches", type=int, default=40, help="batches per variant per repeat")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench" / "export")
+    timing_args(ap, batches=40, repeats=5, workdir="export")
     ap.add_argument("--results", default="export_speed", help="result file stem under benchmarks/results/")
     args = ap.parse_args()
     ckpts = dict(x.split("=", 1) for x in args.ckpt) if args.ckpt else {k: str(v) for k, v in DEFAULT.items()}
@@ -106,21 +100,9 @@ def main() -> None:
                 ratio_sample.append(float(out.flops_ratio.mean()))
                 ratio_exec.append(executed_ratio(model, out))
                 batches.append({"pixel_values": pv.numpy(), "input_ids": ids.numpy(), "attention_mask": mask.numpy()})
-            times = {v: [] for v in [*sessions, "torch_prune"]}
-            with Progress(console=console, transient=True) as prog:
-                task = prog.add_task(f"{name} batch {bs}", total=args.repeats * len(times))
-                for _ in range(args.repeats):
-                    for v in times:
-                        t0 = time.perf_counter()
-                        for feed in batches:
-                            if v == "torch_prune":
-                                with torch.no_grad():
-                                    model(*(torch.from_numpy(feed[k]) for k in feed), mode="prune")
-                            else:
-                                sessions[v].run(None, feed)
-                        times[v].append((time.perf_counter() - t0) / len(batches))
-                        prog.advance(task)
-            med = {v: statistics.median(ts) for v, ts in times.items()}
+            passes = {v: ort_pass(sess, batches) for v, sess in sessions.items()}
+            passes["torch_prune"] = _torch_pass(model, batches)
+            med = time_interleaved(passes, args.repeats, console, f"{name} batch {bs}")
             rs, re_ = statistics.mean(ratio_sample), statistics.mean(ratio_exec)
             reference = rs if bs == 1 else re_
             speedup = med["full"] / med["adaptive"]
@@ -137,6 +119,15 @@ def main() -> None:
             results["runs"][f"{name}/b{bs}"] = rec
             save_json(RESULTS / f"{args.results}.json", results)
     write_markdown(results, console)
+
+
+def _torch_pass(model, feeds: list[dict]):
+    def run() -> int:
+        with torch.no_grad():
+            for f in feeds:
+                model(*(torch.from_numpy(f[k]) for k in f), mode="prune")
+        return len(feeds)
+    return run
 
 
 def write_markdown(results: dict, console) -> None:

