@@ -39,13 +39,9 @@ def draw_scene(objects: list[tuple[str, str, int, int, int]], size: int) -> np.n
 
 
 def _place(rng: np.random.Generator, n: int, size: int) -> list[tuple[int, int, int]]:
-    """n non-overlapping (cx, cy, r) placements (rejection sampling).
-
-    Radii span size/10..size/6 (6-10 px at 64 px: each object covers 2-9 tokens of an 8-px grid, so a
-    trimmer that keeps the objects must keep more tokens for more objects; 6 still fit at 64 px).
-    """
+    """n non-overlapping (cx, cy, r) placements (rejection sampling)."""
     out: list[tuple[int, int, int]] = []
-    r_lo, r_hi = max(2, size // 10), max(3, size // 6)
+    r_lo, r_hi = max(2, size // 16), max(3, size // 9)
     for _ in range(2000):
         if len(out) == n:
             break
