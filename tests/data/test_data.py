@@ -16,9 +16,15 @@ def test_shapes_is_seeded_and_consistent():
     assert set(a["answers"]) <= set(labels())
     n = a["extra"]["n_objects"]
     assert min(n) >= 1 and max(n) <= 6
-    for q, ans, k in zip(a["questions"], a["answers"], n):
+    scenes = a["scenes"]  # (images, colours, shapes) object counts, consistent with the answers
+    assert scenes.shape == (30, 6, 3)
+    for q, ans, k, i in zip(a["questions"], a["answers"], n, a["image_index"]):
+        assert scenes[i].sum() == k
         if q == "how many objects are there?":
             assert ans == str(k)
+        elif q.startswith("how many "):
+            shape = q.split()[2][:-1]  # "how many circles are there?"
+            assert ans == str(scenes[i][:, ("circle", "square", "triangle").index(shape)].sum())
     assert [QUESTION_TYPES[i] for i in a["extra"]["qtype_id"]] == a["extra"]["qtype"]
     assert {QUESTION_TYPES[i] for i in a["extra"]["qtype_id"]} == set(QUESTION_TYPES)
 

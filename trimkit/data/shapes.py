@@ -23,12 +23,16 @@ def labels(max_objects: int = 6) -> list[str]:
     return ["yes", "no", *COLORS, *SHAPES, *[str(i) for i in range(max_objects + 1)]]
 
 
-def draw_scene(objects: list[tuple[str, str, int, int, int]], size: int) -> np.ndarray:
-    """objects: (color, shape, cx, cy, radius) on a light-gray canvas -> (size, size, 3) uint8."""
-    img = Image.new("RGB", (size, size), (235, 235, 235))
+def draw_scene(objects: list[tuple[str, str, int, int, int]], size: int, *, labels: bool = False) -> np.ndarray:
+    """objects: (color, shape, cx, cy, radius) on a light-gray canvas -> (size, size, 3) uint8.
+
+    labels=True draws the label map instead: (size, size) uint8, 0 for the background and
+    1 + colour index * len(SHAPES) + shape index under each object.
+    """
+    img = Image.new("L", (size, size), 0) if labels else Image.new("RGB", (size, size), (235, 235, 235))
     d = ImageDraw.Draw(img)
     for color, shape, cx, cy, r in objects:
-        fill = COLORS[color]
+        fill = 1 + list(COLORS).index(color) * len(SHAPES) + SHAPES.index(shape) if labels else COLORS[color]
         if shape == "circle":
             d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
         elif shape == "square":
@@ -85,14 +89,18 @@ def _question(rng: np.random.Generator, objs: list[tuple[str, str, int, int, int
 
 
 def generate(n_images: int, *, max_objects: int = 6, image_size: int = 64, questions_per_image: int = 3,
-             seed: int = 0) -> dict:
+             seed: int = 0, label_maps: bool = False) -> dict:
     """A seeded split: images (I, S, S, 3) uint8 and per-question lists.
 
-    Returns dict(images, image_index, questions, answers, extra={"n_objects", "qtype", "qtype_id"});
+    Returns dict(images, scenes, image_index, questions, answers, extra={"n_objects", "qtype", "qtype_id"});
+    scenes (I, len(COLORS), len(SHAPES)) int64 counts the objects of each colour and shape in every image;
+    with label_maps, "label_maps" (I, S, S) uint8 holds each pixel's object label (see `draw_scene`);
     qtype_id indexes QUESTION_TYPES (numeric extras travel with the dataset split).
     """
     rng = np.random.default_rng(seed)
     images = np.zeros((n_images, image_size, image_size, 3), dtype=np.uint8)
+    scenes = np.zeros((n_images, len(COLORS), len(SHAPES)), dtype=np.int64)
+    maps = np.zeros((n_images, image_size, image_size), dtype=np.uint8) if label_maps else None
     image_index, questions, answers, n_objs, qtypes = [], [], [], [], []
     for i in range(n_images):
         want = int(rng.integers(1, max_objects + 1))
@@ -100,6 +108,10 @@ def generate(n_images: int, *, max_objects: int = 6, image_size: int = 64, quest
         objs = [(list(COLORS)[int(rng.integers(len(COLORS)))], SHAPES[int(rng.integers(3))], cx, cy, r)
                 for cx, cy, r in places]
         images[i] = draw_scene(objs, image_size)
+        if label_maps:
+            maps[i] = draw_scene(objs, image_size, labels=True)
+        for color, shape, *_ in objs:
+            scenes[i, list(COLORS).index(color), SHAPES.index(shape)] += 1
         for _ in range(questions_per_image):
             q, a, t = _question(rng, objs, max_objects)
             image_index.append(i)
@@ -107,5 +119,5 @@ def generate(n_images: int, *, max_objects: int = 6, image_size: int = 64, quest
             answers.append(a)
             n_objs.append(len(objs))
             qtypes.append(t)
-    return {"images": images, "image_index": image_index, "questions": questions, "answers": answers,
+    return {"images": images, "scenes": scenes, **({"label_maps": maps} if label_maps else {}), "image_index": image_index, "questions": questions, "answers": answers,
             "extra": {"n_objects": n_objs, "qtype": qtypes, "qtype_id": [QUESTION_TYPES.index(t) for t in qtypes]}}
