@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--backbone-epochs", type=float, default=8)
     ap.add_argument("--trim-epochs", type=float, default=2)
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
-                    help="trimkit train --precision (bf16: ~1.7x faster steps on CPUs with AVX512-BF16)")
+                    help="trimkit train --precision (bf16: ~1.6x faster steps on CPUs with AVX512-BF16)")
     ap.add_argument("--targets", default="0.5,0.3,0.2",
                     help="FLOPs targets, one SmartTrim run each (separate processes may run different targets; the "
                          "results file is merged under a lock)")

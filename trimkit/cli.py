@@ -205,7 +205,7 @@ def train(
         "--freeze", help="Encoders whose weights stay fixed (e.g. imported pretrained ones): cheaper steps.")] = Freeze.none,
     precision: Annotated[Precision, typer.Option(
         "--precision", help="bf16: bfloat16 autocast in the training passes (fp32 weights and losses); "
-        "~1.7x faster on CPUs with AVX512-BF16/AMX, slower without.")] = Precision.fp32,
+        "~1.6x faster on CPUs with AVX512-BF16/AMX, slower without.")] = Precision.fp32,
     epochs: Annotated[float, typer.Option("--epochs", help="Epochs (ignored with --steps).")] = 3.0,
     steps: Annotated[int | None, typer.Option("--steps", help="Total optimizer steps.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Global batch size.")] = 64,

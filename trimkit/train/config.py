@@ -43,7 +43,7 @@ class TrainConfig:
     trim_tokens: str = "both"  # whose tokens are trimmed: both | vision | text (heads are trimmed in all)
     freeze: str = "none"  # encoders whose weights stay fixed: none | vision | text | both (e.g. pretrained ones)
     # fp32 | bf16: the training forward passes under bfloat16 autocast (matmuls and convolutions in bf16,
-    # weights, optimizer, losses and evaluation in fp32); ~1.7x faster steps on CPUs with AVX512-BF16/AMX
+    # weights, optimizer, losses and evaluation in fp32); ~1.6x faster steps on CPUs with AVX512-BF16/AMX
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
