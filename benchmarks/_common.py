@@ -68,6 +68,20 @@ def merge_save_json(path: Path, data: dict, merged_keys=("runs", "commands", "se
     return merged
 
 
+def reproduce_command(script: str, argv: list[str], drop: dict[str, bool]) -> str:
+    """`python benchmarks/SCRIPT ARGV` without the options that only split the work across processes;
+    drop maps each such option to whether it takes a value."""
+    keep, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in drop:
+            skip = drop[a]
+        elif not any(a.startswith(f"{opt}=") for opt in drop):
+            keep.append(a)
+    return " ".join([f"python benchmarks/{script}", *keep])
+
+
 def timing_args(ap: argparse.ArgumentParser, *, batches: int, repeats: int, workdir: str) -> None:
     """The options every timing benchmark takes."""
     ap.add_argument("--batches", type=int, default=batches, help="batches per variant per repeat")

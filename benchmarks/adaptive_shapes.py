@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _common import RESULTS, ROOT, load_json, merge_save_json, run_stage
+from _common import RESULTS, ROOT, load_json, merge_save_json, reproduce_command, run_stage
 
 import trimkit
 from trimkit.calibration import adaptive_profile, match_static_budget, measure
@@ -56,7 +56,8 @@ def main() -> None:
     wd.mkdir(parents=True, exist_ok=True)
     log = wd / "log.txt"
     out_json = results / "adaptive_shapes.json"
-    rec = {"reproduce": reproduce_command(sys.argv[1:]), "preset": args.preset, "data": "shapes",
+    reproduce = reproduce_command("adaptive_shapes.py", sys.argv[1:], {"--targets": True, "--reeval": False})
+    rec = {"reproduce": reproduce, "preset": args.preset, "data": "shapes",
            "backbone_epochs": args.backbone_epochs,
            "trim_epochs": args.trim_epochs, "precision": args.precision, "runs": {}}
     seed = ["--seed", str(args.seed)]
@@ -170,19 +171,6 @@ def patch_labels(maps: torch.Tensor, patch: int, classes: int, min_cover: float 
     label = objects.argmax(1) + 1
     label[objects.sum(1) < min_cover * patch * patch] = 0
     return label.view(n, grid * grid)
-
-
-def reproduce_command(argv: list[str]) -> str:
-    """This command without the options that only split the work (--targets, --reeval)."""
-    keep, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a in ("--targets", "--reeval"):
-            skip = a == "--targets"
-        elif not a.startswith("--targets="):
-            keep.append(a)
-    return " ".join(["python benchmarks/adaptive_shapes.py", *keep])
 
 
 def evaluate_run(ckpt: Path, seed: int) -> dict:

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from _common import RESULTS, ROOT, load_json, merge_save_json, run_stage
+from _common import RESULTS, ROOT, load_json, merge_save_json, reproduce_command, run_stage
 
 from trimkit.config import FREEZE_CHOICES
 
@@ -66,7 +66,7 @@ def main() -> None:
                 "backbone_epochs": args.backbone_epochs,
                 "trim_epochs": args.trim_epochs, "trim_tokens": args.trim_tokens, "freeze": args.freeze,
                 "precision": args.precision,
-                "reproduce": reproduce_command(sys.argv[1:])})
+                "reproduce": reproduce_command("smarttrim_easyvqa.py", sys.argv[1:], {"--runs": True})})
     rec.setdefault("runs", {})
     seed = ["--seed", str(args.seed)]
     train_opts = ["--freeze", args.freeze] if args.freeze != "none" else []
@@ -97,19 +97,6 @@ def main() -> None:
                   ckpt, log, rec)
         evaluate(name, wd, log, rec, out_json, target)
     write_markdown(merge_save_json(out_json, rec))
-
-
-def reproduce_command(argv: list[str]) -> str:
-    """The command that reproduces the whole table: this one without a `--runs` subset."""
-    keep, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--runs":
-            skip = True
-        elif not a.startswith("--runs="):
-            keep.append(a)
-    return " ".join(["python benchmarks/smarttrim_easyvqa.py", *keep])
 
 
 def backbone_target(args) -> float:

@@ -12,6 +12,7 @@ Writes benchmarks/results/train_speed.{json,md}.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import torch
 from _common import RESULTS, save_json, time_interleaved
@@ -43,7 +44,8 @@ def main() -> None:
                                     image_size=model.config.image_size, splits=("train",)).train
                 batch = data.batch(torch.arange(args.batch_size))
             name = f"{kind}/{precision}"
-            passes[name], first_loss[name] = _stepper(model, cfg, batch, precision == "bf16", args.steps)
+            passes[name], first_loss[name] = _stepper(model, dataclasses.replace(cfg, precision=precision), batch,
+                                                      args.steps)
     med = time_interleaved(passes, args.repeats, console, "training steps")
     rec = {"threads": args.threads, "batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats,
            "step_ms": {k: 1000 * v for k, v in med.items()}, "first_loss": first_loss,
@@ -52,14 +54,14 @@ def main() -> None:
     write_markdown(rec, console)
 
 
-def _stepper(model, cfg: TrainConfig, batch, bf16: bool, steps: int):
+def _stepper(model, cfg: TrainConfig, batch, steps: int):
     """A `time_interleaved` pass of `steps` optimizer steps, and the loss of a first step."""
     objective = SmartTrimObjective(model, cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     model.train()
 
     def step() -> float:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with cfg.autocast():
             parts = objective(*batch, target=cfg.target_ratio, noise=BatchNoise(0, batch[0].shape[0]))
         opt.zero_grad(set_to_none=True)
         parts.loss.backward()

@@ -23,6 +23,11 @@ def labels(max_objects: int = 6) -> list[str]:
     return ["yes", "no", *COLORS, *SHAPES, *[str(i) for i in range(max_objects + 1)]]
 
 
+def object_label(color: str, shape: str) -> int:
+    """1 + colour index * len(SHAPES) + shape index (0 is the background in label maps)."""
+    return 1 + list(COLORS).index(color) * len(SHAPES) + SHAPES.index(shape)
+
+
 def draw_scene(objects: list[tuple[str, str, int, int, int]], size: int, *, labels: bool = False) -> np.ndarray:
     """objects: (color, shape, cx, cy, radius) on a light-gray canvas -> (size, size, 3) uint8.
 
@@ -32,7 +37,7 @@ def draw_scene(objects: list[tuple[str, str, int, int, int]], size: int, *, labe
     img = Image.new("L", (size, size), 0) if labels else Image.new("RGB", (size, size), (235, 235, 235))
     d = ImageDraw.Draw(img)
     for color, shape, cx, cy, r in objects:
-        fill = 1 + list(COLORS).index(color) * len(SHAPES) + SHAPES.index(shape) if labels else COLORS[color]
+        fill = object_label(color, shape) if labels else COLORS[color]
         if shape == "circle":
             d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
         elif shape == "square":
@@ -111,7 +116,7 @@ def generate(n_images: int, *, max_objects: int = 6, image_size: int = 64, quest
         if label_maps:
             maps[i] = draw_scene(objs, image_size, labels=True)
         for color, shape, *_ in objs:
-            scenes[i, list(COLORS).index(color), SHAPES.index(shape)] += 1
+            scenes[i].reshape(-1)[object_label(color, shape) - 1] += 1
         for _ in range(questions_per_image):
             q, a, t = _question(rng, objs, max_objects)
             image_index.append(i)
@@ -119,5 +124,7 @@ def generate(n_images: int, *, max_objects: int = 6, image_size: int = 64, quest
             answers.append(a)
             n_objs.append(len(objs))
             qtypes.append(t)
-    return {"images": images, "scenes": scenes, **({"label_maps": maps} if label_maps else {}), "image_index": image_index, "questions": questions, "answers": answers,
+    out = {"label_maps": maps} if label_maps else {}
+    return {**out, "images": images, "scenes": scenes, "image_index": image_index, "questions": questions,
+            "answers": answers,
             "extra": {"n_objects": n_objs, "qtype": qtypes, "qtype_id": [QUESTION_TYPES.index(t) for t in qtypes]}}

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from ..config import FREEZE_CHOICES, TEXT, TOKEN_MODALITIES, TRAIN_PRECISIONS, VISION
 
 __all__ = ["TrainConfig"]
@@ -69,6 +71,10 @@ class TrainConfig:
     @property
     def frozen_modalities(self) -> list[int]:
         return {"none": [], "vision": [VISION], "text": [TEXT], "both": [VISION, TEXT]}[self.freeze]
+
+    def autocast(self) -> torch.autocast:
+        """The context the training passes run in: bfloat16 autocast with `precision` bf16, else a no-op."""
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     @property
     def distill(self) -> float:

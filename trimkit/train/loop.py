@@ -237,7 +237,7 @@ def _train(ckpt, cfg, *, resume, force, console, show_progress, stop_at_step, di
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * scale
             target = cfg.target_at(step, total)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            with cfg.autocast():
                 parts = objective(pv, ids, mask, y, target, noise)
             opt.zero_grad(set_to_none=True)
             parts.loss.backward()
