@@ -27,8 +27,12 @@ def run_stage(name: str, args: list[str], output: Path, log: Path, record: dict)
     shown = "trimkit " + " ".join(shlex.quote(str(a).replace(f"{ROOT}/", "")) for a in args)
     record.setdefault("commands", {})[name] = shown
     if output.exists():
-        print(f"[skip] {name}: {output} exists", flush=True)
-        return
+        unfinished = _unfinished_training(output)
+        if unfinished is None:
+            print(f"[skip] {name}: {output} exists", flush=True)
+            return
+        # a training stage that was stopped keeps its best-so-far checkpoint at `output`: continue it
+        cmd, shown = trimkit_cmd("train", unfinished, "--resume", "--quiet"), f"trimkit train {unfinished} --resume"
     print(f"[run ] {name}: {shown}", flush=True)
     t0 = time.perf_counter()
     with open(log, "a") as f:
@@ -37,7 +41,51 @@ def run_stage(name: str, args: list[str], output: Path, log: Path, record: dict)
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed (exit {proc.returncode}); see {log}")
-    record.setdefault("seconds", {})[name] = round(time.perf_counter() - t0, 1)
+    seconds = time.perf_counter() - t0
+    if output.exists() and (state := _train_state(output)):
+        seconds = state.get("seconds", seconds)  # a training run's own wall time, across --resume sessions
+    record.setdefault("seconds", {})[name] = round(seconds, 1)
+
+
+def _train_state(output: Path) -> dict:
+    """The train state in the `.last.pt` beside a `trimkit train` output ({} for other outputs)."""
+    from trimkit.checkpoint import read_checkpoint
+    from trimkit.train import last_path
+
+    last = last_path(output)
+    return (read_checkpoint(last).get("train_state") or {}) if output.suffix == ".pt" and last.exists() else {}
+
+
+def _unfinished_training(output: Path) -> Path | None:
+    """The `.last.pt` of a `trimkit train` run whose train state has not reached its total steps, else None."""
+    from trimkit.train import last_path
+
+    state = _train_state(output)
+    return last_path(output) if state.get("step", 0) < state.get("total_steps", 0) else None
+
+
+def vision_pretrain_info(ckpt: Path) -> dict:
+    """What `trimkit pretrain-vision` recorded in the checkpoint it wrote."""
+    from trimkit.checkpoint import read_checkpoint
+
+    return read_checkpoint(ckpt)["meta"]["vision_pretrain"]
+
+
+def vision_pretrain_lines(info: dict | None) -> list[str]:
+    """A results paragraph on the vision pre-training stage (none when there was none)."""
+    if not info:
+        return []
+    last = info["curve"][-1]
+    if info.get("data", "shapes") == "shapes":
+        where = (f"{info.get('train_images', info.get('images')):,} scenes in no VQA split (generator seed "
+                 f"{info['generator_seed']}); on {info.get('held_out_images', info.get('held_out'))} held-out scenes")
+    else:
+        where = (f"the {info['train_images']:,} images of the training part of the train split (labels from their "
+                 f"training questions' answers); on the {info['held_out_images']} validation images")
+    return [f"The backbone starts from a vision encoder pre-trained {info['steps']} steps (`trimkit pretrain-vision`) "
+            f"to name what lies under each patch token (background or which colour × shape) on {where} it names "
+            f"{100 * last['token_accuracy']:.1f}% of the tokens ({100 * last['object_token_accuracy']:.1f}% of "
+            "those on objects).", ""]
 
 
 def save_json(path: Path, data: dict) -> None:

@@ -17,12 +17,12 @@ Writes benchmarks/results/adaptive_shapes.{json,md,png}.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 import torch
-from _common import RESULTS, ROOT, load_json, merge_save_json, reproduce_command, run_stage
+from _common import (RESULTS, ROOT, load_json, merge_save_json, reproduce_command, run_stage, vision_pretrain_info,
+                     vision_pretrain_lines)
 
 import trimkit
 from trimkit.calibration import adaptive_profile, match_static_budget, measure
@@ -44,8 +44,9 @@ def main() -> None:
                          "results file is merged under a lock)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vision-pretrain-steps", type=int, default=1500,
-                    help="first pre-train the vision encoder to count each colour x shape in separate scenes "
-                         "(as VLMs start from pretrained encoders); 0: train the backbone from scratch")
+                    help="first `trimkit pretrain-vision --data shapes` (the vision encoder names what lies under each "
+                         "patch token, on scenes in no VQA split, as VLMs start from pretrained encoders); "
+                         "0: train the backbone from scratch")
     ap.add_argument("--reeval", action="store_true", help="evaluate again even when the results file has the run")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where the json/md/png go")
@@ -67,10 +68,9 @@ def main() -> None:
     start = wd / "init.pt"
     if args.vision_pretrain_steps:
         start = wd / "init-vision.pt"
-        if not start.exists():
-            rec["vision_pretrain"] = pretrain_vision(wd / "init.pt", start, steps=args.vision_pretrain_steps,
-                                                     seed=args.seed, bf16=args.precision == "bf16")
-            merge_save_json(out_json, rec, merged_keys=("runs", "commands", "seconds", "vision_pretrain"))
+        run_stage("pretrain-vision", ["pretrain-vision", wd / "init.pt", "--data", "shapes", "--steps",
+                                      args.vision_pretrain_steps, "--out", start, "--quiet", *train_opts], start, log, rec)
+        rec["vision_pretrain"] = vision_pretrain_info(start)
     run_stage("backbone", ["train", start, "--data", "shapes", "--no-trim", "--epochs", args.backbone_epochs,
                            "--lr", "5e-4", "--out", wd / "backbone.pt", "--quiet", *train_opts], wd / "backbone.pt", log, rec)
     rec["backbone_sha256"] = sha256_file(wd / "backbone.pt")
@@ -93,84 +93,6 @@ def main() -> None:
     rec = merge_save_json(out_json, rec)
     _plot(rec["runs"], results / "adaptive_shapes.png")
     _markdown(rec, results)
-
-
-VISION_PRETRAIN_SEED_OFFSET = 7  # scenes from generator seed 2*seed + 7: neither the train (2*seed) nor test split
-
-
-def pretrain_vision(init: Path, out: Path, *, steps: int, seed: int, bf16: bool, images: int = 6000,
-                    held_out: int = 500, batch: int = 64, lr: float = 1e-3) -> dict:
-    """The vision encoder (stem, embeddings, layers) learns what lies under each of its patch tokens
-    (background, or which colour x shape object covers most of the patch), from a linear head on every token,
-    on scenes that are in no VQA split; the head is dropped and the checkpoint goes on to
-    `trimkit train --no-trim`. Returns the validation curve."""
-    from rich.progress import track
-
-    from trimkit.checkpoint import save_checkpoint
-    from trimkit.config import VISION
-    from trimkit.data.dataset import SHAPES_MAX_OBJECTS, to_pixel_values
-    from trimkit.data.shapes import COLORS, SHAPES, generate
-
-    torch.manual_seed(seed)
-    model = trimkit.load_checkpoint(init)
-    raw = generate(images + held_out, max_objects=SHAPES_MAX_OBJECTS, image_size=model.config.image_size,
-                   seed=2 * seed + VISION_PRETRAIN_SEED_OFFSET, questions_per_image=1, label_maps=True)
-    x = to_pixel_values(torch.from_numpy(raw["images"]).permute(0, 3, 1, 2))
-    classes = 1 + len(COLORS) * len(SHAPES)
-    y = patch_labels(torch.from_numpy(raw["label_maps"]).long(), model.config.patch_size, classes)  # (I, P)
-    head = torch.nn.Linear(model.config.hidden_size, classes)
-    opt = torch.optim.AdamW([*model.encoder_parameters(VISION), *head.parameters()], lr=lr, weight_decay=0.01)
-    g = torch.Generator().manual_seed(seed)
-
-    def logits(pv: torch.Tensor) -> torch.Tensor:
-        h = model.embed_image(pv)
-        w = torch.ones(h.shape[:2])
-        for layer in model.vision_layers:
-            h = layer(h, w)
-        if model.vision_final_norm is not None:
-            h = model.vision_final_norm(h)
-        return head(h[:, 1:])  # (B, P, classes): the patch tokens, [CLS] excluded
-
-    curve = []
-    model.train()
-    for step in track(range(1, steps + 1), description="vision pre-training"):
-        rows = torch.randint(0, images, (batch,), generator=g)
-        scale = min(1.0, step / (0.05 * steps)) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
-        for group in opt.param_groups:
-            group["lr"] = lr * scale
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            scores = logits(x[rows])
-        loss = torch.nn.functional.cross_entropy(scores.float().flatten(0, 1), y[rows].flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % max(1, steps // 5) == 0 or step == steps:
-            model.eval()
-            with torch.no_grad():
-                pred, true = logits(x[images:]).argmax(-1), y[images:]
-            model.train()
-            on_objects = true > 0
-            curve.append({"step": step, "loss": loss.item(), "token_accuracy": float((pred == true).float().mean()),
-                          "object_token_accuracy": float((pred == true)[on_objects].float().mean())})
-            print(f"vision pre-training @ {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in curve[-1].items()
-                                                                if k != "step"), flush=True)
-    info = {"steps": steps, "images": images, "held_out": held_out, "lr": lr, "batch": batch,
-            "generator_seed": 2 * seed + VISION_PRETRAIN_SEED_OFFSET, "curve": curve}
-    save_checkpoint(model.eval(), out, force=True, meta={**model.meta, "vision_pretrain": info})
-    return info
-
-
-def patch_labels(maps: torch.Tensor, patch: int, classes: int, min_cover: float = 0.25) -> torch.Tensor:
-    """(I, S, S) pixel labels -> (I, P) patch labels in the model's token order (row-major): the object label
-    covering most of the patch if objects cover >= min_cover of it, else 0 (background)."""
-    n, size = maps.shape[0], maps.shape[1]
-    grid = size // patch
-    pix = maps.view(n, grid, patch, grid, patch).permute(0, 1, 3, 2, 4).reshape(n * grid * grid, patch * patch)
-    counts = torch.zeros(pix.shape[0], classes, dtype=torch.int64).scatter_add_(1, pix, torch.ones_like(pix))
-    objects = counts[:, 1:]
-    label = objects.argmax(1) + 1
-    label[objects.sum(1) < min_cover * patch * patch] = 0
-    return label.view(n, grid * grid)
 
 
 def evaluate_run(ckpt: Path, seed: int) -> dict:
@@ -276,17 +198,6 @@ def _plot(runs: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _vision_pretrain_line(info: dict | None) -> list[str]:
-    if not info:
-        return []
-    last = info["curve"][-1]
-    return [f"The backbone starts from a vision encoder pre-trained {info['steps']} steps to name what lies under "
-            f"each patch token (background or which colour × shape) on {info['images']:,} scenes in no VQA split "
-            f"(generator seed {info['generator_seed']}); on {info['held_out']} held-out scenes it names "
-            f"{100 * last['token_accuracy']:.1f}% of the tokens ({100 * last['object_token_accuracy']:.1f}% of "
-            "those on objects).", ""]
-
-
 def _qtype_cell(g: dict) -> str:
     rho = f", ρ {g['spearman_objects']:+.2f}" if "spearman_objects" in g else ""
     return f"{g['ratio_mean']:.3f} ± {g['ratio_std']:.3f}, {100 * g['accuracy']:.1f}%{rho}"
@@ -298,7 +209,7 @@ def _markdown(rec: dict, results: Path) -> None:
              f"SmartTrim at each FLOPs target ({rec['trim_epochs']} epochs from one backbone trained "
              f"{rec['backbone_epochs']} epochs). Test split. Reproduce: "
              f"`{rec.get('reproduce', 'python benchmarks/adaptive_shapes.py')}`.", "",
-             *_vision_pretrain_line(rec.get("vision_pretrain")),
+             *vision_pretrain_lines(rec.get("vision_pretrain")),
              "![FLOPs ratio vs objects](adaptive_shapes.png)", "",
              "Per-instance FLOPs ratio (mean ± std) and accuracy by the number of objects in the scene:", "",
              "| objects | questions | "

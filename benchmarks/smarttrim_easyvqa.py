@@ -18,7 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-from _common import RESULTS, ROOT, load_json, merge_save_json, reproduce_command, run_stage
+from _common import (RESULTS, ROOT, load_json, merge_save_json, reproduce_command, run_stage, vision_pretrain_info,
+                     vision_pretrain_lines)
 
 from trimkit.config import FREEZE_CHOICES
 
@@ -45,6 +46,9 @@ def main() -> None:
                     help="validation every N steps in the SmartTrim runs (the best one is kept)")
     ap.add_argument("--runs", default=",".join(r[0] for r in RUNS), help="comma-separated subset of the runs")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vision-pretrain-steps", type=int, default=None,
+                    help="first `trimkit pretrain-vision` for this many steps (a stand-in for a pretrained image "
+                         "encoder); default 600 for the `small` preset, 0 (none) with --pretrained")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                     help="trimkit train --precision of every training run (bf16: ~1.6x faster steps here)")
     ap.add_argument("--pretrained", action="store_true",
@@ -56,6 +60,8 @@ def main() -> None:
     ap.add_argument("--results", default="smarttrim_easyvqa",
                     help="result file stem under benchmarks/results/ (one per backbone: runs are never mixed)")
     args = ap.parse_args()
+    if args.vision_pretrain_steps is None:
+        args.vision_pretrain_steps = 0 if args.pretrained else 600
     wd = args.workdir
     wd.mkdir(parents=True, exist_ok=True)
     log = wd / "log.txt"
@@ -65,7 +71,7 @@ def main() -> None:
                 "data": "easyvqa", "seed": args.seed, "backbone_target": backbone_target(args),
                 "backbone_epochs": args.backbone_epochs,
                 "trim_epochs": args.trim_epochs, "trim_tokens": args.trim_tokens, "freeze": args.freeze,
-                "precision": args.precision,
+                "precision": args.precision, "vision_pretrain_steps": args.vision_pretrain_steps,
                 "reproduce": reproduce_command("smarttrim_easyvqa.py", sys.argv[1:], {"--runs": True})})
     rec.setdefault("runs", {})
     seed = ["--seed", str(args.seed)]
@@ -80,7 +86,13 @@ def main() -> None:
     else:
         init = ["init", "--preset", "small", "--data", "easyvqa", "--out", wd / "init.pt", *seed]
     run_stage("init", init, wd / "init.pt", log, rec)
-    run_stage("backbone", ["train", wd / "init.pt", "--data", "easyvqa", "--no-trim", "--epochs",
+    start = wd / "init.pt"
+    if args.vision_pretrain_steps:
+        start = wd / "init-vision.pt"
+        run_stage("pretrain-vision", ["pretrain-vision", wd / "init.pt", "--data", "easyvqa", "--steps",
+                                      args.vision_pretrain_steps, "--out", start, "--quiet", *seed], start, log, rec)
+        rec["vision_pretrain"] = vision_pretrain_info(start)
+    run_stage("backbone", ["train", start, "--data", "easyvqa", "--no-trim", "--epochs",
                            args.backbone_epochs, "--lr", args.backbone_lr, "--out", wd / "backbone.pt", "--quiet",
                            *train_opts, *seed], wd / "backbone.pt", log, rec)
     evaluate("backbone", wd, log, rec, out_json, None)
@@ -132,8 +144,13 @@ def evaluate(name: str, wd: Path, log: Path, rec: dict, out_json: Path, target: 
 
 def _minutes(rec: dict, name: str) -> str:
     """Wall time of a run's training stage on this 2-core CPU ("" when it was not timed by this script)."""
-    sec = rec.get("seconds", {}).get(name)
-    return "" if sec is None else f"{sec / 60:.0f}"
+    seconds = rec.get("seconds", {})
+    sec = seconds.get(name)
+    if sec is None:
+        return ""
+    if name == "backbone" and "pretrain-vision" in seconds:  # the backbone is both stages
+        return f"{(sec + seconds['pretrain-vision']) / 60:.0f} ({seconds['pretrain-vision'] / 60:.0f} + {sec / 60:.0f})"
+    return f"{sec / 60:.0f}"
 
 
 def write_markdown(rec: dict) -> None:
@@ -146,6 +163,7 @@ def write_markdown(rec: dict) -> None:
              + (f", trained with `--precision {rec['precision']}`" if rec.get("precision", "fp32") != "fp32" else "")
              + ". Accuracy on the full easy-VQA test split (9,673 questions), trimmed runs in "
              f"`prune` mode. Reproduce: `{rec.get('reproduce', 'python benchmarks/smarttrim_easyvqa.py')}`.", "",
+             *vision_pretrain_lines(rec.get("vision_pretrain")),
              "| run | target | accuracy | Δ vs backbone (points) | same weights untrimmed | FLOPs ratio mean | p10 | p90 "
              "| check | training minutes |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -168,8 +186,9 @@ def write_markdown(rec: dict) -> None:
                      f"{_minutes(rec, name)} |")
     lines += ["", "*Same weights untrimmed*: the run's checkpoint in `off` mode. A SmartTrim run also trains the "
               "backbone for its epochs, so this column, not the backbone row, is the cost of trimming alone. "
-              "*Training minutes*: wall time of the run's `trimkit train` stage on this 2-core CPU; runs started side "
-              "by side (separate processes with `OMP_NUM_THREADS=1`) shared the cores and took longer.", ""]
+              "*Training minutes*: wall time of the run's `trimkit train` stage on this 2-core CPU (the backbone's: "
+              "vision pre-training + backbone training when there is pre-training); runs started side by side "
+              "(separate processes with `OMP_NUM_THREADS=1`) shared the cores and took longer.", ""]
     lines += ["", "Commands:", "", "```"] + list(rec.get("commands", {}).values()) + ["```", ""]
     if rec.get("seconds"):
         lines += ["Stage durations (s): " + ", ".join(f"{k} {v}" for k, v in rec["seconds"].items()), ""]

@@ -39,12 +39,12 @@ def _choices(name: str, *values: str) -> type[enum.Enum]:
 
 ExportFormat = _choices("ExportFormat", "onnx", "trt")
 ExportMode = _choices("ExportMode", "adaptive", "static", "full")
-Precision = _choices("Precision", "fp32", "fp16")
+ExportPrecision = _choices("ExportPrecision", "fp32", "fp16")
 HeadImpl = _choices("HeadImpl", "gather", "mask")
 Preset = _choices("Preset", "tiny", "small", "base")
 TrimTokens = _choices("TrimTokens", *TOKEN_MODALITIES)
 Freeze = _choices("Freeze", *FREEZE_CHOICES)
-Precision = _choices("Precision", *TRAIN_PRECISIONS)
+TrainPrecision = _choices("TrainPrecision", *TRAIN_PRECISIONS)
 Int8Activations = _choices("Int8Activations", *INT8_ACTIVATIONS)
 Int8Method = _choices("Int8Method", *INT8_METHODS)
 Int8Scope = _choices("Int8Scope", *INT8_SCOPES)
@@ -203,9 +203,9 @@ def train(
         "--trim-tokens", help="Whose tokens are trimmed (heads are trimmed in both streams).")] = TrimTokens.both,
     freeze: Annotated[Freeze, typer.Option(
         "--freeze", help="Encoders whose weights stay fixed (e.g. imported pretrained ones): cheaper steps.")] = Freeze.none,
-    precision: Annotated[Precision, typer.Option(
+    precision: Annotated[TrainPrecision, typer.Option(
         "--precision", help="bf16: bfloat16 autocast in the training passes (fp32 weights and losses); "
-        "~1.6x faster on CPUs with AVX512-BF16/AMX, slower without.")] = Precision.fp32,
+        "~1.6x faster on CPUs with AVX512-BF16/AMX, slower without.")] = TrainPrecision.fp32,
     epochs: Annotated[float, typer.Option("--epochs", help="Epochs (ignored with --steps).")] = 3.0,
     steps: Annotated[int | None, typer.Option("--steps", help="Total optimizer steps.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Global batch size.")] = 64,
@@ -250,6 +250,31 @@ def train(
                f"latest {result.last}" if acc is not None else f"done: {result.steps_done} steps; {result.out}")
 
 
+@app.command("pretrain-vision")
+def pretrain_vision_cmd(
+    ckpt: Annotated[Path, typer.Argument(help="Checkpoint to start from (e.g. from trimkit init).")],
+    out: OutOpt,
+    data: Annotated[str, typer.Option("--data", help="easyvqa or shapes (they have per-object labels).")] = "easyvqa",
+    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 600,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per step.")] = 64,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (warm-up, cosine decay).")] = 1e-3,
+    precision: Annotated[TrainPrecision, typer.Option("--precision", help="bf16: bfloat16 autocast.")] = TrainPrecision.fp32,
+    seed: SeedOpt = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    force: ForceOpt = False,
+) -> None:
+    """Pre-train the vision encoder to name what lies under each patch token (a stand-in for a pretrained
+    image encoder), before `trimkit train --no-trim`."""
+    from .train.pretrain import pretrain_vision
+
+    info = pretrain_vision(ckpt, out, data=data, steps=steps, seed=seed, batch_size=batch_size, lr=lr,
+                           precision=precision.value, force=force, console=_console(), show_progress=not quiet)
+    last = info["curve"][-1]
+    typer.echo(f"wrote {out}: {steps} steps on {info['train_images']} {data} images; held-out "
+               f"{info['held_out_images']} images: token accuracy {100 * last['token_accuracy']:.1f}%, "
+               f"object tokens {100 * last['object_token_accuracy']:.1f}%")
+
+
 @app.command("eval")
 def eval_cmd(
     ckpt: Annotated[Path, typer.Argument(help="A trimkit checkpoint.")],
@@ -276,7 +301,7 @@ def export(
     fmt: Annotated[ExportFormat, typer.Option("--format", help="onnx or trt (TensorRT engine + manifest).")] = ExportFormat.onnx,
     mode: Annotated[ExportMode, typer.Option("--mode", help="adaptive (data-dependent k), static (calibrated k) or full.")] = ExportMode.adaptive,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset (20 and up: one Gelu node).")] = DEFAULT_OPSET,
-    precision: Annotated[Precision, typer.Option("--precision", help="fp16: an fp16 graph with fp32 inputs/outputs.")] = Precision.fp32,
+    precision: Annotated[ExportPrecision, typer.Option("--precision", help="fp16: an fp16 graph with fp32 inputs/outputs.")] = ExportPrecision.fp32,
     keep_ratios: Annotated[str | None, typer.Option("--keep-ratios", help="static mode: 'v,t;v,t;...' per trimmed layer (default: calibrated).")] = None,
     heads: Annotated[HeadImpl, typer.Option("--heads", help="Head pruning: mask pruned heads (default; faster on CPU, "
                                                             "see benchmarks/results/export_speed.md) or gather the kept "

@@ -223,6 +223,8 @@ def test_resume_equals_uninterrupted(base_ckpt, jsonl_data, tmp_path):
     b = read_checkpoint(resumed.last)
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     assert a["train_state"]["history"] == b["train_state"]["history"]
+    # the run's wall time adds up over its sessions
+    assert resumed.seconds > half.seconds > 0 and b["train_state"]["seconds"] >= resumed.seconds - 1.0
 
 
 def test_refuses_to_overwrite_and_resume_without_state(base_ckpt, jsonl_data, tmp_path):

@@ -197,10 +197,11 @@ def _train(ckpt, cfg, *, resume, force, console, show_progress, stop_at_step, di
             p.requires_grad_(False)
     model.train()
     opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999))
-    step, best, history = 0, None, []
+    step, best, history, earlier = 0, None, [], 0.0
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         step, best, history = int(state["step"]), state.get("best"), list(state.get("history", []))
+        earlier = float(state.get("seconds", 0.0))  # wall time of the run's earlier sessions
     objective: torch.nn.Module = SmartTrimObjective(model, cfg)
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -211,7 +212,8 @@ def _train(ckpt, cfg, *, resume, force, console, show_progress, stop_at_step, di
 
     def train_state(at: int) -> dict:
         return {"config": cfg.to_dict(), "step": at, "total_steps": total, "optimizer": opt.state_dict(),
-                "best": best, "history": history, "rng": torch.get_rng_state()}
+                "best": best, "history": history, "rng": torch.get_rng_state(),
+                "seconds": earlier + time.perf_counter() - t0}
 
     def save_best(at: int, metrics: dict) -> None:
         save_checkpoint(model, out, force=True, meta={"train": {"step": at, "config": cfg.to_dict(), **metrics}})
@@ -266,7 +268,7 @@ def _train(ckpt, cfg, *, resume, force, console, show_progress, stop_at_step, di
                         "val_ratio_mean": final.get("val_ratio_mean")}
                 save_best(step, final)
     barrier(dist)
-    return TrainResult(out, last, step, total, interrupted, best, history, time.perf_counter() - t0)
+    return TrainResult(out, last, step, total, interrupted, best, history, earlier + time.perf_counter() - t0)
 
 
 def _evaluation(model: MeterModel, split, cfg: TrainConfig, mode: str) -> dict[str, Any]:

@@ -1,0 +1,93 @@
+"""`trimkit pretrain-vision`: token labels from the data, and a stage that trains the vision encoder only."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import trimkit
+from trimkit.checkpoint import read_checkpoint
+from trimkit.config import TEXT, VISION
+from trimkit.data import load_dataset
+from trimkit.factory import new_model
+from trimkit.train.pretrain import (EASYVQA_COLORS, EASYVQA_SHAPES, _easyvqa_object_labels, foreground,
+                                    patch_labels, token_targets)
+
+
+def test_foreground_and_patch_labels():
+    img = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
+    img[:, :] = torch.tensor([200, 190, 180], dtype=torch.uint8)[:, None, None]  # background
+    img[0, :, 8:16, 0:6] = torch.tensor([255, 0, 0], dtype=torch.uint8)[:, None, None]  # an object
+    img[0, :, 8, 0] = torch.tensor([205, 185, 180], dtype=torch.uint8)  # noise near the background colour
+    fg = foreground(img)
+    expected = torch.zeros(1, 16, 16, dtype=torch.bool)
+    expected[0, 8:16, 0:6] = True
+    expected[0, 8, 0] = False
+    assert torch.equal(fg, expected)
+    maps = torch.where(fg, torch.tensor(3), torch.tensor(0))
+    # 8x8 patches in row-major order: only the bottom-left one is covered (>= 25%) by the object
+    assert patch_labels(maps, 8, classes=5).tolist() == [[0, 0, 3, 0]]
+    # a patch covered by less than min_cover stays background
+    assert patch_labels(maps, 8, classes=5, min_cover=0.8).tolist() == [[0, 0, 0, 0]]
+
+
+def test_easyvqa_labels_agree_with_every_answer(tiny_model):
+    data = load_dataset("easyvqa", tokenizer=tiny_model.tokenizer, labels=tiny_model.labels, image_size=32,
+                        splits=("train",))
+    shape, colour = _easyvqa_object_labels(data.train, tiny_model.labels)
+    checked = 0
+    for img, label in zip(data.train.image_index.tolist(), data.train.labels.tolist()):
+        answer = tiny_model.labels[label]
+        if answer in EASYVQA_SHAPES:
+            assert EASYVQA_SHAPES[shape[img]] == answer
+            checked += 1
+        elif answer in EASYVQA_COLORS:
+            assert EASYVQA_COLORS[colour[img]] == answer
+            checked += 1
+    assert checked > 5000
+    t = token_targets("easyvqa", tiny_model)
+    # most images are labelled, training and held-out images are the train and validation parts
+    assert t.source["train_images"] > 0.75 * 3600 and t.source["held_out_images"] > 0.75 * 400
+    assert t.train_labels.shape == (t.source["train_images"], 16) and t.classes == 1 + 3 * 8
+    has_object = (t.train_labels > 0).any(1).float().mean()
+    assert has_object > 0.9  # the object shows up under some token of nearly every image (32 px, 4x4 tokens)
+    assert (t.train_labels > 0).float().mean() < 0.5  # and most tokens are background
+    assert not any(torch.equal(a, b) for a, b in zip(t.held_images[:20], t.train_images[:20]))
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "trimkit.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_pretrain_vision_trains_the_vision_encoder_only(tmp_path):
+    start = tmp_path / "init.pt"
+    trimkit.save_checkpoint(new_model("tiny", "shapes", seed=0), start)
+    out = tmp_path / "vision.pt"
+    r = _cli("pretrain-vision", start, "--data", "shapes", "--steps", "60", "--lr", "3e-3", "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "token accuracy" in r.stdout
+    a, b = trimkit.load_checkpoint(start), trimkit.load_checkpoint(out)
+    changed = lambda m: [not torch.equal(p, q) for p, q in zip(a.encoder_parameters(m), b.encoder_parameters(m))]
+    assert all(changed(VISION)) and not any(changed(TEXT))
+    assert all(torch.equal(p, q) for p, q in zip(a.classifier.parameters(), b.classifier.parameters()))
+    info = read_checkpoint(out)["meta"]["vision_pretrain"]
+    assert info["data"] == "shapes" and info["steps"] == 60 and len(info["curve"]) == 5
+    first, last = info["curve"][0], info["curve"][-1]
+    assert last["loss"] < first["loss"]
+    assert last["object_token_accuracy"] > first["object_token_accuracy"]
+    # the result goes on to `trimkit train` like any checkpoint
+    assert b.config == a.config and b.labels == a.labels
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "{jsonl}"], "per-object labels"),
+    (["--steps", "0"], "at least 1"),
+])
+def test_pretrain_vision_bad_input(tmp_path, jsonl_data, args, message):
+    start = tmp_path / "init.pt"
+    trimkit.save_checkpoint(new_model("tiny", "shapes", seed=0), start)
+    out = tmp_path / "vision.pt"
+    r = _cli("pretrain-vision", start, "--out", out, *[a.format(jsonl=jsonl_data) for a in args])
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()

@@ -1,0 +1,230 @@
+"""`trimkit pretrain-vision`: teach the vision encoder what lies under each patch token, before the backbone.
+
+VLMs start from pretrained image encoders; a model built on the spot does not, and a VQA loss alone teaches
+its vision encoder slowly (on easy-VQA the whole model stalls on naming shapes while the vision encoder alone
+learns them in a few hundred steps, benchmarks/results/backbone_probe.md). This stage trains the image stem,
+embeddings and vision layers with a linear head on every patch token: the token's label is background, or the
+colour x shape of the object covering most of the patch. The head is dropped afterwards; the checkpoint goes
+on to `trimkit train --no-trim`.
+
+Token labels come from the data, never from the test split:
+- `easyvqa`: the images of the training part of the train split (validation images are held out to measure
+  the stage). Each image shows one object; its shape and colour are the answers of that image's training
+  questions whose answer is a shape or a colour name. The object's pixels are those that differ from the
+  image's background colour (the most common colour of its border).
+- `shapes`: scenes from generator seed 2*seed+7, which is neither the train nor the test split, with their
+  pixel label maps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import BadInputError
+
+__all__ = ["TokenTargets", "token_targets", "patch_labels", "pretrain_vision", "PRETRAIN_DATA"]
+
+PRETRAIN_DATA = ("easyvqa", "shapes")
+SHAPES_PRETRAIN_SEED_OFFSET = 7  # scenes from generator seed 2*seed + 7: neither the train (2*seed) nor test split
+EASYVQA_SHAPES = ("circle", "rectangle", "triangle")
+EASYVQA_COLORS = ("red", "green", "blue", "yellow", "teal", "brown", "black", "gray")
+FOREGROUND_MIN_DIFF = 40  # max |channel difference| to the background colour above which a pixel is the object's
+
+
+@dataclass
+class TokenTargets:
+    """Images and per-patch-token labels (0 = background, 1.. = colour x shape) for pre-training."""
+
+    train_images: Tensor  # (N, 3, S, S) uint8
+    train_labels: Tensor  # (N, P) int64
+    held_images: Tensor
+    held_labels: Tensor
+    classes: int
+    source: dict[str, Any]
+
+
+def patch_labels(maps: Tensor, patch: int, classes: int, min_cover: float = 0.25) -> Tensor:
+    """(I, S, S) pixel labels -> (I, P) patch labels in the model's token order (row-major): the object label
+    covering most of the patch if objects cover >= min_cover of it, else 0 (background)."""
+    n, size = maps.shape[0], maps.shape[1]
+    grid = size // patch
+    pix = maps.view(n, grid, patch, grid, patch).permute(0, 1, 3, 2, 4).reshape(n * grid * grid, patch * patch)
+    counts = torch.zeros(pix.shape[0], classes, dtype=torch.int64).scatter_add_(1, pix, torch.ones_like(pix))
+    objects = counts[:, 1:]
+    label = objects.argmax(1) + 1
+    label[objects.sum(1) < min_cover * patch * patch] = 0
+    return label.view(n, grid * grid)
+
+
+def foreground(images: Tensor, min_diff: int = FOREGROUND_MIN_DIFF) -> Tensor:
+    """(I, 3, S, S) uint8 -> (I, S, S) bool: pixels that differ from the image's background colour, taken as
+    the most common colour of its one-pixel border."""
+    x = images.to(torch.int64)
+    border = torch.cat([x[:, :, 0, :], x[:, :, -1, :], x[:, :, :, 0], x[:, :, :, -1]], dim=2)  # (I, 3, 4S)
+    codes = (border[:, 0] << 16) | (border[:, 1] << 8) | border[:, 2]  # (I, 4S)
+    bg = torch.mode(codes, dim=1).values
+    bg_rgb = torch.stack([(bg >> 16) & 255, (bg >> 8) & 255, bg & 255], dim=1)[:, :, None, None]
+    return (x - bg_rgb).abs().amax(dim=1) > min_diff
+
+
+def _easyvqa_object_labels(split, answer_names: list[str]) -> tuple[Tensor, Tensor]:
+    """Per image of a VQASplit: (shape index, colour index), -1 where its training questions do not tell.
+
+    A shape or colour is present when it is the answer ("what color is the shape?" -> blue), when the question
+    names it as given ("what is the blue shape?"), or when a yes/no question about it says so ("is there a
+    red shape?" yes; "is there not a red shape?" no). Absent ones ("... circle?" no) tell nothing here."""
+    n = int(split.images.shape[0])
+    found = [torch.full((n,), -1, dtype=torch.int64), torch.full((n,), -1, dtype=torch.int64)]
+    index = [{name: i for i, name in enumerate(EASYVQA_SHAPES)}, {name: i for i, name in enumerate(EASYVQA_COLORS)}]
+
+    def present(img: int, word: str) -> None:
+        for kind, of in enumerate(index):
+            if word in of:
+                found[kind][img] = of[word]
+
+    for img, label, question in zip(split.image_index.tolist(), split.labels.tolist(), split.questions):
+        answer = answer_names[label]
+        words = question.lower().rstrip("?").split()
+        if answer in ("yes", "no"):
+            negated = "not" in words or "no" in words
+            if (answer == "yes") != negated:
+                for w in words:
+                    present(img, w)
+        else:
+            present(img, answer)
+            for w in words:
+                present(img, w)
+    return found[0], found[1]
+
+
+def _easyvqa_targets(model, seed: int) -> TokenTargets:
+    from ..data import load_dataset
+
+    data = load_dataset("easyvqa", tokenizer=model.tokenizer, labels=model.labels,
+                        image_size=model.config.image_size, seed=seed, splits=("train",))
+    classes = 1 + len(EASYVQA_SHAPES) * len(EASYVQA_COLORS)
+    parts = []
+    for split in (data.train, data.val):
+        rows = torch.unique(split.image_index)  # the images this part's questions use
+        shape, colour = _easyvqa_object_labels(split, model.labels)
+        rows = rows[(shape[rows] >= 0) & (colour[rows] >= 0)]
+        images = split.images[rows]
+        obj = 1 + colour[rows] * len(EASYVQA_SHAPES) + shape[rows]
+        maps = torch.where(foreground(images), obj[:, None, None], torch.zeros((), dtype=torch.int64))
+        parts.append((images, patch_labels(maps, model.config.patch_size, classes), int(split.images.shape[0])))
+    (tr_x, tr_y, _), (va_x, va_y, _) = parts
+    all_images = int(data.train.images.shape[0])
+    source = {"data": "easyvqa", "images": "train split (training part); held out: its validation part",
+              "train_images": int(tr_x.shape[0]), "held_out_images": int(va_x.shape[0]),
+              "unlabelled_images": all_images - int(tr_x.shape[0]) - int(va_x.shape[0]),
+              "foreground_min_diff": FOREGROUND_MIN_DIFF}
+    return TokenTargets(tr_x, tr_y, va_x, va_y, classes, source)
+
+
+def _shapes_targets(model, seed: int, images: int = 6000, held_out: int = 500) -> TokenTargets:
+    from ..data.dataset import SHAPES_MAX_OBJECTS
+    from ..data.shapes import COLORS, SHAPES, generate
+
+    gen_seed = 2 * seed + SHAPES_PRETRAIN_SEED_OFFSET
+    raw = generate(images + held_out, max_objects=SHAPES_MAX_OBJECTS, image_size=model.config.image_size,
+                   seed=gen_seed, questions_per_image=1, label_maps=True)
+    x = torch.from_numpy(np.ascontiguousarray(raw["images"])).permute(0, 3, 1, 2).contiguous()
+    classes = 1 + len(COLORS) * len(SHAPES)
+    y = patch_labels(torch.from_numpy(raw["label_maps"]).long(), model.config.patch_size, classes)
+    source = {"data": "shapes", "generator_seed": gen_seed, "train_images": images, "held_out_images": held_out}
+    return TokenTargets(x[:images], y[:images], x[images:], y[images:], classes, source)
+
+
+def token_targets(spec: str, model, seed: int = 0) -> TokenTargets:
+    """Pre-training images and token labels for dataset `spec` (easyvqa or shapes), sized for `model`."""
+    if spec not in PRETRAIN_DATA:
+        raise BadInputError(f"vision pre-training needs per-object labels, which {spec!r} does not have; "
+                            f"choose {' or '.join(PRETRAIN_DATA)}")
+    if model.config.image_size % model.config.patch_size:
+        raise BadInputError(f"image size {model.config.image_size} is not a multiple of the patch size "
+                            f"{model.config.patch_size}")
+    return (_easyvqa_targets if spec == "easyvqa" else _shapes_targets)(model, seed)
+
+
+def _token_logits(model, head: torch.nn.Linear, pixel_values: Tensor) -> Tensor:
+    """(B, P, classes): the head on every patch token of the vision encoder's output ([CLS] excluded)."""
+    h = model.embed_image(pixel_values)
+    keep = torch.ones(h.shape[:2])
+    for layer in model.vision_layers:
+        h = layer(h, keep)
+    if model.vision_final_norm is not None:
+        h = model.vision_final_norm(h)
+    return head(h[:, 1:])
+
+
+def _accuracy(model, head, images: Tensor, labels: Tensor, batch: int = 256) -> dict[str, float]:
+    from ..data.dataset import to_pixel_values
+
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([_token_logits(model, head, to_pixel_values(images[i:i + batch])).argmax(-1)
+                          for i in range(0, images.shape[0], batch)])
+    model.train()
+    hit = pred == labels
+    return {"token_accuracy": float(hit.float().mean()), "object_token_accuracy": float(hit[labels > 0].float().mean())}
+
+
+def pretrain_vision(ckpt: str | Path, out: str | Path, *, data: str, steps: int, seed: int = 0,
+                    batch_size: int = 64, lr: float = 1e-3, precision: str = "fp32", evals: int = 5,
+                    force: bool = False, console=None, show_progress: bool = True) -> dict[str, Any]:
+    """Pre-train the vision encoder of checkpoint `ckpt` on per-token labels (see the module doc) and save
+    the model (head dropped) to `out`, the stage's record in its meta under `vision_pretrain`."""
+    from rich.progress import Progress
+
+    from ..checkpoint import load_checkpoint, save_checkpoint
+    from ..config import VISION
+    from ..data.dataset import to_pixel_values
+    from ..fileio import check_writable
+    from .loop import _lr_scale
+
+    if steps < 1:
+        raise BadInputError(f"--steps must be at least 1, not {steps}")
+    if data not in PRETRAIN_DATA:
+        token_targets(data, None)  # the one line saying which data can be used
+    check_writable(out, force=force)
+    torch.manual_seed(seed)
+    model = load_checkpoint(ckpt)
+    t = token_targets(data, model, seed)
+    head = torch.nn.Linear(model.config.hidden_size, t.classes)
+    opt = torch.optim.AdamW([*model.encoder_parameters(VISION), *head.parameters()], lr=lr, weight_decay=0.01)
+    g = torch.Generator().manual_seed(seed)
+    n = int(t.train_images.shape[0])
+    curve = []
+    model.train()
+    with Progress(console=console, disable=not show_progress) as bar:
+        task = bar.add_task("vision pre-training", total=steps)
+        for step in range(steps):
+            rows = torch.randint(0, n, (batch_size,), generator=g)
+            for group in opt.param_groups:
+                group["lr"] = lr * _lr_scale(step, steps, 0.05)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                scores = _token_logits(model, head, to_pixel_values(t.train_images[rows]))
+            loss = torch.nn.functional.cross_entropy(scores.float().flatten(0, 1), t.train_labels[rows].flatten())
+            if not math.isfinite(loss.item()):
+                raise BadInputError(f"vision pre-training diverged at step {step + 1} (loss {loss.item()}); lower --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.update(task, advance=1, description=f"vision pre-training (loss {loss.item():.3f})")
+            if (step + 1) % max(1, steps // evals) == 0 or step + 1 == steps:
+                curve.append({"step": step + 1, "loss": loss.item(),
+                              **_accuracy(model, head, t.held_images, t.held_labels)})
+                if console is not None:
+                    console.print(f"step {step + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in curve[-1].items()
+                                                                  if k != "step"))
+    info = {"data": data, "steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed, "precision": precision,
+            "classes": t.classes, **t.source, "curve": curve}
+    save_checkpoint(model.eval(), out, force=force, meta={**model.meta, "vision_pretrain": info})
+    return info
