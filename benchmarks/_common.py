@@ -64,11 +64,18 @@ def _unfinished_training(output: Path) -> Path | None:
     return last_path(output) if state.get("step", 0) < state.get("total_steps", 0) else None
 
 
-def vision_pretrain_info(ckpt: Path) -> dict:
-    """What `trimkit pretrain-vision` recorded in the checkpoint it wrote."""
+def pretrain_vision_stage(wd: Path, data: str, steps: int, opts: list[str], log: Path, record: dict) -> Path:
+    """`trimkit pretrain-vision` from wd/init.pt (none when steps is 0); records what the stage wrote.
+    Returns the checkpoint the backbone starts from."""
     from trimkit.checkpoint import read_checkpoint
 
-    return read_checkpoint(ckpt)["meta"]["vision_pretrain"]
+    if not steps:
+        return wd / "init.pt"
+    start = wd / "init-vision.pt"
+    run_stage("pretrain-vision", ["pretrain-vision", wd / "init.pt", "--data", data, "--steps", steps, "--out", start,
+                                  "--quiet", *opts], start, log, record)
+    record["vision_pretrain"] = read_checkpoint(start)["meta"]["vision_pretrain"]
+    return start
 
 
 def vision_pretrain_lines(info: dict | None) -> list[str]:

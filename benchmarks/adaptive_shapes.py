@@ -21,8 +21,16 @@ import sys
 from pathlib import Path
 
 import torch
-from _common import (RESULTS, ROOT, load_json, merge_save_json, reproduce_command, run_stage, vision_pretrain_info,
-                     vision_pretrain_lines)
+from _common import (
+    RESULTS,
+    ROOT,
+    load_json,
+    merge_save_json,
+    pretrain_vision_stage,
+    reproduce_command,
+    run_stage,
+    vision_pretrain_lines,
+)
 
 import trimkit
 from trimkit.calibration import adaptive_profile, match_static_budget, measure
@@ -65,12 +73,7 @@ def main() -> None:
     train_opts = [*seed, *(["--precision", args.precision] if args.precision != "fp32" else [])]
     run_stage("init", ["init", "--preset", args.preset, "--data", "shapes", "--out", wd / "init.pt", *seed],
               wd / "init.pt", log, rec)
-    start = wd / "init.pt"
-    if args.vision_pretrain_steps:
-        start = wd / "init-vision.pt"
-        run_stage("pretrain-vision", ["pretrain-vision", wd / "init.pt", "--data", "shapes", "--steps",
-                                      args.vision_pretrain_steps, "--out", start, "--quiet", *train_opts], start, log, rec)
-        rec["vision_pretrain"] = vision_pretrain_info(start)
+    start = pretrain_vision_stage(wd, "shapes", args.vision_pretrain_steps, train_opts, log, rec)
     run_stage("backbone", ["train", start, "--data", "shapes", "--no-trim", "--epochs", args.backbone_epochs,
                            "--lr", "5e-4", "--out", wd / "backbone.pt", "--quiet", *train_opts], wd / "backbone.pt", log, rec)
     rec["backbone_sha256"] = sha256_file(wd / "backbone.pt")

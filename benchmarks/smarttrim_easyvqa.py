@@ -18,8 +18,16 @@ import json
 import sys
 from pathlib import Path
 
-from _common import (RESULTS, ROOT, load_json, merge_save_json, reproduce_command, run_stage, vision_pretrain_info,
-                     vision_pretrain_lines)
+from _common import (
+    RESULTS,
+    ROOT,
+    load_json,
+    merge_save_json,
+    pretrain_vision_stage,
+    reproduce_command,
+    run_stage,
+    vision_pretrain_lines,
+)
 
 from trimkit.config import FREEZE_CHOICES
 
@@ -86,12 +94,7 @@ def main() -> None:
     else:
         init = ["init", "--preset", "small", "--data", "easyvqa", "--out", wd / "init.pt", *seed]
     run_stage("init", init, wd / "init.pt", log, rec)
-    start = wd / "init.pt"
-    if args.vision_pretrain_steps:
-        start = wd / "init-vision.pt"
-        run_stage("pretrain-vision", ["pretrain-vision", wd / "init.pt", "--data", "easyvqa", "--steps",
-                                      args.vision_pretrain_steps, "--out", start, "--quiet", *seed], start, log, rec)
-        rec["vision_pretrain"] = vision_pretrain_info(start)
+    start = pretrain_vision_stage(wd, "easyvqa", args.vision_pretrain_steps, seed, log, rec)
     run_stage("backbone", ["train", start, "--data", "easyvqa", "--no-trim", "--epochs",
                            args.backbone_epochs, "--lr", args.backbone_lr, "--out", wd / "backbone.pt", "--quiet",
                            *train_opts, *seed], wd / "backbone.pt", log, rec)

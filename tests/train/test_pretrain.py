@@ -11,8 +11,14 @@ from trimkit.checkpoint import read_checkpoint
 from trimkit.config import TEXT, VISION
 from trimkit.data import load_dataset
 from trimkit.factory import new_model
-from trimkit.train.pretrain import (EASYVQA_COLORS, EASYVQA_SHAPES, _easyvqa_object_labels, foreground,
-                                    patch_labels, token_targets)
+from trimkit.train.pretrain import (
+    EASYVQA_COLORS,
+    EASYVQA_SHAPES,
+    _easyvqa_object_labels,
+    foreground,
+    patch_labels,
+    token_targets,
+)
 
 
 def test_foreground_and_patch_labels():
@@ -68,7 +74,10 @@ def test_pretrain_vision_trains_the_vision_encoder_only(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "token accuracy" in r.stdout
     a, b = trimkit.load_checkpoint(start), trimkit.load_checkpoint(out)
-    changed = lambda m: [not torch.equal(p, q) for p, q in zip(a.encoder_parameters(m), b.encoder_parameters(m))]
+
+    def changed(m):
+        return [not torch.equal(p, q) for p, q in zip(a.encoder_parameters(m), b.encoder_parameters(m))]
+
     assert all(changed(VISION)) and not any(changed(TEXT))
     assert all(torch.equal(p, q) for p, q in zip(a.classifier.parameters(), b.classifier.parameters()))
     info = read_checkpoint(out)["meta"]["vision_pretrain"]
