@@ -22,17 +22,19 @@ def trimkit_cmd(*args: str) -> list[str]:
 
 
 def run_stage(name: str, args: list[str], output: Path, log: Path, record: dict) -> None:
-    """Run `trimkit ARGS` unless `output` exists; record the command and its duration."""
+    """Run `trimkit ARGS` unless `output` exists; record the command and its duration. A training stage that
+    was stopped (its `.last.pt` short of its total steps) is continued with `--resume` instead."""
     cmd = trimkit_cmd(*args)
     shown = "trimkit " + " ".join(shlex.quote(str(a).replace(f"{ROOT}/", "")) for a in args)
     record.setdefault("commands", {})[name] = shown
-    if output.exists():
-        unfinished = _unfinished_training(output)
-        if unfinished is None:
-            print(f"[skip] {name}: {output} exists", flush=True)
-            return
-        # a training stage that was stopped keeps its best-so-far checkpoint at `output`: continue it
+    unfinished = _unfinished_training(output)
+    if unfinished is not None:
         cmd, shown = trimkit_cmd("train", unfinished, "--resume", "--quiet"), f"trimkit train {unfinished} --resume"
+    elif output.exists():
+        print(f"[skip] {name}: {output} exists", flush=True)
+        if name not in record.get("seconds", {}) and "seconds" in (state := _train_state(output)):
+            record.setdefault("seconds", {})[name] = round(state["seconds"], 1)
+        return
     print(f"[run ] {name}: {shown}", flush=True)
     t0 = time.perf_counter()
     with open(log, "a") as f:
@@ -41,9 +43,8 @@ def run_stage(name: str, args: list[str], output: Path, log: Path, record: dict)
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed (exit {proc.returncode}); see {log}")
-    seconds = time.perf_counter() - t0
-    if output.exists() and (state := _train_state(output)):
-        seconds = state.get("seconds", seconds)  # a training run's own wall time, across --resume sessions
+    # a training run's own wall time, across --resume sessions; else this command's
+    seconds = _train_state(output).get("seconds", time.perf_counter() - t0)
     record.setdefault("seconds", {})[name] = round(seconds, 1)
 
 
@@ -65,17 +66,26 @@ def _unfinished_training(output: Path) -> Path | None:
 
 
 def pretrain_vision_stage(wd: Path, data: str, steps: int, opts: list[str], log: Path, record: dict) -> Path:
-    """`trimkit pretrain-vision` from wd/init.pt (none when steps is 0); records what the stage wrote.
-    Returns the checkpoint the backbone starts from."""
-    from trimkit.checkpoint import read_checkpoint
-
+    """`trimkit pretrain-vision` from wd/init.pt (none when steps is 0). Returns the checkpoint the backbone
+    starts from; `record_vision_pretrain` then records what the backbone really started from."""
     if not steps:
         return wd / "init.pt"
     start = wd / "init-vision.pt"
     run_stage("pretrain-vision", ["pretrain-vision", wd / "init.pt", "--data", data, "--steps", steps, "--out", start,
                                   "--quiet", *opts], start, log, record)
-    record["vision_pretrain"] = read_checkpoint(start)["meta"]["vision_pretrain"]
     return start
+
+
+def record_vision_pretrain(backbone: Path, record: dict) -> None:
+    """The vision pre-training the backbone checkpoint carries in its meta (if any), never a stale record."""
+    from trimkit.checkpoint import read_checkpoint
+
+    info = read_checkpoint(backbone)["meta"].get("vision_pretrain")
+    if info:
+        record["vision_pretrain"] = info
+    else:
+        record.pop("vision_pretrain", None)
+        record.get("seconds", {}).pop("pretrain-vision", None)
 
 
 def vision_pretrain_lines(info: dict | None) -> list[str]:

@@ -1,8 +1,8 @@
 """The adaptive part of SmartTrim on `shapes` (issue 3): cost follows the scene, and adaptive beats static.
 
-Stages (skipped when their output exists):
-  init small on shapes -> vision pre-training (the vision encoder names what lies under each patch token,
-  on scenes in no VQA split: a stand-in for the pretrained encoders VLMs start from) -> backbone
+Stages (skipped when their output exists; a stopped training stage is continued with --resume):
+  init small on shapes -> `trimkit pretrain-vision --data shapes` (the vision encoder names what lies under
+  each patch token, on scenes in no VQA split: a stand-in for the pretrained encoders VLMs start from) -> backbone
   (`trimkit train --no-trim`) -> SmartTrim at each FLOPs target (0.5, 0.3, 0.2), in bf16 by default.
 Then, for each target, on the test split (skipped when the results file has it for the same checkpoint):
   - per-instance FLOPs ratio against the number of objects in the scene (plot + table);
@@ -27,6 +27,7 @@ from _common import (
     load_json,
     merge_save_json,
     pretrain_vision_stage,
+    record_vision_pretrain,
     reproduce_command,
     run_stage,
     vision_pretrain_lines,
@@ -76,6 +77,7 @@ def main() -> None:
     start = pretrain_vision_stage(wd, "shapes", args.vision_pretrain_steps, train_opts, log, rec)
     run_stage("backbone", ["train", start, "--data", "shapes", "--no-trim", "--epochs", args.backbone_epochs,
                            "--lr", "5e-4", "--out", wd / "backbone.pt", "--quiet", *train_opts], wd / "backbone.pt", log, rec)
+    record_vision_pretrain(wd / "backbone.pt", rec)
     rec["backbone_sha256"] = sha256_file(wd / "backbone.pt")
     if out_json.exists() and load_json(out_json).get("backbone_sha256") != rec["backbone_sha256"]:
         print(f"[new ] {out_json} holds runs of another backbone: starting it afresh", flush=True)

