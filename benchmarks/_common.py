@@ -65,44 +65,70 @@ def _unfinished_training(output: Path) -> Path | None:
     return last_path(output) if state.get("step", 0) < state.get("total_steps", 0) else None
 
 
-def pretrain_vision_stage(wd: Path, data: str, steps: int, opts: list[str], log: Path, record: dict) -> Path:
-    """`trimkit pretrain-vision` from wd/init.pt (none when steps is 0). Returns the checkpoint the backbone
-    starts from; `record_vision_pretrain` then records what the backbone really started from."""
-    if not steps:
-        return wd / "init.pt"
-    start = wd / "init-vision.pt"
-    run_stage("pretrain-vision", ["pretrain-vision", wd / "init.pt", "--data", data, "--steps", steps, "--out", start,
-                                  "--quiet", *opts], start, log, record)
+PRETRAIN_STAGES = {"tokens": "init-vision.pt", "match": "init-match.pt"}  # in order, each from the one before
+
+
+def pretrain_stages(wd: Path, data: str, steps: dict[str, int], opts: list[str], log: Path, record: dict) -> Path:
+    """`trimkit pretrain --task T` from wd/init.pt for each task with steps (tokens, then match). Returns the
+    checkpoint the backbone starts from; `record_pretrain` then records what the backbone really started from."""
+    start = wd / "init.pt"
+    for task, name in PRETRAIN_STAGES.items():
+        if steps.get(task):
+            out = wd / name
+            run_stage(f"pretrain-{task}", ["pretrain", start, "--task", task, "--data", data, "--steps", steps[task],
+                                           "--out", out, "--quiet", *opts], out, log, record)
+            start = out
     return start
 
 
-def record_vision_pretrain(backbone: Path, record: dict) -> None:
-    """The vision pre-training the backbone checkpoint carries in its meta (if any), never a stale record."""
+def record_pretrain(backbone: Path, record: dict) -> None:
+    """The pre-training stages the backbone checkpoint carries in its meta, never a stale record."""
     from trimkit.checkpoint import read_checkpoint
+    from trimkit.train.pretrain import PRETRAIN_META
 
-    info = read_checkpoint(backbone)["meta"].get("vision_pretrain")
-    if info:
-        record["vision_pretrain"] = info
-    else:
-        record.pop("vision_pretrain", None)
-        record.get("seconds", {}).pop("pretrain-vision", None)
+    meta = read_checkpoint(backbone)["meta"]
+    for task, key in PRETRAIN_META.items():
+        if meta.get(key):
+            record[key] = meta[key]
+        else:
+            record.pop(key, None)
+            for stage in (f"pretrain-{task}", "pretrain-vision"):
+                record.get("seconds", {}).pop(stage, None)
 
 
-def vision_pretrain_lines(info: dict | None) -> list[str]:
-    """A results paragraph on the vision pre-training stage (none when there was none)."""
-    if not info:
-        return []
-    last = info["curve"][-1]
-    if info.get("data", "shapes") == "shapes":
-        where = (f"{info.get('train_images', info.get('images')):,} scenes in no VQA split (generator seed "
-                 f"{info['generator_seed']}); on {info.get('held_out_images', info.get('held_out'))} held-out scenes")
-    else:
-        where = (f"the {info['train_images']:,} images of the training part of the train split (labels from their "
-                 f"training questions' answers); on the {info['held_out_images']} validation images")
-    return [f"The backbone starts from a vision encoder pre-trained {info['steps']} steps (`trimkit pretrain-vision`) "
-            f"to name what lies under each patch token (background or which colour × shape) on {where} it names "
-            f"{100 * last['token_accuracy']:.1f}% of the tokens ({100 * last['object_token_accuracy']:.1f}% of "
-            "those on objects).", ""]
+def pretrain_seconds(record: dict) -> float:
+    """Wall time of the pre-training stages the record's backbone had."""
+    from trimkit.train.pretrain import PRETRAIN_META
+
+    seconds = record.get("seconds", {})
+    return sum(seconds.get(f"pretrain-{task}", 0.0) for task, key in PRETRAIN_META.items() if record.get(key))
+
+
+def pretrain_lines(record: dict) -> list[str]:
+    """A results paragraph on the pre-training stages (none when there were none)."""
+    tokens, match = record.get("vision_pretrain"), record.get("match_pretrain")
+    lines = []
+    if tokens:
+        last = tokens["curve"][-1]
+        if tokens.get("data", "shapes") == "shapes":
+            where = (f"{tokens.get('train_images', tokens.get('images')):,} scenes in no VQA split (generator seed "
+                     f"{tokens['generator_seed']}); on {tokens.get('held_out_images', tokens.get('held_out'))} "
+                     "held-out scenes")
+        else:
+            where = (f"the {tokens['train_images']:,} images of the training part of the train split (labels from "
+                     f"their training questions); on the {tokens['held_out_images']} validation images")
+        lines += [f"The backbone starts from a vision encoder pre-trained {tokens['steps']} steps to name what lies "
+                  f"under each patch token (background or which colour × shape) on {where} it names "
+                  f"{100 * last['token_accuracy']:.1f}% of the tokens ({100 * last['object_token_accuracy']:.1f}% "
+                  "of those on objects).", ""]
+    if match:
+        last = match["curve"][-1]
+        lines += [f"Then {match['steps']} steps of image-text matching (`trimkit pretrain --task match`: does "
+                  "\"red\", \"circle\" or \"red circle\" name an object in the image? half do) train the whole "
+                  f"backbone; on the held-out images it answers {100 * last['match_accuracy']:.1f}% right "
+                  f"({100 * last['named_accuracy']:.1f}% of the texts naming an object, "
+                  f"{100 * last['absent_accuracy']:.1f}% of the others).", ""]
+    return lines
 
 
 def save_json(path: Path, data: dict) -> None:

@@ -1,7 +1,7 @@
 """The adaptive part of SmartTrim on `shapes` (issue 3): cost follows the scene, and adaptive beats static.
 
 Stages (skipped when their output exists; a stopped training stage is continued with --resume):
-  init small on shapes -> `trimkit pretrain-vision --data shapes` (the vision encoder names what lies under
+  init small on shapes -> `trimkit pretrain --task tokens --data shapes` (the vision encoder names what lies under
   each patch token, on scenes in no VQA split: a stand-in for the pretrained encoders VLMs start from) -> backbone
   (`trimkit train --no-trim`) -> SmartTrim at each FLOPs target (0.5, 0.3, 0.2), in bf16 by default.
 Then, for each target, on the test split (skipped when the results file has it for the same checkpoint):
@@ -26,11 +26,11 @@ from _common import (
     ROOT,
     load_json,
     merge_save_json,
-    pretrain_vision_stage,
-    record_vision_pretrain,
+    pretrain_lines,
+    pretrain_stages,
+    record_pretrain,
     reproduce_command,
     run_stage,
-    vision_pretrain_lines,
 )
 
 import trimkit
@@ -53,7 +53,7 @@ def main() -> None:
                          "results file is merged under a lock)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vision-pretrain-steps", type=int, default=1500,
-                    help="first `trimkit pretrain-vision --data shapes` (the vision encoder names what lies under each "
+                    help="first `trimkit pretrain --task tokens --data shapes` (the vision encoder names what lies under each "
                          "patch token, on scenes in no VQA split, as VLMs start from pretrained encoders); "
                          "0: train the backbone from scratch")
     ap.add_argument("--reeval", action="store_true", help="evaluate again even when the results file has the run")
@@ -74,10 +74,10 @@ def main() -> None:
     train_opts = [*seed, *(["--precision", args.precision] if args.precision != "fp32" else [])]
     run_stage("init", ["init", "--preset", args.preset, "--data", "shapes", "--out", wd / "init.pt", *seed],
               wd / "init.pt", log, rec)
-    start = pretrain_vision_stage(wd, "shapes", args.vision_pretrain_steps, train_opts, log, rec)
+    start = pretrain_stages(wd, "shapes", {"tokens": args.vision_pretrain_steps}, train_opts, log, rec)
     run_stage("backbone", ["train", start, "--data", "shapes", "--no-trim", "--epochs", args.backbone_epochs,
                            "--lr", "5e-4", "--out", wd / "backbone.pt", "--quiet", *train_opts], wd / "backbone.pt", log, rec)
-    record_vision_pretrain(wd / "backbone.pt", rec)
+    record_pretrain(wd / "backbone.pt", rec)
     rec["backbone_sha256"] = sha256_file(wd / "backbone.pt")
     if out_json.exists() and load_json(out_json).get("backbone_sha256") != rec["backbone_sha256"]:
         print(f"[new ] {out_json} holds runs of another backbone: starting it afresh", flush=True)
@@ -214,7 +214,7 @@ def _markdown(rec: dict, results: Path) -> None:
              f"SmartTrim at each FLOPs target ({rec['trim_epochs']} epochs from one backbone trained "
              f"{rec['backbone_epochs']} epochs). Test split. Reproduce: "
              f"`{rec.get('reproduce', 'python benchmarks/adaptive_shapes.py')}`.", "",
-             *vision_pretrain_lines(rec.get("vision_pretrain")),
+             *pretrain_lines(rec),
              "![FLOPs ratio vs objects](adaptive_shapes.png)", "",
              "Per-instance FLOPs ratio (mean ± std) and accuracy by the number of objects in the scene:", "",
              "| objects | questions | "

@@ -2,7 +2,7 @@
 
 Stages (each a `trimkit` command; a stage whose output exists is skipped and a stopped training stage is
 continued with --resume, so the script resumes):
-  init -> [pretrain-vision, with --vision-pretrain-steps N] -> backbone (--no-trim) -> SmartTrim at targets
+  init -> [pretrain --task tokens / match, with --vision/match-pretrain-steps N] -> backbone (--no-trim) -> SmartTrim at targets
   0.5 and 0.33 -> ablations at 0.5
   (--no-distill, --no-curriculum, --local-only) -> `trimkit eval` of each on the full test split.
 Writes benchmarks/results/<--results>.{json,md} (default smarttrim_easyvqa) after every stage.
@@ -11,7 +11,7 @@ Targets (issue 3): backbone >= 95%; target 0.5 loses <= 1.0 point, 0.33 <= 2.0 p
 FLOPs ratio within +-0.05 of the target.
 
     python benchmarks/smarttrim_easyvqa.py [--workdir build/bench/easyvqa] [--backbone-epochs 4] [--trim-epochs 1]
-        [--vision-pretrain-steps 600]
+        [--vision-pretrain-steps 600] [--match-pretrain-steps 600]
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from _common import (
     ROOT,
     load_json,
     merge_save_json,
-    pretrain_vision_stage,
-    record_vision_pretrain,
+    pretrain_lines,
+    pretrain_seconds,
+    pretrain_stages,
+    record_pretrain,
     reproduce_command,
     run_stage,
-    vision_pretrain_lines,
 )
 
 from trimkit.config import FREEZE_CHOICES
@@ -59,8 +60,11 @@ def main() -> None:
     ap.add_argument("--runs", default=",".join(r[0] for r in RUNS), help="comma-separated subset of the runs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vision-pretrain-steps", type=int, default=0,
-                    help="first `trimkit pretrain-vision` for this many steps (a stand-in for a pretrained image "
-                         "encoder; 600 is enough on easy-VQA); 0: none")
+                    help="first `trimkit pretrain --task tokens` for this many steps (a stand-in for a pretrained "
+                         "image encoder; 600 is enough on easy-VQA); 0: none")
+    ap.add_argument("--match-pretrain-steps", type=int, default=0,
+                    help="then `trimkit pretrain --task match` (image-text matching, as METER and BLIP are "
+                         "pretrained) for this many steps; 0: none")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                     help="trimkit train --precision of every training run (bf16: ~1.6x faster steps here)")
     ap.add_argument("--pretrained", action="store_true",
@@ -72,8 +76,8 @@ def main() -> None:
     ap.add_argument("--results", default="smarttrim_easyvqa",
                     help="result file stem under benchmarks/results/ (one per backbone: runs are never mixed)")
     args = ap.parse_args()
-    if args.pretrained and args.vision_pretrain_steps:
-        raise SystemExit("--vision-pretrain-steps is for the `small` preset: --pretrained brings its own encoder")
+    if args.pretrained and (args.vision_pretrain_steps or args.match_pretrain_steps):
+        raise SystemExit("--vision/match-pretrain-steps are for the `small` preset: --pretrained brings its own")
     wd = args.workdir
     wd.mkdir(parents=True, exist_ok=True)
     log = wd / "log.txt"
@@ -84,6 +88,7 @@ def main() -> None:
                 "backbone_epochs": args.backbone_epochs,
                 "trim_epochs": args.trim_epochs, "trim_tokens": args.trim_tokens, "freeze": args.freeze,
                 "precision": args.precision, "vision_pretrain_steps": args.vision_pretrain_steps,
+                "match_pretrain_steps": args.match_pretrain_steps,
                 "reproduce": reproduce_command("smarttrim_easyvqa.py", sys.argv[1:], {"--runs": True})})
     rec.setdefault("runs", {})
     seed = ["--seed", str(args.seed)]
@@ -99,11 +104,12 @@ def main() -> None:
         init = ["init", "--preset", "small", "--data", "easyvqa", "--out", wd / "init.pt", *seed]
     run_stage("init", init, wd / "init.pt", log, rec)
     precision = ["--precision", args.precision] if args.precision != "fp32" else []
-    start = pretrain_vision_stage(wd, "easyvqa", args.vision_pretrain_steps, [*precision, *seed], log, rec)
+    start = pretrain_stages(wd, "easyvqa", {"tokens": args.vision_pretrain_steps, "match": args.match_pretrain_steps},
+                            [*precision, *seed], log, rec)
     run_stage("backbone", ["train", start, "--data", "easyvqa", "--no-trim", "--epochs",
                            args.backbone_epochs, "--lr", args.backbone_lr, "--out", wd / "backbone.pt", "--quiet",
                            *train_opts, *seed], wd / "backbone.pt", log, rec)
-    record_vision_pretrain(wd / "backbone.pt", rec)
+    record_pretrain(wd / "backbone.pt", rec)
     evaluate("backbone", wd, log, rec, out_json, None)
     wanted = set(args.runs.split(","))
     extra = ["--eval-every", str(args.eval_every)] if args.eval_every else []
@@ -160,8 +166,9 @@ def _minutes(rec: dict, name: str) -> str:
     sec = seconds.get(name)
     if sec is None:
         return ""
-    if name == "backbone" and rec.get("vision_pretrain") and "pretrain-vision" in seconds:  # both stages
-        return f"{(sec + seconds['pretrain-vision']) / 60:.0f} ({seconds['pretrain-vision'] / 60:.0f} + {sec / 60:.0f})"
+    pre = pretrain_seconds(rec)
+    if name == "backbone" and pre:  # the backbone is its pre-training and its training
+        return f"{(sec + pre) / 60:.0f} ({pre / 60:.0f} + {sec / 60:.0f})"
     return f"{sec / 60:.0f}"
 
 
@@ -175,7 +182,7 @@ def write_markdown(rec: dict) -> None:
              + (f", trained with `--precision {rec['precision']}`" if rec.get("precision", "fp32") != "fp32" else "")
              + ". Accuracy on the full easy-VQA test split (9,673 questions), trimmed runs in "
              f"`prune` mode. Reproduce: `{rec.get('reproduce', 'python benchmarks/smarttrim_easyvqa.py')}`.", "",
-             *vision_pretrain_lines(rec.get("vision_pretrain")),
+             *pretrain_lines(rec),
              "| run | target | accuracy | Δ vs backbone (points) | same weights untrimmed | FLOPs ratio mean | p10 | p90 "
              "| check | training minutes |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -199,7 +206,7 @@ def write_markdown(rec: dict) -> None:
     lines += ["", "*Same weights untrimmed*: the run's checkpoint in `off` mode. A SmartTrim run also trains the "
               "backbone for its epochs, so this column, not the backbone row, is the cost of trimming alone. "
               "*Training minutes*: wall time of the run's `trimkit train` stage on this 2-core CPU (the backbone's: "
-              "vision pre-training + backbone training when there is pre-training); runs started side by side "
+              "pre-training + backbone training when there is pre-training); runs started side by side "
               "(separate processes with `OMP_NUM_THREADS=1`) shared the cores and took longer.", ""]
     lines += ["", "Commands:", "", "```"] + list(rec.get("commands", {}).values()) + ["```", ""]
     if rec.get("seconds"):

@@ -89,13 +89,13 @@ def test_inspect_onnx(tmp_path, capsys):
 
 
 def test_precision_choices_of_export_and_train(tmp_path):
-    """export --precision is fp32|fp16 (the graph), train/pretrain-vision --precision is fp32|bf16 (autocast)."""
+    """export --precision is fp32|fp16 (the graph), train/pretrain --precision is fp32|bf16 (autocast)."""
     ckpt = tmp_path / "base.pt"
     assert main(["init", "--preset", "tiny", "--data", "easyvqa", "--out", str(ckpt)]) == 0
     out = tmp_path / "h.onnx"
     assert main(["export", str(ckpt), "--precision", "fp16", "--out", str(out)]) == 0
     types = {i.name: i.data_type for i in onnx.load(str(out)).graph.initializer}
     assert TensorProto.FLOAT16 in types.values()
-    for cmd, bad in (("export", "bf16"), ("train", "fp16"), ("pretrain-vision", "fp16")):
+    for cmd, bad in (("export", "bf16"), ("train", "fp16"), ("pretrain", "fp16")):
         r = run_cli(cmd, str(ckpt), "--precision", bad, "--out", str(tmp_path / "x"))
         assert r.returncode == 2 and "--precision" in r.stderr, (cmd, r.stderr)

@@ -16,7 +16,15 @@ from typing import Annotated
 import typer
 
 from . import __version__
-from .config import FREEZE_CHOICES, INT8_ACTIVATIONS, INT8_METHODS, INT8_SCOPES, TOKEN_MODALITIES, TRAIN_PRECISIONS
+from .config import (
+    FREEZE_CHOICES,
+    INT8_ACTIVATIONS,
+    INT8_METHODS,
+    INT8_SCOPES,
+    PRETRAIN_TASKS,
+    TOKEN_MODALITIES,
+    TRAIN_PRECISIONS,
+)
 from .errors import TrimkitError
 from .export import DEFAULT_OPSET
 
@@ -45,6 +53,7 @@ Preset = _choices("Preset", "tiny", "small", "base")
 TrimTokens = _choices("TrimTokens", *TOKEN_MODALITIES)
 Freeze = _choices("Freeze", *FREEZE_CHOICES)
 TrainPrecision = _choices("TrainPrecision", *TRAIN_PRECISIONS)
+PretrainTask = _choices("PretrainTask", *PRETRAIN_TASKS)
 Int8Activations = _choices("Int8Activations", *INT8_ACTIVATIONS)
 Int8Method = _choices("Int8Method", *INT8_METHODS)
 Int8Scope = _choices("Int8Scope", *INT8_SCOPES)
@@ -250,29 +259,33 @@ def train(
                f"latest {result.last}" if acc is not None else f"done: {result.steps_done} steps; {result.out}")
 
 
-@app.command("pretrain-vision")
-def pretrain_vision_cmd(
+@app.command("pretrain")
+def pretrain_cmd(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint to start from (e.g. from trimkit init).")],
     out: OutOpt,
+    task: Annotated[PretrainTask, typer.Option(
+        "--task", help="tokens: the vision encoder names each patch token's object; match: image-text matching "
+                       "(does a short text name an object in the image?) for the whole backbone.")] = PretrainTask.tokens,
     data: Annotated[str, typer.Option("--data", help="easyvqa or shapes (they have per-object labels).")] = "easyvqa",
     steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 600,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per step.")] = 64,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (warm-up, cosine decay).")] = 1e-3,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (warm-up, cosine decay); "
+                                                          "default 1e-3 (tokens), 5e-4 (match).")] = None,
     precision: Annotated[TrainPrecision, typer.Option("--precision", help="bf16: bfloat16 autocast.")] = TrainPrecision.fp32,
     seed: SeedOpt = 0,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     force: ForceOpt = False,
 ) -> None:
-    """Pre-train the vision encoder to name what lies under each patch token (a stand-in for a pretrained
-    image encoder), before `trimkit train --no-trim`."""
-    from .train.pretrain import pretrain_vision
+    """Pre-train before `trimkit train --no-trim`, as real VLMs come pretrained: the image encoder (--task
+    tokens), then image-text matching (--task match)."""
+    from .train.pretrain import pretrain
 
-    info = pretrain_vision(ckpt, out, data=data, steps=steps, seed=seed, batch_size=batch_size, lr=lr,
-                           precision=precision.value, force=force, console=_console(), show_progress=not quiet)
-    last = info["curve"][-1]
-    typer.echo(f"wrote {out}: {steps} steps on {info['train_images']} {data} images; held-out "
-               f"{info['held_out_images']} images: token accuracy {100 * last['token_accuracy']:.1f}%, "
-               f"object tokens {100 * last['object_token_accuracy']:.1f}%")
+    info = pretrain(ckpt, out, task=task.value, data=data, steps=steps, seed=seed, batch_size=batch_size, lr=lr,
+                    precision=precision.value, force=force, console=_console(), show_progress=not quiet)
+    last = ", ".join(f"{k.replace('_', ' ')} {100 * v:.1f}%" for k, v in info["curve"][-1].items()
+                     if k not in ("step", "loss"))
+    typer.echo(f"wrote {out}: {task.value}, {steps} steps on {info['train_images']} {data} images; "
+               f"held-out {info['held_out_images']} images: {last}")
 
 
 @app.command("eval")
@@ -509,9 +522,9 @@ def calibrate_int8_cmd(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (known errors -> one line on stderr)."""
+    """Run the CLI; returns the exit code (known errors and usage errors -> one line on stderr)."""
     try:
-        app(args=argv, prog_name="trimkit", standalone_mode=True)
+        rc = app(args=argv, prog_name="trimkit", standalone_mode=False)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except TrimkitError as e:
@@ -519,7 +532,24 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"trimkit: error: {e}", file=sys.stderr)
         return e.exit_code
-    return 0
+    except Exception as e:  # click's (Typer vendors its own copy: matched by class name, not by import)
+        kinds = {c.__name__ for c in type(e).__mro__}
+        ctx = getattr(e, "ctx", None)
+        if "NoArgsIsHelpError" in kinds:  # `trimkit` or `trimkit calibrate` alone: the help
+            print(ctx.get_help() if ctx else e.format_message())
+            return 2
+        if "UsageError" in kinds:  # bad option values, unknown options and commands: one line, exit 2
+            cmd = ctx.command_path if ctx else "trimkit"
+            print(f"{cmd}: error: {e.format_message()} (see {cmd} --help)", file=sys.stderr)
+            return 2
+        if "ClickException" in kinds:
+            print(f"trimkit: error: {e.format_message()}", file=sys.stderr)
+            return e.exit_code
+        if "Abort" in kinds:  # Ctrl-C outside a command's own handling
+            print("trimkit: stopped", file=sys.stderr)
+            return 130
+        raise
+    return rc if isinstance(rc, int) else 0
 
 
 def entry() -> None:  # console script

@@ -16,6 +16,7 @@ NORM_STYLES = ("pre", "post")
 FUSION_STYLES = ("coattn", "text")
 TOKEN_MODALITIES = ("both", "vision", "text")
 FREEZE_CHOICES = ("none", "vision", "text", "both")  # which pretrained encoders stay fixed in training
+PRETRAIN_TASKS = ("tokens", "match")  # `trimkit pretrain --task`: vision tokens, image-text matching
 TRAIN_PRECISIONS = ("fp32", "bf16")  # bf16: autocast matmuls/convs (fp32 master weights, losses in fp32)
 # `trimkit calibrate int8` choices (here so the CLI offers them without importing the calibration code)
 INT8_METHODS = ("minmax", "entropy", "percentile")

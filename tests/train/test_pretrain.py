@@ -1,4 +1,5 @@
-"""`trimkit pretrain-vision`: token labels from the data, and a stage that trains the vision encoder only."""
+"""`trimkit pretrain`: labels from the data; --task tokens trains the vision encoder only, --task match the
+backbone (not the classifier, not the trimmers)."""
 
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from trimkit.train.pretrain import (
     EASYVQA_SHAPES,
     _easyvqa_object_labels,
     foreground,
+    match_texts,
     patch_labels,
     token_targets,
 )
@@ -92,11 +94,11 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "trimkit.cli", *map(str, args)], capture_output=True, text=True)
 
 
-def test_pretrain_vision_trains_the_vision_encoder_only(tmp_path):
+def test_pretrain_tokens_trains_the_vision_encoder_only(tmp_path):
     start = tmp_path / "init.pt"
     trimkit.save_checkpoint(new_model("tiny", "shapes", seed=0), start)
     out = tmp_path / "vision.pt"
-    r = _cli("pretrain-vision", start, "--data", "shapes", "--steps", "60", "--lr", "3e-3", "--out", out, "--quiet")
+    r = _cli("pretrain", start, "--data", "shapes", "--steps", "60", "--lr", "3e-3", "--out", out, "--quiet")
     assert r.returncode == 0, r.stderr
     assert "token accuracy" in r.stdout
     a, b = trimkit.load_checkpoint(start), trimkit.load_checkpoint(out)
@@ -121,21 +123,69 @@ def test_pretrain_vision_trains_the_vision_encoder_only(tmp_path):
     (["--batch-size", "0"], "at least 1"),
     (["--lr", "0"], "must be positive"),
     (["--data", "easyvqa"], "not easy-VQA's"),  # a shapes model
+    (["--task", "captions"], "--task"),
 ])
-def test_pretrain_vision_bad_input(tmp_path, jsonl_data, args, message):
+def test_pretrain_bad_input(tmp_path, jsonl_data, args, message):
     start = tmp_path / "init.pt"
     trimkit.save_checkpoint(new_model("tiny", "shapes", seed=0), start)
     out = tmp_path / "vision.pt"
-    r = _cli("pretrain-vision", start, "--out", out, *[a.format(jsonl=jsonl_data) for a in args])
+    r = _cli("pretrain", start, "--out", out, *[a.format(jsonl=jsonl_data) for a in args])
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not out.exists()
 
 
 def test_train_keeps_the_pretraining_seed(tmp_path):
-    """pretrain-vision and train carve easy-VQA's validation images with their seed: another seed is refused."""
+    """pretrain and train carve easy-VQA's validation images with their seed: another seed is refused."""
     start = tmp_path / "init.pt"
     trimkit.save_checkpoint(new_model("tiny", "easyvqa", seed=0), start)
     vision = tmp_path / "vision.pt"
-    assert _cli("pretrain-vision", start, "--steps", "2", "--out", vision, "--quiet", "--seed", "1").returncode == 0
+    assert _cli("pretrain", start, "--steps", "2", "--out", vision, "--quiet", "--seed", "1").returncode == 0
     r = _cli("train", vision, "--no-trim", "--steps", "1", "--out", tmp_path / "b.pt", "--quiet", "--seed", "0")
-    assert r.returncode == 2 and "pre-trained with --seed 1" in r.stderr
+    assert r.returncode == 2 and "pre-trained (trimkit pretrain) with --seed 1" in r.stderr
+    r = _cli("pretrain", vision, "--task", "match", "--steps", "1", "--out", tmp_path / "m.pt", "--seed", "0")
+    assert r.returncode == 2 and "--seed 1" in r.stderr and not (tmp_path / "m.pt").exists()
+
+
+def test_match_texts_are_balanced_and_true():
+    colours, shapes = ("red", "blue", "green"), ("circle", "square")
+    g = torch.Generator().manual_seed(0)
+    objects = torch.zeros(600, 3, 2, dtype=torch.long)
+    objects[:, 0, 1] = 1  # a red square in every image
+    objects[::2, 2, 0] = 2  # and two green circles in every other one
+    texts, labels = match_texts(objects, colours, shapes, g)
+    assert 0.4 < labels.float().mean() < 0.6
+    kinds = {"colour": 0, "shape": 0, "pair": 0}
+    for obj, text, label in zip(objects, texts, labels.tolist()):
+        words = text.split()
+        if len(words) == 2:
+            kinds["pair"] += 1
+            named = bool(obj[colours.index(words[0]), shapes.index(words[1])] > 0)
+        elif words[0] in colours:
+            kinds["colour"] += 1
+            named = bool(obj[colours.index(words[0])].sum() > 0)
+        else:
+            kinds["shape"] += 1
+            named = bool(obj[:, shapes.index(words[0])].sum() > 0)
+        assert named == bool(label), (text, obj)
+    assert min(kinds.values()) > 150
+    # an image with every shape has no absent shape to name: its shape texts are all true
+    full = torch.ones(50, 3, 2, dtype=torch.long)
+    texts, labels = match_texts(full, colours, shapes, g)
+    assert labels.all()
+
+
+def test_pretrain_match_trains_the_backbone_not_the_classifier(tmp_path):
+    start = tmp_path / "init.pt"
+    trimkit.save_checkpoint(new_model("tiny", "shapes", seed=0), start)
+    out = tmp_path / "match.pt"
+    r = _cli("pretrain", start, "--task", "match", "--data", "shapes", "--steps", "10", "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "match accuracy" in r.stdout
+    a, b = trimkit.load_checkpoint(start), trimkit.load_checkpoint(out)
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    same = {k for k in pa if torch.equal(pa[k], pb[k])}
+    fixed = {k for k in pa if k.startswith(("classifier.", "token_trimmers.", "head_trimmers."))}
+    assert same == fixed  # everything else (both encoders, fusion, pooling) learned
+    info = read_checkpoint(out)["meta"]["match_pretrain"]
+    assert info["task"] == "match" and info["steps"] == 10 and len(info["curve"]) == 5
+    assert {"match_accuracy", "named_accuracy", "absent_accuracy"} <= set(info["curve"][-1])

@@ -65,6 +65,7 @@ class TrimOutput:
                       encoders (after their final norms, before the fusion); rows are the kept tokens
                       in `prune` mode
     final_states:     details only: (vision, text) hidden states after the last layer, before pooling
+    pooled:           details only: (B, Dv + Dt) the pooled [CLS] states the classifier reads
     """
 
     logits: Tensor
@@ -75,6 +76,7 @@ class TrimOutput:
     head_masks: list[list[Tensor]] = field(default_factory=list)
     encoder_states: tuple[Tensor, Tensor] | None = None
     final_states: tuple[Tensor, Tensor] | None = None
+    pooled: Tensor | None = None
 
     @property
     def flops_ratio(self) -> Tensor:
@@ -332,6 +334,7 @@ class MeterModel(nn.Module):
             head_masks=head_masks,
             encoder_states=encoder_states,
             final_states=(vis.x, txt.x) if details else None,
+            pooled=pooled if details else None,
         )
 
     # ------------------------------------------------------------------ pieces

@@ -33,6 +33,7 @@ from .config import TrainConfig
 from .distributed import DistInfo, any_flag, barrier, init_distributed, shutdown_distributed
 from .evaluate import evaluate
 from .objective import SmartTrimObjective
+from .pretrain import check_pretrain_seed
 
 __all__ = ["train", "TrainResult", "last_path", "with_trim_config"]
 
@@ -147,11 +148,8 @@ def _prepare(ckpt_path: str | Path, cfg: TrainConfig, resume: bool) -> tuple[Met
     model = model_from_checkpoint(raw, ckpt_path)
     if model.tokenizer is None:
         raise BadInputError(f"{ckpt_path}: checkpoint has no tokenizer")
-    pre = (model.meta or {}).get("vision_pretrain") or {}
-    if not resume and pre.get("data") == cfg.data == "easyvqa" and pre.get("seed") != cfg.seed:
-        # both carve the validation split with their seed: another seed would validate on pre-training images
-        raise BadInputError(f"{ckpt_path}: its vision encoder was pre-trained with --seed {pre.get('seed')}; train "
-                            f"with the same seed (not {cfg.seed}) so that its validation images stay unseen")
+    if not resume:
+        check_pretrain_seed(model.meta, cfg.data, cfg.seed, str(ckpt_path))
     if not resume:
         trim = TrimConfig.from_dict({**model.trim.to_dict(), "tau": cfg.tau, "local_only": cfg.local_only,
                                      "token_modalities": cfg.trim_tokens})
