@@ -170,7 +170,7 @@ def reproduce_command(script: str, argv: list[str], drop: dict[str, bool]) -> st
             skip = drop[a]
         elif not any(a.startswith(f"{opt}=") for opt in drop):
             keep.append(a)
-    return " ".join([f"python benchmarks/{script}", *keep])
+    return " ".join([f"python benchmarks/{script}", *map(shlex.quote, keep)])
 
 
 def timing_args(ap: argparse.ArgumentParser, *, batches: int, repeats: int, workdir: str) -> None:
