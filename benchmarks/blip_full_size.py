@@ -2,7 +2,8 @@
 
 No BLIP weights are available offline here, so both BLIP architectures are built at their full default size
 (`transformers.BlipConfig()`: ViT-B/16 at 384 px, 577 image tokens; BERT-base text encoder with
-cross-attention, 12 layers) with seeded random weights, saved with `save_pretrained` and a BERT-uncased
+cross-attention, 12 layers) with seeded random weights (LayerNorm weights and biases perturbed, since
+transformers' init leaves some at zero and the image output near zero), saved with `save_pretrained` and a BERT-uncased
 vocabulary (the MiniLM package's `vocab.txt`, which is bert-base-uncased's, as BLIP's is), then:
   1. `trimkit import DIR --data easyvqa` (timed);
   2. keep-everything: trimkit's image tokens and question embeddings vs transformers' `vision_model` and
@@ -39,6 +40,10 @@ def build(arch: str, path: Path, vocab: Path) -> torch.nn.Module:
 
     torch.manual_seed(0)
     model = getattr(transformers, arch)(transformers.BlipConfig()).eval()
+    with torch.no_grad():  # transformers' init leaves some LayerNorms at zero (a near-zero image output):
+        for name, p in model.named_parameters():  # random norms make every path count in the comparison
+            if "norm" in name.lower():
+                p.add_(torch.randn_like(p) * 0.1)
     if not (path / "config.json").exists():
         model.save_pretrained(path)
         shutil.copy(vocab, path / "vocab.txt")

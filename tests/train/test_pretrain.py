@@ -94,21 +94,25 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "trimkit.cli", *map(str, args)], capture_output=True, text=True)
 
 
-def test_pretrain_tokens_trains_the_vision_encoder_only(tmp_path):
-    start = tmp_path / "init.pt"
+def _pretrain_shapes(tmp_path, *args):
+    """`trimkit pretrain ARGS` on a fresh tiny shapes model: (the model before, the model after)."""
+    start, out = tmp_path / "init.pt", tmp_path / "out.pt"
     trimkit.save_checkpoint(new_model("tiny", "shapes", seed=0), start)
-    out = tmp_path / "vision.pt"
-    r = _cli("pretrain", start, "--data", "shapes", "--steps", "60", "--lr", "3e-3", "--out", out, "--quiet")
+    r = _cli("pretrain", start, "--data", "shapes", *args, "--out", out, "--quiet")
     assert r.returncode == 0, r.stderr
-    assert "token accuracy" in r.stdout
-    a, b = trimkit.load_checkpoint(start), trimkit.load_checkpoint(out)
+    return trimkit.load_checkpoint(start), trimkit.load_checkpoint(out), r.stdout, read_checkpoint(out)["meta"]
+
+
+def test_pretrain_tokens_trains_the_vision_encoder_only(tmp_path):
+    a, b, stdout, meta = _pretrain_shapes(tmp_path, "--steps", "60", "--lr", "3e-3")
+    assert "token accuracy" in stdout
 
     def changed(m):
         return [not torch.equal(p, q) for p, q in zip(a.encoder_parameters(m), b.encoder_parameters(m))]
 
     assert all(changed(VISION)) and not any(changed(TEXT))
     assert all(torch.equal(p, q) for p, q in zip(a.classifier.parameters(), b.classifier.parameters()))
-    info = read_checkpoint(out)["meta"]["vision_pretrain"]
+    info = meta["vision_pretrain"]
     assert info["data"] == "shapes" and info["steps"] == 60 and len(info["curve"]) == 5
     first, last = info["curve"][0], info["curve"][-1]
     assert last["loss"] < first["loss"]
@@ -175,17 +179,12 @@ def test_match_texts_are_balanced_and_true():
 
 
 def test_pretrain_match_trains_the_backbone_not_the_classifier(tmp_path):
-    start = tmp_path / "init.pt"
-    trimkit.save_checkpoint(new_model("tiny", "shapes", seed=0), start)
-    out = tmp_path / "match.pt"
-    r = _cli("pretrain", start, "--task", "match", "--data", "shapes", "--steps", "10", "--out", out, "--quiet")
-    assert r.returncode == 0, r.stderr
-    assert "match accuracy" in r.stdout
-    a, b = trimkit.load_checkpoint(start), trimkit.load_checkpoint(out)
+    a, b, stdout, meta = _pretrain_shapes(tmp_path, "--task", "match", "--steps", "10")
+    assert "match accuracy" in stdout
     pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
     same = {k for k in pa if torch.equal(pa[k], pb[k])}
     fixed = {k for k in pa if k.startswith(("classifier.", "token_trimmers.", "head_trimmers."))}
     assert same == fixed  # everything else (both encoders, fusion, pooling) learned
-    info = read_checkpoint(out)["meta"]["match_pretrain"]
+    info = meta["match_pretrain"]
     assert info["task"] == "match" and info["steps"] == 10 and len(info["curve"]) == 5
     assert {"match_accuracy", "named_accuracy", "absent_accuracy"} <= set(info["curve"][-1])
