@@ -24,15 +24,18 @@ def trimkit_cmd(*args: str) -> list[str]:
 def run_stage(name: str, args: list[str], output: Path, log: Path, record: dict) -> None:
     """Run `trimkit ARGS` unless `output` exists; record the command and its duration. A training stage that
     was stopped (its `.last.pt` short of its total steps) is continued with `--resume` instead."""
+    from trimkit.train import last_path
+
     cmd = trimkit_cmd(*args)
     shown = "trimkit " + " ".join(shlex.quote(str(a).replace(f"{ROOT}/", "")) for a in args)
     record.setdefault("commands", {})[name] = shown
-    unfinished = _unfinished_training(output)
-    if unfinished is not None:
+    state = _train_state(output)
+    if state.get("step", 0) < state.get("total_steps", 0):  # stopped: continue it
+        unfinished = last_path(output)
         cmd, shown = trimkit_cmd("train", unfinished, "--resume", "--quiet"), f"trimkit train {unfinished} --resume"
     elif output.exists():
         print(f"[skip] {name}: {output} exists", flush=True)
-        if name not in record.get("seconds", {}) and "seconds" in (state := _train_state(output)):
+        if name not in record.get("seconds", {}) and "seconds" in state:
             record.setdefault("seconds", {})[name] = round(state["seconds"], 1)
         return
     print(f"[run ] {name}: {shown}", flush=True)
@@ -55,14 +58,6 @@ def _train_state(output: Path) -> dict:
 
     last = last_path(output)
     return (read_checkpoint(last).get("train_state") or {}) if output.suffix == ".pt" and last.exists() else {}
-
-
-def _unfinished_training(output: Path) -> Path | None:
-    """The `.last.pt` of a `trimkit train` run whose train state has not reached its total steps, else None."""
-    from trimkit.train import last_path
-
-    state = _train_state(output)
-    return last_path(output) if state.get("step", 0) < state.get("total_steps", 0) else None
 
 
 PRETRAIN_STAGES = {"tokens": "init-vision.pt", "match": "init-match.pt"}  # in order, each from the one before
@@ -92,8 +87,7 @@ def record_pretrain(backbone: Path, record: dict) -> None:
             record[key] = meta[key]
         else:
             record.pop(key, None)
-            for stage in (f"pretrain-{task}", "pretrain-vision"):
-                record.get("seconds", {}).pop(stage, None)
+            record.get("seconds", {}).pop(f"pretrain-{task}", None)
 
 
 def pretrain_seconds(record: dict) -> float:

@@ -21,16 +21,15 @@ from _common import RESULTS, reproduce_command, save_json
 
 from trimkit.checkpoint import load_checkpoint
 from trimkit.data import load_dataset
-from trimkit.train.pretrain import EASYVQA_SHAPES
+from trimkit.data.easyvqa import SHAPES, negated
 
 KINDS = ["what colour", "what shape", "is X: yes", "is X: no", "is not X: yes", "is not X: no"]
 
 
 def kind_of(question: str, answer: str) -> str:
     if answer not in ("yes", "no"):
-        return "what shape" if answer in EASYVQA_SHAPES else "what colour"
-    words = question.lower().rstrip("?").split()
-    return ("is not X" if ("not" in words or "no" in words) else "is X") + f": {answer}"
+        return "what shape" if answer in SHAPES else "what colour"
+    return ("is not X" if negated(question) else "is X") + f": {answer}"
 
 
 @torch.no_grad()

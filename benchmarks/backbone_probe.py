@@ -32,10 +32,9 @@ from trimkit.checkpoint import load_checkpoint
 from trimkit.config import preset_config
 from trimkit.data import easyvqa, load_dataset
 from trimkit.data.dataset import _resize, to_pixel_values
+from trimkit.data.easyvqa import SHAPES
 from trimkit.factory import new_model
 from trimkit.models.meter import MeterModel
-
-SHAPES = ("circle", "rectangle", "triangle")
 
 
 def answer_kind(answer: str) -> str:

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from ..errors import MissingDependencyError
 
-__all__ = ["answers", "questions", "image_paths"]
+__all__ = ["answers", "questions", "image_paths", "SHAPES", "COLORS", "question_words", "negated"]
+
+SHAPES = ("circle", "rectangle", "triangle")  # the shape and colour answers, in a fixed order
+COLORS = ("red", "green", "blue", "yellow", "teal", "brown", "black", "gray")
+
+
+def question_words(question: str) -> list[str]:
+    return question.lower().rstrip("?").split()
+
+
+def negated(question: str) -> bool:
+    """A yes/no question asked the other way round: "is there not a red shape?", "is no circle present?"."""
+    words = question_words(question)
+    return "not" in words or "no" in words
 
 
 def _pkg():

@@ -10,7 +10,12 @@ import torch
 
 from ..config import FREEZE_CHOICES, TEXT, TOKEN_MODALITIES, TRAIN_PRECISIONS, VISION
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "autocast"]
+
+
+def autocast(precision: str) -> torch.autocast:
+    """The context training passes run in: bfloat16 autocast for `bf16`, else a no-op."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 @dataclass
@@ -73,8 +78,8 @@ class TrainConfig:
         return {"none": [], "vision": [VISION], "text": [TEXT], "both": [VISION, TEXT]}[self.freeze]
 
     def autocast(self) -> torch.autocast:
-        """The context the training passes run in: bfloat16 autocast with `precision` bf16, else a no-op."""
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        """The context the training passes run in (see `autocast`)."""
+        return autocast(self.precision)
 
     @property
     def distill(self) -> float:

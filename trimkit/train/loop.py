@@ -150,7 +150,6 @@ def _prepare(ckpt_path: str | Path, cfg: TrainConfig, resume: bool) -> tuple[Met
         raise BadInputError(f"{ckpt_path}: checkpoint has no tokenizer")
     if not resume:
         check_pretrain_seed(model.meta, cfg.data, cfg.seed, str(ckpt_path))
-    if not resume:
         trim = TrimConfig.from_dict({**model.trim.to_dict(), "tau": cfg.tau, "local_only": cfg.local_only,
                                      "token_modalities": cfg.trim_tokens})
         model = with_trim_config(model, trim)

@@ -37,6 +37,9 @@ import torch
 from torch import Tensor
 
 from ..config import PRETRAIN_TASKS
+from ..data.easyvqa import COLORS as EASYVQA_COLORS
+from ..data.easyvqa import SHAPES as EASYVQA_SHAPES
+from ..data.easyvqa import negated, question_words
 from ..errors import BadInputError, Interrupted
 
 __all__ = ["TokenTargets", "token_targets", "patch_labels", "pretrain", "check_pretrain_seed", "PRETRAIN_DATA",
@@ -46,8 +49,6 @@ PRETRAIN_DATA = ("easyvqa", "shapes")
 PRETRAIN_META = {"tokens": "vision_pretrain", "match": "match_pretrain"}  # the checkpoint meta key of each
 DEFAULT_LR = {"tokens": 1e-3, "match": 5e-4}
 SHAPES_PRETRAIN_STREAM = 7  # scenes from generator seed [seed, 7]: a stream no split's integer seed reaches
-EASYVQA_SHAPES = ("circle", "rectangle", "triangle")
-EASYVQA_COLORS = ("red", "green", "blue", "yellow", "teal", "brown", "black", "gray")
 FOREGROUND_MIN_DIFF = 40  # max |channel difference| to the background colour above which a pixel is the object's
 
 
@@ -110,16 +111,12 @@ def _easyvqa_object_labels(split, answer_names: list[str]) -> tuple[Tensor, Tens
 
     for img, label, question in zip(split.image_index.tolist(), split.labels.tolist(), split.questions):
         answer = answer_names[label]
-        words = question.lower().rstrip("?").split()
-        if answer in ("yes", "no"):
-            negated = "not" in words or "no" in words
-            if (answer == "yes") != negated:
-                for w in words:
-                    present(img, w)
-        else:
+        if answer in ("yes", "no") and (answer == "yes") == negated(question):
+            continue  # says the attribute is absent: tells nothing here
+        if answer not in ("yes", "no"):
             present(img, answer)
-            for w in words:
-                present(img, w)
+        for w in question_words(question):
+            present(img, w)
     return found[0], found[1]
 
 
@@ -169,11 +166,15 @@ def _shapes_targets(model, seed: int, images: int = 6000, held_out: int = 500) -
                         objects[:images], objects[images:], tuple(COLORS), tuple(SHAPES))
 
 
-def token_targets(spec: str, model, seed: int = 0) -> TokenTargets:
-    """Pre-training images and token labels for dataset `spec` (easyvqa or shapes), sized for `model`."""
+def _check_data(spec: str) -> None:
     if spec not in PRETRAIN_DATA:
         raise BadInputError(f"vision pre-training needs per-object labels, which {spec!r} does not have; "
                             f"choose {' or '.join(PRETRAIN_DATA)}")
+
+
+def token_targets(spec: str, model, seed: int = 0) -> TokenTargets:
+    """Pre-training images and token labels for dataset `spec` (easyvqa or shapes), sized for `model`."""
+    _check_data(spec)
     if model.config.image_size % model.config.patch_size:
         raise BadInputError(f"image size {model.config.image_size} is not a multiple of the patch size "
                             f"{model.config.patch_size}")
@@ -300,6 +301,7 @@ def pretrain(ckpt: str | Path, out: str | Path, *, task: str, data: str, steps: 
 
     from ..checkpoint import load_checkpoint, save_checkpoint
     from ..fileio import check_writable
+    from .config import autocast
     from .loop import _lr_scale
 
     if task not in PRETRAIN_TASKS:
@@ -309,8 +311,7 @@ def pretrain(ckpt: str | Path, out: str | Path, *, task: str, data: str, steps: 
         raise BadInputError(f"--steps and --batch-size must be at least 1 (got {steps}, {batch_size})")
     if not lr > 0:
         raise BadInputError(f"--lr must be positive, not {lr}")
-    if data not in PRETRAIN_DATA:
-        token_targets(data, None)  # the one line saying which data can be used
+    _check_data(data)
     check_writable(out, force=force)
     torch.manual_seed(seed)
     model = load_checkpoint(ckpt)
@@ -329,7 +330,7 @@ def pretrain(ckpt: str | Path, out: str | Path, *, task: str, data: str, steps: 
                 rows = torch.randint(0, n, (batch_size,), generator=g)
                 for group in opt.param_groups:
                     group["lr"] = lr * _lr_scale(step, steps, 0.05)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                with autocast(precision):
                     loss = job.loss(rows)
                 if not math.isfinite(loss.item()):
                     raise BadInputError(f"pre-training diverged at step {step + 1} (loss {loss.item()}); lower --lr")
