@@ -73,6 +73,9 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=56, help="image size of the --pretrained model (x14 patches)")
     ap.add_argument("--freeze", choices=FREEZE_CHOICES, default="none",
                     help="encoders whose weights stay fixed in every training stage (e.g. the pretrained ones)")
+    ap.add_argument("--pool-product", action="store_true",
+                    help="the model's classifier also reads the product of the pooled [CLS] states "
+                         "(trimkit init/import --pool-product)")
     ap.add_argument("--results", default="smarttrim_easyvqa",
                     help="result file stem under benchmarks/results/ (one per backbone: runs are never mixed)")
     args = ap.parse_args()
@@ -88,7 +91,7 @@ def main() -> None:
                 "backbone_epochs": args.backbone_epochs,
                 "trim_epochs": args.trim_epochs, "trim_tokens": args.trim_tokens, "freeze": args.freeze,
                 "precision": args.precision, "vision_pretrain_steps": args.vision_pretrain_steps,
-                "match_pretrain_steps": args.match_pretrain_steps,
+                "match_pretrain_steps": args.match_pretrain_steps, "pool_product": args.pool_product,
                 "reproduce": reproduce_command("smarttrim_easyvqa.py", sys.argv[1:], {"--runs": True})})
     rec.setdefault("runs", {})
     seed = ["--seed", str(args.seed)]
@@ -102,6 +105,8 @@ def main() -> None:
                 "--image-size", args.image_size, "--max-text-len", "24", "--out", wd / "init.pt", *seed]
     else:
         init = ["init", "--preset", "small", "--data", "easyvqa", "--out", wd / "init.pt", *seed]
+    if args.pool_product:
+        init.append("--pool-product")
     run_stage("init", init, wd / "init.pt", log, rec)
     precision = ["--precision", args.precision] if args.precision != "fp32" else []
     start = pretrain_stages(wd, "easyvqa", {"tokens": args.vision_pretrain_steps, "match": args.match_pretrain_steps},
@@ -180,6 +185,8 @@ def write_markdown(rec: dict) -> None:
              "from the backbone" + (f" (`--freeze {rec['freeze']}`: those encoders' weights fixed throughout)"
                                     if rec.get("freeze", "none") != "none" else "")
              + (f", trained with `--precision {rec['precision']}`" if rec.get("precision", "fp32") != "fp32" else "")
+             + (", the classifier reading the pooled states' product too (`--pool-product`)"
+                if rec.get("pool_product") else "")
              + ". Accuracy on the full easy-VQA test split (9,673 questions), trimmed runs in "
              f"`prune` mode. Reproduce: `{rec.get('reproduce', 'python benchmarks/smarttrim_easyvqa.py')}`.", "",
              *pretrain_lines(rec),

@@ -8,6 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+import trimkit
 from trimkit.cli import main
 
 
@@ -43,7 +44,9 @@ def test_init_then_inspect(tmp_path, capsys):
     assert main(["init", "--out", str(out), "--force", "--stem", "conv"]) == 0
     assert main(["inspect", str(out), "--json", str(tmp_path / "conv.json")]) == 0
     assert json.loads((tmp_path / "conv.json").read_text())["model_config"]["stem"] == "conv"
-    assert info["model_config"]["stem"] == "patch"
+    assert info["model_config"]["stem"] == "patch" and not info["model_config"]["pool_product"]
+    assert main(["init", "--out", str(out), "--force", "--pool-product"]) == 0
+    assert trimkit.load_checkpoint(out).config.pool_product
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint", b""])

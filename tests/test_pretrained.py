@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 
+import trimkit
 from tests.conftest import randomize_trimmers
 from trimkit.config import EncoderSpec, ModelConfig
 from trimkit.errors import BadInputError
@@ -251,8 +252,9 @@ def test_cli_import_then_train_export_verify_calibrate(tmp_path, capsys):
     _save_vit(tmp_path / "vit", "dinov2", size=32, preprocess={"image_mean": [0.5] * 3, "image_std": [0.5] * 3})
     ckpt = tmp_path / "imported.pt"
     assert main(["import", "--vision", str(tmp_path / "vit"), "--text", str(tmp_path / "bert"), "--data", "easyvqa",
-                 "--fusion-layers", "1", "--max-text-len", "16", "--out", str(ckpt)]) == 0
+                 "--fusion-layers", "1", "--max-text-len", "16", "--pool-product", "--out", str(ckpt)]) == 0
     assert "dinov2 (3 layers" in capsys.readouterr().out
+    assert trimkit.load_checkpoint(ckpt).config.pool_product  # and everything below runs with it
     trained = tmp_path / "trimmed.pt"
     assert main(["train", str(ckpt), "--data", "easyvqa", "--steps", "2", "--batch-size", "8", "--target-ratio", "0.5",
                  "--eval-samples", "16", "--out", str(trained), "--quiet"]) == 0

@@ -64,6 +64,9 @@ OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Where to write (atomi
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
 DataOpt = Annotated[str, typer.Option("--data", help="Dataset: easyvqa, shapes or FILE.jsonl.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+PoolProductOpt = Annotated[bool, typer.Option(
+    "--pool-product", help="The classifier also reads the product of the two pooled [CLS] states (bilinear "
+    "pooling): yes/no questions that compare a named attribute with the image are learned far sooner.")]
 
 
 def _console():
@@ -102,6 +105,7 @@ def init(
     stem: Annotated[Stem | None, typer.Option(
         "--stem", help="Image stem: patch (ViT linear patch embedding) or conv (early convolutions); "
                        "default: the preset's.")] = None,
+    pool_product: PoolProductOpt = False,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
 ) -> None:
@@ -111,7 +115,8 @@ def init(
     from .fileio import check_writable
 
     check_writable(out, force=force)
-    model = new_model(preset.value, data, seed=seed, **({"stem": stem.value} if stem else {}))
+    model = new_model(preset.value, data, seed=seed, pool_product=pool_product,
+                      **({"stem": stem.value} if stem else {}))
     save_checkpoint(model, out, force=force)
     n = sum(p.numel() for p in model.parameters())
     n_trim = sum(p.numel() for p in model.trimmer_parameters())
@@ -137,6 +142,7 @@ def import_cmd(
         "--fusion-hidden", help="Fusion width; default: the image encoder's.")] = None,
     fusion_heads: Annotated[int | None, typer.Option(
         "--fusion-heads", help="Fusion heads; default: the image encoder's.")] = None,
+    pool_product: PoolProductOpt = False,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
 ) -> None:
@@ -167,7 +173,7 @@ def import_cmd(
     else:
         model = import_meter(vision, text, data=data, fusion_layers=fusion_layers, image_size=image_size,
                              max_text_len=max_text_len, fusion_hidden=fusion_hidden, fusion_heads=fusion_heads,
-                             seed=seed)
+                             pool_product=pool_product, seed=seed)
     save_checkpoint(model, out, force=force)
     c = model.config
     v, t = c.encoder(0), c.encoder(1)

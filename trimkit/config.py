@@ -88,6 +88,11 @@ class ModelConfig:
     # width, FFN); the image stream idles and serves as keys.
     fusion_style: str = "coattn"
     fusion_norm: str = "pre"  # "post" for BLIP's BERT-style layers
+    # The classifier also reads the element-wise product of the two pooled [CLS] states (Hadamard-product
+    # bilinear pooling, Kim et al. 2017). A yes/no question ("is there a red shape?") compares the question's
+    # attribute with the image's: a sum of products, linear in the product term, but a slow thing for a
+    # concatenation + MLP head (or the fusion) to learn -- backbones stall answering from the words alone.
+    pool_product: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vision_encoder", "text_encoder"):
@@ -114,6 +119,9 @@ class ModelConfig:
             raise ValueError("with fusion_style 'text' the text encoder's width must be the fusion width")
         if self.fusion_layers == 0 and self.encoder(VISION).hidden_size != self.encoder(TEXT).hidden_size:
             raise ValueError("encoders of different widths need fusion layers (they are projected at fusion entry)")
+        if self.pool_product and self.final_width(VISION) != self.final_width(TEXT):
+            raise ValueError(f"pool_product needs final states of equal widths, not {self.final_width(VISION)} "
+                             f"and {self.final_width(TEXT)}")
         if self.max_text_len < 2:
             raise ValueError("max_text_len must leave room for [CLS] and one word")
 

@@ -180,3 +180,14 @@ def test_conv_stem_exports_and_matches(tmp_path):
     model = randomize_trimmers(new_model("tiny", "easyvqa", seed=5, stem="conv"), seed=5)
     res = to_onnx(model, tmp_path / "conv.onnx", mode="adaptive")
     assert res.check["passed"] and "Conv" in ops(res.path)
+
+
+def test_pool_product_exports_and_matches(tmp_path):
+    """The classifier reading the pooled states' product too: one Mul more in the graph, same contract."""
+    from trimkit.factory import new_model
+
+    from ..conftest import randomize_trimmers
+
+    model = randomize_trimmers(new_model("tiny", "easyvqa", seed=6, pool_product=True), seed=6)
+    res = to_onnx(model, tmp_path / "product.onnx", mode="adaptive")
+    assert res.check["passed"]

@@ -194,3 +194,21 @@ def test_conv_stem_modes_agree():
         ModelConfig(image_size=60, patch_size=6, stem="conv")
     with pytest.raises(ValueError, match="unknown stem"):
         ModelConfig(stem="resnet")
+
+
+def test_pool_product():
+    """The classifier also reads pooled_vision * pooled_text; trimming semantics are unchanged."""
+    from trimkit.config import VISION, EncoderSpec, ModelConfig
+
+    model = new_model("tiny", "easyvqa", seed=3, pool_product=True)
+    d = model.config.final_width(VISION)
+    assert model.classifier[0].in_features == 3 * d
+    inputs = make_inputs(model, 3, 9, seed=3)
+    out = model(*inputs, mode="off", details=True)
+    pv, pt = out.pooled[:, :d], out.pooled[:, d: 2 * d]
+    torch.testing.assert_close(out.pooled[:, 2 * d:], pv * pt)
+    torch.testing.assert_close(run(model, inputs, "prune").logits, out.logits, atol=1e-5, rtol=0)
+    assert_prune_equals_mask(randomize_trimmers(model, seed=3), inputs)
+    with pytest.raises(ValueError, match="pool_product needs final states of equal widths"):
+        ModelConfig(fusion_style="text", fusion_layers=1, hidden_size=64, num_heads=4, pool_product=True,
+                    vision_encoder=EncoderSpec(layers=1, hidden_size=96, num_heads=4, intermediate_size=128))

@@ -65,7 +65,8 @@ class TrimOutput:
                       encoders (after their final norms, before the fusion); rows are the kept tokens
                       in `prune` mode
     final_states:     details only: (vision, text) hidden states after the last layer, before pooling
-    pooled:           details only: (B, Dv + Dt) the pooled [CLS] states the classifier reads
+    pooled:           details only: (B, Dv + Dt [+ Dv]) the pooled [CLS] states the classifier reads (and
+                      their product, with `pool_product`)
     """
 
     logits: Tensor
@@ -144,7 +145,7 @@ class MeterModel(nn.Module):
         self.vision_pool = nn.Linear(wv, wv)
         self.text_pool = nn.Linear(wt, wt)
         self.classifier = nn.Sequential(
-            nn.Linear(wv + wt, 2 * d), nn.LayerNorm(2 * d, eps=c.layer_norm_eps), nn.GELU(),
+            nn.Linear(wv + wt + (wv if c.pool_product else 0), 2 * d), nn.LayerNorm(2 * d, eps=c.layer_norm_eps), nn.GELU(),
             nn.Linear(2 * d, c.num_labels))
         # trimmers, one set per trimmed depth; a stream idling at that depth gets `Idle` (no trimmer)
         tok = dict(hidden_ratio=t.score_hidden_ratio, proj_ratio=t.proj_ratio, local_only=t.local_only,
@@ -318,10 +319,9 @@ class MeterModel(nn.Module):
                 encoder_states = (streams[VISION].x, streams[TEXT].x)
 
         vis, txt = streams
-        pooled = torch.cat([
-            torch.tanh(self.vision_pool(self.vision_norm(vis.x[:, 0]))),
-            torch.tanh(self.text_pool(self.text_norm(txt.x[:, 0]))),
-        ], dim=-1)  # (B, 2D)
+        pv = torch.tanh(self.vision_pool(self.vision_norm(vis.x[:, 0])))
+        pt = torch.tanh(self.text_pool(self.text_norm(txt.x[:, 0])))
+        pooled = torch.cat([pv, pt, pv * pt] if c.pool_product else [pv, pt], dim=-1)  # (B, Dv + Dt [+ Dv])
         logits = self.classifier(pooled)  # (B, num_labels)
         keep_counts = (torch.cat(counts, dim=1).view(b, -1, 2) if counts  # one Concat + Reshape in a graph
                        else torch.zeros(b, 0, 2, dtype=torch.int64, device=logits.device))

@@ -22,7 +22,7 @@ __all__ = ["compose_meter", "compose_blip", "load_encoder_weights", "import_mete
 
 def import_meter(vision: str | Path, text: str | Path, *, data: str, fusion_layers: int = 2,
                  image_size: int | None = None, max_text_len: int = 40, fusion_hidden: int | None = None,
-                 fusion_heads: int | None = None, seed: int = 0) -> MeterModel:
+                 fusion_heads: int | None = None, pool_product: bool = False, seed: int = 0) -> MeterModel:
     """`trimkit import --vision DIR --text DIR --data D`: the answer set and (without a vocab.txt) the
     word-level vocabulary come from the data's training questions."""
     from ..data import task_vocabulary
@@ -31,7 +31,7 @@ def import_meter(vision: str | Path, text: str | Path, *, data: str, fusion_laye
     labels, texts = task_vocabulary(data)
     model = compose_meter(v, t, labels=labels, texts=texts, fusion_layers=fusion_layers, image_size=image_size,
                           max_text_len=max_text_len, fusion_hidden=fusion_hidden, fusion_heads=fusion_heads,
-                          seed=seed)
+                          pool_product=pool_product, seed=seed)
     model.meta = _meta(model, v, t, data, seed)
     return model
 
@@ -61,10 +61,10 @@ def _meta(model: MeterModel, vision: HFEncoder, text: HFEncoder, data: str, seed
 
 def compose_meter(vision: HFEncoder, text: HFEncoder, *, labels: list[str], texts: list[str],
                   fusion_layers: int = 2, image_size: int | None = None, max_text_len: int = 40,
-                  fusion_hidden: int | None = None, fusion_heads: int | None = None,
+                  fusion_hidden: int | None = None, fusion_heads: int | None = None, pool_product: bool = False,
                   trim: TrimConfig | None = None, seed: int = 0) -> MeterModel:
     """The composed model. `texts` (the training questions) build a word-level tokenizer when the text
-    encoder has no `vocab.txt`; `labels` is the answer set."""
+    encoder has no `vocab.txt`; `labels` is the answer set; `pool_product`: see `ModelConfig`."""
     if vision.modality != VISION:
         raise BadInputError(f"{vision.path}: a {vision.family} model is not an image encoder")
     if text.modality != TEXT:
@@ -76,7 +76,7 @@ def compose_meter(vision: HFEncoder, text: HFEncoder, *, labels: list[str], text
     return _compose(vision, text, labels, texts, image_size, max_text_len, trim, seed, dict(
         hidden_size=d, num_heads=heads, intermediate_size=4 * d,
         encoder_layers=max(vision.spec.layers, text.spec.layers), fusion_layers=fusion_layers,
-        text_encoder=text.spec))
+        text_encoder=text.spec, pool_product=pool_product))
 
 
 def compose_blip(vision: HFEncoder, text: HFEncoder, *, labels: list[str], texts: list[str],

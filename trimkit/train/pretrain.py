@@ -263,7 +263,7 @@ class _MatchTask:
             raise BadInputError(f"image-text matching needs the object words in the tokenizer; it lacks "
                                 f"{', '.join(unknown[:4])}")
         self.model, self.t = model, t
-        self.head = torch.nn.Linear(model.vision_pool.out_features + model.text_pool.out_features, 2)
+        self.head = torch.nn.Linear(model.classifier[0].in_features, 2)  # reads what the classifier reads
         skip = {id(p) for p in model.classifier.parameters()}
         self.parameters = [*(p for p in model.backbone_parameters() if id(p) not in skip), *self.head.parameters()]
         self.g = torch.Generator().manual_seed(seed + 1)
