@@ -34,6 +34,7 @@ from _common import (
     run_stage,
 )
 
+from trimkit.checkpoint import read_checkpoint
 from trimkit.config import FREEZE_CHOICES
 
 RUNS = [  # name, target, extra flags
@@ -108,6 +109,9 @@ def main() -> None:
     if args.pool_product:
         init.append("--pool-product")
     run_stage("init", init, wd / "init.pt", log, rec)
+    if read_checkpoint(wd / "init.pt")["model_config"].get("pool_product", False) != args.pool_product:
+        raise SystemExit(f"{wd / 'init.pt'} was built {'without' if args.pool_product else 'with'} --pool-product: "
+                         "use another --workdir")
     precision = ["--precision", args.precision] if args.precision != "fp32" else []
     start = pretrain_stages(wd, "easyvqa", {"tokens": args.vision_pretrain_steps, "match": args.match_pretrain_steps},
                             [*precision, *seed], log, rec)

@@ -165,7 +165,8 @@ def import_cmd(
         if kind != "blip":
             raise BadInputError(f"{source}: a {kind!r} model is one encoder: compose it with --vision DIR --text DIR "
                                 "(SOURCE is for BLIP)")
-        model = import_blip(source, data=data, image_size=image_size, max_text_len=max_text_len, seed=seed)
+        model = import_blip(source, data=data, image_size=image_size, max_text_len=max_text_len,
+                            pool_product=pool_product, seed=seed)
     elif vision is None or text is None:
         raise BadInputError("import needs a BLIP SOURCE directory, or both --vision DIR and --text DIR; supported: "
                             "blip (BlipForQuestionAnswering, BlipForImageTextRetrieval), vit, dinov2 (--vision), "

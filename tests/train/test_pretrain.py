@@ -94,10 +94,10 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "trimkit.cli", *map(str, args)], capture_output=True, text=True)
 
 
-def _pretrain_shapes(tmp_path, *args):
+def _pretrain_shapes(tmp_path, *args, **model_options):
     """`trimkit pretrain ARGS` on a fresh tiny shapes model: (the model before, the model after)."""
     start, out = tmp_path / "init.pt", tmp_path / "out.pt"
-    trimkit.save_checkpoint(new_model("tiny", "shapes", seed=0), start)
+    trimkit.save_checkpoint(new_model("tiny", "shapes", seed=0, **model_options), start)
     r = _cli("pretrain", start, "--data", "shapes", *args, "--out", out, "--quiet")
     assert r.returncode == 0, r.stderr
     return trimkit.load_checkpoint(start), trimkit.load_checkpoint(out), r.stdout, read_checkpoint(out)["meta"]
@@ -178,8 +178,10 @@ def test_match_texts_are_balanced_and_true():
     assert labels.all()
 
 
-def test_pretrain_match_trains_the_backbone_not_the_classifier(tmp_path):
-    a, b, stdout, meta = _pretrain_shapes(tmp_path, "--task", "match", "--steps", "10")
+@pytest.mark.parametrize("pool_product", [False, True], ids=["concat-head", "product-head"])
+def test_pretrain_match_trains_the_backbone_not_the_classifier(tmp_path, pool_product):
+    """(With --pool-product the matching head reads the pooled states' product too, as the classifier does.)"""
+    a, b, stdout, meta = _pretrain_shapes(tmp_path, "--task", "match", "--steps", "10", pool_product=pool_product)
     assert "match accuracy" in stdout
     pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
     same = {k for k in pa if torch.equal(pa[k], pb[k])}

@@ -37,14 +37,14 @@ def import_meter(vision: str | Path, text: str | Path, *, data: str, fusion_laye
 
 
 def import_blip(source: str | Path, *, data: str, image_size: int | None = None, max_text_len: int = 40,
-                seed: int = 0) -> MeterModel:
+                pool_product: bool = False, seed: int = 0) -> MeterModel:
     """`trimkit import BLIP_DIR --data D`: BLIP's encoders, a new classifier over the data's answers."""
     from ..data import task_vocabulary
 
     v, t = read_blip(source)
     labels, texts = task_vocabulary(data)
     model = compose_blip(v, t, labels=labels, texts=texts, image_size=image_size, max_text_len=max_text_len,
-                         seed=seed)
+                         pool_product=pool_product, seed=seed)
     model.meta = _meta(model, v, t, data, seed)
     model.meta["imported"]["blip"] = {"path": str(source), "architecture": v.config.get("architectures")}
     return model
@@ -80,8 +80,8 @@ def compose_meter(vision: HFEncoder, text: HFEncoder, *, labels: list[str], text
 
 
 def compose_blip(vision: HFEncoder, text: HFEncoder, *, labels: list[str], texts: list[str],
-                 image_size: int | None = None, max_text_len: int = 40, trim: TrimConfig | None = None,
-                 seed: int = 0) -> MeterModel:
+                 image_size: int | None = None, max_text_len: int = 40, pool_product: bool = False,
+                 trim: TrimConfig | None = None, seed: int = 0) -> MeterModel:
     """BLIP as a trimkit model: the ViT image encoder runs first (the text stream idles), then BLIP's text
     encoder runs as text-only fusion layers (self-attn, cross-attn to the image tokens, FFN; post-LN).
     A new classifier over `labels` reads both [CLS] states."""
@@ -89,7 +89,8 @@ def compose_blip(vision: HFEncoder, text: HFEncoder, *, labels: list[str], texts
     return _compose(vision, text, labels, texts, image_size, max_text_len, trim, seed, dict(
         hidden_size=t.hidden_size, num_heads=t.num_heads, intermediate_size=t.intermediate_size,
         encoder_layers=vision.spec.layers, fusion_layers=t.layers, layer_norm_eps=t.layer_norm_eps,
-        text_encoder=dataclasses.replace(t, layers=0), fusion_style="text", fusion_norm="post"),
+        text_encoder=dataclasses.replace(t, layers=0), fusion_style="text", fusion_norm="post",
+        pool_product=pool_product),
         text_layers_into="text_fusion")
 
 
