@@ -111,10 +111,10 @@ def _easyvqa_object_labels(split, answer_names: list[str]) -> tuple[Tensor, Tens
 
     for img, label, question in zip(split.image_index.tolist(), split.labels.tolist(), split.questions):
         answer = answer_names[label]
-        if answer in ("yes", "no") and (answer == "yes") == negated(question):
-            continue  # says the attribute is absent: tells nothing here
         if answer not in ("yes", "no"):
             present(img, answer)
+        elif (answer == "yes") == negated(question):
+            continue  # says the attribute is absent: tells nothing here
         for w in question_words(question):
             present(img, w)
     return found[0], found[1]
