@@ -8,20 +8,22 @@ with its fp32 export on easy-VQA test questions: speedup (interleaved timing, 2 
 and 8), accuracy, keep_counts agreement.
 Budget: `trimkit calibrate budget` from that checkpoint to lower targets; mean FLOPs ratio on
 held-out test questions vs the target, adaptive vs static accuracy at equal cost.
-Writes benchmarks/results/calibration.{json,md}.
+Writes benchmarks/results/<--results>.{json,md} (default calibration).
 
     python benchmarks/calibration.py [--ckpt build/bench/easyvqa-conv-t2/smarttrim-0.5.pt] [--samples 2000]
-        [--activations int8,uint8] [--scopes all,mlp] [--heads mask,gather]
+        [--activations int8,uint8] [--scopes all,mlp] [--heads mask,gather] [--targets 0.4,0.3 | ""]
+        [--results calibration]
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 from pathlib import Path
 
 import torch
-from _common import RESULTS, ROOT, ort_pass, run_stage, save_json, time_interleaved
+from _common import RESULTS, ROOT, ort_pass, reproduce_command, run_stage, save_json, time_interleaved
 from rich.console import Console
 from rich.progress import track
 
@@ -35,7 +37,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", type=Path, default=ROOT / "build/bench/easyvqa-conv-t2/smarttrim-0.5.pt")
     ap.add_argument("--samples", type=int, default=2000, help="test questions for accuracy/agreement")
-    ap.add_argument("--targets", default="0.4,0.3")
+    ap.add_argument("--targets", default="0.4,0.3", help='budget calibration targets ("": no budget runs)')
     ap.add_argument("--batches", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
@@ -44,13 +46,16 @@ def main() -> None:
     ap.add_argument("--scopes", default="all,mlp", help="which matmuls get Q/DQ (trimkit calibrate int8 --scope)")
     ap.add_argument("--heads", default="mask,gather", help="head pruning in the exports (trimkit export --heads)")
     ap.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench" / "calibration")
+    ap.add_argument("--results", default="calibration", help="result file stem under benchmarks/results/")
     args = ap.parse_args()
+    out_json = RESULTS / f"{args.results}.json"
     wd = args.workdir
     wd.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     console = Console()
     rec: dict = {"checkpoint": str(args.ckpt.relative_to(ROOT) if args.ckpt.is_relative_to(ROOT) else args.ckpt),
-                 "threads": args.threads, "samples": args.samples, "int8": {}, "budget": {}}
+                 "threads": args.threads, "samples": args.samples, "int8": {}, "budget": {}, "results": args.results,
+                 "reproduce": reproduce_command("calibration.py", sys.argv[1:], {})}
     log = wd / "log.txt"
     model = trimkit.load_checkpoint(args.ckpt)
     rec["preset"] = model.meta.get("preset", "?")
@@ -66,8 +71,8 @@ def main() -> None:
                       ["calibrate", "int8", fp32, "--ckpt", args.ckpt, "--data", "easyvqa", "--out", int8,
                        "--samples", "256", "--per-channel", "--activations", act, "--scope", scope], int8, log, rec)
             rec["int8"][f"{heads} / {act} / {scope}"] = compare(fp32, int8, test, args, console)
-            save_json(RESULTS / "calibration.json", rec)
-    for t in (float(x) for x in args.targets.split(",")):
+            save_json(out_json, rec)
+    for t in (float(x) for x in args.targets.split(",") if x):
         for how in ("global", "per-layer"):
             out = wd / f"budget-{t}-{how}.pt"
             run_stage(f"budget-{t}-{how}", ["calibrate", "budget", args.ckpt, "--target", t, "--data", "easyvqa",
@@ -76,9 +81,9 @@ def main() -> None:
             cal = trimkit.load_checkpoint(out).meta["calibration"]
             offsets = cal["layer_offsets"] or [cal["threshold_offset"]]
             rec["budget"][f"{t}/{how}"] = {"target": t, "method": how, "offsets": offsets, **cal["holdout"]}
-            save_json(RESULTS / "calibration.json", rec)
+            save_json(out_json, rec)
     write_markdown(rec)
-    save_json(RESULTS / "calibration.json", rec)
+    save_json(out_json, rec)
 
 
 def compare(fp32: Path, int8: Path, test, args, console) -> dict:
@@ -120,7 +125,7 @@ def write_markdown(rec: dict) -> None:
     lines = ["# Calibration on this CPU (ONNX Runtime)", "",
              f"Checkpoint `{rec['checkpoint']}` (`{rec['preset']}` preset). {rec['samples']} easy-VQA test "
              f"questions; ONNX Runtime CPU, {rec['threads']} threads, interleaved timing, medians. "
-             f"Reproduce: `python benchmarks/calibration.py --ckpt {rec['checkpoint']}`.", "",
+             f"Reproduce: `{rec.get('reproduce', 'python benchmarks/calibration.py --ckpt ' + rec['checkpoint'])}`.", "",
              "## INT8 (Q/DQ, minmax, per-channel, 256 calibration questions) vs the fp32 adaptive export", "",
              "| heads / activations / matmuls | speedup b1 | speedup b8 | ≥ 1.5× | accuracy fp32 | accuracy int8 | drop (points) | ≤ 1.0 "
              "| keep_counts agreement (whole sample) | ≥ 98% | per count |",
@@ -134,9 +139,10 @@ def write_markdown(rec: dict) -> None:
                      f"{'pass' if r['keep_counts_agreement'] >= 0.98 else 'FAIL'} | "
                      + (f"{100 * r['keep_counts_agreement_per_count']:.2f}% |"
                         if "keep_counts_agreement_per_count" in r else "not measured |"))
-    lines += ["", "## Budget calibration (global threshold offset, no retraining; held-out test questions)", "",
-              "| target | offsets | ratio before | ratio after | within ±0.03 | accuracy before | adaptive after | "
-              "static after (ratio) |", "|---|---|---|---|---|---|---|---|"]
+    if rec["budget"]:
+        lines += ["", "## Budget calibration (global threshold offset, no retraining; held-out test questions)", "",
+                  "| target | offsets | ratio before | ratio after | within ±0.03 | accuracy before | adaptive after | "
+                  "static after (ratio) |", "|---|---|---|---|---|---|---|---|"]
     for r in rec["budget"].values():
         a, b, s = r["adaptive"], r["before"], r["static"]
         offs = ", ".join(f"{o:+.2f}" for o in r["offsets"])
@@ -145,7 +151,7 @@ def write_markdown(rec: dict) -> None:
                      f"{100 * b['accuracy']:.2f}% | {100 * a['accuracy']:.2f}% | {100 * s['accuracy']:.2f}% "
                      f"({s['flops_ratio']:.3f}) |")
     lines += ["", "Commands:", "", "```", *rec.get("commands", {}).values(), "```", ""]
-    (RESULTS / "calibration.md").write_text("\n".join(lines))
+    (RESULTS / f"{rec.get('results', 'calibration')}.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":
