@@ -201,3 +201,13 @@ def ort_pass(session, feeds: list[dict]) -> Callable[[], int]:
             session.run(None, f)
         return len(feeds)
     return run
+
+
+def model_label(model) -> str:
+    """What a checkpoint is, for a results heading: its preset, or the families it was imported from."""
+    meta = model.meta
+    if "preset" in meta:
+        return meta["preset"]
+    imported = meta.get("imported") or {}
+    families = [imported[k]["family"] for k in ("vision", "text") if isinstance(imported.get(k), dict)]
+    return "imported " + " + ".join(families) if families else "?"

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _common import RESULTS, ROOT, ort_pass, reproduce_command, run_stage, save_json, time_interleaved
+from _common import RESULTS, ROOT, model_label, ort_pass, reproduce_command, run_stage, save_json, time_interleaved
 from rich.console import Console
 from rich.progress import track
 
@@ -58,7 +58,7 @@ def main() -> None:
                  "reproduce": reproduce_command("calibration.py", sys.argv[1:], {})}
     log = wd / "log.txt"
     model = trimkit.load_checkpoint(args.ckpt)
-    rec["preset"] = model.meta.get("preset", "?")
+    rec["preset"] = model_label(model)
     test = load_dataset("easyvqa", tokenizer=model.tokenizer, labels=model.labels,
                         image_size=model.config.image_size, splits=("test",)).test
     for heads in args.heads.split(","):
