@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import sys
 import time
 
@@ -34,7 +33,7 @@ import numpy as np
 import onnx
 import torch
 from _common import RESULTS, ROOT, model_label, ort_pass, save_json, time_interleaved, timing_args
-from export_speed import executed_ratio
+from export_speed import measured_ratios
 from onnx import numpy_helper
 from rich.console import Console
 from rich.table import Table
@@ -121,14 +120,8 @@ def main() -> None:
             continue
         ratios = {}
         for name, m in (("adaptive", model), ("floor", floor)):
-            sample, executed = [], []
-            for r in rows:
-                pv, ids, mask, _ = data.batch(r, trim_padding=True)
-                with torch.no_grad():
-                    out = m(pv, ids, mask, mode="prune", details=True)
-                sample.append(float(out.flops_ratio.mean()))
-                executed.append(executed_ratio(m, out))
-            ratios[name] = statistics.mean(sample if bs == 1 else executed)
+            _, sample, executed = measured_ratios(m, data, rows)
+            ratios[name] = sample if bs == 1 else executed
         lat = {v: 1000 * t for v, t in med.items()}
         need = 0.85 / ratios["adaptive"]
         best = lat["full"] / min(lat["floor"], lat["floor_gather"])

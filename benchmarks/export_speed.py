@@ -57,6 +57,20 @@ def executed_ratio(model, out) -> float:
     return total / full
 
 
+def measured_ratios(model, data, rows) -> tuple[list[dict], float, float]:
+    """ONNX Runtime feeds for the batches `rows` of `data`, and the model's mean FLOPs ratio over them in
+    `prune` mode: per sample, and executed (batch-max tokens and heads)."""
+    feeds, sample, executed = [], [], []
+    for row in rows:
+        pv, ids, mask, _ = data.batch(row, trim_padding=True)
+        with torch.no_grad():
+            out = model(pv, ids, mask, mode="prune", details=True)
+        sample.append(float(out.flops_ratio.mean()))
+        executed.append(executed_ratio(model, out))
+        feeds.append({"pixel_values": pv.numpy(), "input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+    return feeds, statistics.mean(sample), statistics.mean(executed)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", action="append", help="NAME=PATH (default: the two easy-VQA SmartTrim runs)")
@@ -91,19 +105,10 @@ def main() -> None:
         g = torch.Generator().manual_seed(0)
         for bs in (1, 8):
             idx = torch.randperm(len(data), generator=g)[: args.batches * bs].view(args.batches, bs)
-            batches = []
-            ratio_sample, ratio_exec = [], []
-            for row in idx:
-                pv, ids, mask, _ = data.batch(row, trim_padding=True)
-                with torch.no_grad():
-                    out = model(pv, ids, mask, mode="prune", details=True)
-                ratio_sample.append(float(out.flops_ratio.mean()))
-                ratio_exec.append(executed_ratio(model, out))
-                batches.append({"pixel_values": pv.numpy(), "input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+            batches, rs, re_ = measured_ratios(model, data, idx)
             passes = {v: ort_pass(sess, batches) for v, sess in sessions.items()}
             passes["torch_prune"] = _torch_pass(model, batches)
             med = time_interleaved(passes, args.repeats, console, f"{name} batch {bs}")
-            rs, re_ = statistics.mean(ratio_sample), statistics.mean(ratio_exec)
             reference = rs if bs == 1 else re_
             speedup = med["full"] / med["adaptive"]
             rec = {
