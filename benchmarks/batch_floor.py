@@ -40,7 +40,7 @@ from rich.table import Table
 
 import trimkit
 from trimkit.data import load_dataset
-from trimkit.export.onnx import ort_session, to_onnx
+from trimkit.export.onnx import ort_feed, ort_session, to_onnx
 
 FIT_BATCHES = (1, 2, 4, 8)
 
@@ -60,20 +60,9 @@ def weight_bytes(path) -> int:
     """Bytes of the float weights a forward pass streams: the graph's initializers, less the tables only
     looked up by Gather (the token embedding: a few rows are read, not the table)."""
     m = onnx.load(str(path))
-    looked_up = {n.input[0] for n in m.graph.node if n.op_type == "Gather"}
-    read = {i for n in m.graph.node if n.op_type != "Gather" for i in n.input} | {
-        i for n in m.graph.node if n.op_type == "Gather" for i in n.input[1:]}
+    read = {name for n in m.graph.node for j, name in enumerate(n.input) if not (n.op_type == "Gather" and j == 0)}
     return sum(numpy_helper.to_array(t).nbytes for t in m.graph.initializer
-               if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
-               and not (t.name in looked_up and t.name not in read))
-
-
-def feeds_for(data, rows) -> list[dict]:
-    out = []
-    for r in rows:
-        pv, ids, mask, _ = data.batch(r, trim_padding=True)
-        out.append({"pixel_values": pv.numpy(), "input_ids": ids.numpy(), "attention_mask": mask.numpy()})
-    return out
+               if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) and t.name in read)
 
 
 def main() -> None:
@@ -111,7 +100,7 @@ def main() -> None:
     fit = {}
     for bs in FIT_BATCHES:
         rows = torch.randperm(len(data), generator=g)[: args.batches * bs].view(args.batches, bs)
-        feeds = feeds_for(data, rows)
+        feeds = [ort_feed(*data.batch(r, trim_padding=True)[:3]) for r in rows]
         timed = sessions if bs in (1, 8) else {"full": sessions["full"]}
         med = time_interleaved({v: ort_pass(s, feeds) for v, s in timed.items()}, args.repeats, console,
                                f"batch {bs}")

@@ -29,7 +29,7 @@ from rich.progress import track
 
 import trimkit
 from trimkit.data import load_dataset
-from trimkit.export.onnx import OUTPUT_NAMES, ort_session, to_onnx
+from trimkit.export.onnx import OUTPUT_NAMES, ort_feed, ort_session, to_onnx
 from trimkit.train.evaluate import sample_indices
 
 
@@ -92,7 +92,7 @@ def compare(fp32: Path, int8: Path, test, args, console) -> dict:
     correct32 = correct8 = agree = argmax_agree = counts_equal = counts_total = 0
     for start in track(range(0, idx.numel(), 64), description=f"accuracy {int8.name}", console=console):
         pv, ids, mask, y = test.batch(idx[start: start + 64], trim_padding=True)
-        feed = {"pixel_values": pv.numpy(), "input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+        feed = ort_feed(pv, ids, mask)
         l32, k32 = s32.run(OUTPUT_NAMES, feed)
         l8, k8 = s8.run(OUTPUT_NAMES, feed)
         correct32 += int((l32.argmax(1) == y.numpy()).sum())
@@ -111,7 +111,7 @@ def compare(fp32: Path, int8: Path, test, args, console) -> dict:
         feeds = []
         for r in rows:
             pv, ids, mask, _ = test.batch(r, trim_padding=True)
-            feeds.append({"pixel_values": pv.numpy(), "input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+            feeds.append(ort_feed(pv, ids, mask))
         med = time_interleaved({"fp32": ort_pass(s32, feeds), "int8": ort_pass(s8, feeds)}, args.repeats, console,
                                f"speed b{bs}")
         out["speed"][f"b{bs}"] = {"fp32_ms": 1000 * med["fp32"], "int8_ms": 1000 * med["int8"],

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from trimkit.data import load_dataset
-from trimkit.export.onnx import ort_session, to_onnx
+from trimkit.export.onnx import ort_feed, ort_session, to_onnx
 from trimkit.factory import new_model
 
 RATIOS = (0.5, 0.481, 0.33, 0.285)  # FLOPs ratios of the trained exports in export_speed.md, and the targets
@@ -63,7 +63,7 @@ def main() -> None:
                 with torch.no_grad():
                     out = models[s](pv, ids, mask, mode="off")
                 flops[s] += float(out.full_layer_flops.sum())
-                feeds[s].append({"pixel_values": pv.numpy(), "input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+                feeds[s].append(ort_feed(pv, ids, mask))
         med = time_interleaved({s: ort_pass(sessions[s], feeds[s]) for s in sizes}, args.repeats, console, f"batch {bs}")
         ms = {s: 1000 * med[s] for s in sizes}
         ratio = {s: flops[s] / flops[ref] for s in sizes}

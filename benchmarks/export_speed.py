@@ -31,7 +31,7 @@ from rich.table import Table
 import trimkit
 from trimkit.cost import depth_flops
 from trimkit.data import load_dataset
-from trimkit.export.onnx import ort_session, to_onnx
+from trimkit.export.onnx import ort_feed, ort_session, to_onnx
 
 DEFAULT = {"t0.5": ROOT / "build/bench/easyvqa-conv-t2/smarttrim-0.5.pt",
            "t0.33": ROOT / "build/bench/easyvqa-conv-t2/smarttrim-0.33.pt"}
@@ -67,7 +67,7 @@ def measured_ratios(model, data, rows) -> tuple[list[dict], float, float]:
             out = model(pv, ids, mask, mode="prune", details=True)
         sample.append(float(out.flops_ratio.mean()))
         executed.append(executed_ratio(model, out))
-        feeds.append({"pixel_values": pv.numpy(), "input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+        feeds.append(ort_feed(pv, ids, mask))
     return feeds, statistics.mean(sample), statistics.mean(executed)
 
 

@@ -97,6 +97,7 @@ class _Reader:
 
 def calibration_batches(model, data: str, samples: int, batch_size: int, seed: int) -> list[dict[str, np.ndarray]]:
     from ..data import load_dataset
+    from ..export.onnx import ort_feed
     from ..train.evaluate import sample_indices
 
     task = load_dataset(data, tokenizer=model.tokenizer, labels=model.labels, image_size=model.config.image_size,
@@ -105,7 +106,7 @@ def calibration_batches(model, data: str, samples: int, batch_size: int, seed: i
     out = []
     for start in range(0, idx.numel(), batch_size):
         pv, ids, mask, _ = task.train.batch(idx[start: start + batch_size], trim_padding=True)
-        out.append({"pixel_values": pv.numpy(), "input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+        out.append(ort_feed(pv, ids, mask))
     return out
 
 

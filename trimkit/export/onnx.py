@@ -35,11 +35,16 @@ from . import DEFAULT_OPSET, EXPORT_MODES
 from .inputs import sample_inputs
 
 __all__ = ["to_onnx", "OnnxExport", "ExportWrapper", "check_onnx", "TRIM_MODE_OF", "parse_keep_ratios",
-           "INPUT_NAMES", "OUTPUT_NAMES", "onnx_metadata", "ort_session"]
+           "INPUT_NAMES", "OUTPUT_NAMES", "ort_feed", "onnx_metadata", "ort_session"]
 
 TRIM_MODE_OF = {"adaptive": "prune", "static": "static", "full": "off"}
 INPUT_NAMES = ["pixel_values", "input_ids", "attention_mask"]
 OUTPUT_NAMES = ["logits", "keep_counts"]
+
+
+def ort_feed(pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor) -> dict:
+    """An ONNX Runtime feed (name -> numpy array) of one batch of model inputs."""
+    return dict(zip(INPUT_NAMES, (t.numpy() for t in (pixel_values, input_ids, attention_mask))))
 MAX_PROTO_BYTES = 2**31 - 1  # one file, no external data
 TOLERANCE = {"fp32": dict(atol=1e-4, rtol=1e-3), "fp16": dict(atol=5e-2, rtol=5e-2)}
 
@@ -204,8 +209,7 @@ def check_onnx(model: MeterModel, path: str | os.PathLike, mode: str, *, precisi
     for i, (b, n) in enumerate(shapes):
         pv, ids, mask = sample_inputs(c, b, n, seed=seed + i, tokenizer=getattr(model, "tokenizer", None))
         ref = model(pv, ids, mask, mode=TRIM_MODE_OF[mode])
-        logits, counts = sess.run(OUTPUT_NAMES, {"pixel_values": pv.numpy(), "input_ids": ids.numpy(),
-                                                 "attention_mask": mask.numpy()})
+        logits, counts = sess.run(OUTPUT_NAMES, ort_feed(pv, ids, mask))
         got = torch.from_numpy(logits)
         agree = (torch.from_numpy(counts) == ref.keep_counts).flatten(1).all(dim=1)  # (B,)
         flips = int((~agree).sum())
