@@ -3,7 +3,8 @@
 INT8: the `small` SmartTrim checkpoint (target 0.5) exported adaptive with heads masked (so the
 attention projections are constant-weight matmuls and quantize too) and with gathered heads; each
 quantized with `trimkit calibrate int8` (minmax, per-channel, 256 train questions; symmetric int8 or
-asymmetric uint8 activations; every backbone matmul or only the feed-forward ones) and compared
+asymmetric uint8 activations; every backbone matmul or only the feed-forward ones; optionally
+SmoothQuant-smoothed first, `--smooth`) and compared
 with its fp32 export on easy-VQA test questions: speedup (interleaved timing, 2 threads, batch 1
 and 8), accuracy, keep_counts agreement.
 Budget: `trimkit calibrate budget` from that checkpoint to lower targets; mean FLOPs ratio on
@@ -11,7 +12,8 @@ held-out test questions vs the target, adaptive vs static accuracy at equal cost
 Writes benchmarks/results/<--results>.{json,md} (default calibration).
 
     python benchmarks/calibration.py [--ckpt build/bench/easyvqa-conv-t2/smarttrim-0.5.pt] [--samples 2000]
-        [--activations int8,uint8] [--scopes all,mlp] [--heads mask,gather] [--targets 0.4,0.3 | ""]
+        [--activations int8,uint8] [--scopes all,mlp] [--smooth none,0.8,0.8/layernorm] [--heads mask,gather]
+        [--targets 0.4,0.3 | ""]
         [--results calibration]
 """
 
@@ -44,6 +46,9 @@ def main() -> None:
     ap.add_argument("--activations", default="int8,uint8",
                     help="INT8 activation types to compare (int8: symmetric, TensorRT's; uint8: ONNX Runtime CPU's)")
     ap.add_argument("--scopes", default="all,mlp", help="which matmuls get Q/DQ (trimkit calibrate int8 --scope)")
+    ap.add_argument("--smooth", default="none",
+                    help='SmoothQuant alphas to compare (trimkit calibrate int8 --smooth; "none": no smoothing; '
+                         'ALPHA/layernorm: --smooth-where layernorm)')
     ap.add_argument("--heads", default="mask,gather", help="head pruning in the exports (trimkit export --heads)")
     ap.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench" / "calibration")
     ap.add_argument("--results", default="calibration", help="result file stem under benchmarks/results/")
@@ -65,12 +70,19 @@ def main() -> None:
         fp32 = wd / f"adaptive-{heads}.onnx"
         if not fp32.exists():
             to_onnx(model, fp32, mode="adaptive", head_impl=heads, force=True)
-        for act, scope in itertools.product(args.activations.split(","), args.scopes.split(",")):
-            int8 = wd / f"adaptive-{heads}.{act}.{scope}.onnx"
-            run_stage(f"int8-{heads}-{act}-{scope}",
+        for act, scope, alpha in itertools.product(args.activations.split(","), args.scopes.split(","),
+                                                   args.smooth.split(",")):
+            alpha, _, where = alpha.partition("/")
+            smooth = [] if alpha == "none" else ["--smooth", alpha] + (["--smooth-where", where] if where else [])
+            tag = "" if alpha == "none" else f".sq{alpha}" + (f"-{where}" if where else "")
+            int8 = wd / f"adaptive-{heads}.{act}.{scope}{tag}.onnx"
+            run_stage(f"int8-{heads}-{act}-{scope}{tag}",
                       ["calibrate", "int8", fp32, "--ckpt", args.ckpt, "--data", "easyvqa", "--out", int8,
-                       "--samples", "256", "--per-channel", "--activations", act, "--scope", scope], int8, log, rec)
-            rec["int8"][f"{heads} / {act} / {scope}"] = compare(fp32, int8, test, args, console)
+                       "--samples", "256", "--per-channel", "--activations", act, "--scope", scope, *smooth],
+                      int8, log, rec)
+            key = f"{heads} / {act} / {scope}" + ("" if alpha == "none" else f" / smooth {alpha}")
+            key += f" ({where} only)" if where else ""
+            rec["int8"][key] = compare(fp32, int8, test, args, console)
             save_json(out_json, rec)
     for t in (float(x) for x in args.targets.split(",") if x):
         for how in ("global", "per-layer"):
@@ -127,7 +139,7 @@ def write_markdown(rec: dict) -> None:
              f"questions; ONNX Runtime CPU, {rec['threads']} threads, interleaved timing, medians. "
              f"Reproduce: `{rec.get('reproduce', 'python benchmarks/calibration.py --ckpt ' + rec['checkpoint'])}`.", "",
              "## INT8 (Q/DQ, minmax, per-channel, 256 calibration questions) vs the fp32 adaptive export", "",
-             "| heads / activations / matmuls | speedup b1 | speedup b8 | ≥ 1.5× | accuracy fp32 | accuracy int8 | drop (points) | ≤ 1.0 "
+             "| heads / activations / matmuls [/ SmoothQuant alpha] | speedup b1 | speedup b8 | ≥ 1.5× | accuracy fp32 | accuracy int8 | drop (points) | ≤ 1.0 "
              "| keep_counts agreement (whole sample) | ≥ 98% | per count |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for heads, r in rec["int8"].items():

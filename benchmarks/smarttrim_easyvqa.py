@@ -60,6 +60,9 @@ def main() -> None:
                     help="validation every N steps in the SmartTrim runs (the best one is kept)")
     ap.add_argument("--runs", default=",".join(r[0] for r in RUNS), help="comma-separated subset of the runs")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--questions-per-image", type=int, default=1,
+                    help="trimkit train --questions-per-image in every training stage (untrimmed passes encode "
+                         "each image once)")
     ap.add_argument("--vision-pretrain-steps", type=int, default=0,
                     help="first `trimkit pretrain --task tokens` for this many steps (a stand-in for a pretrained "
                          "image encoder; 600 is enough on easy-VQA); 0: none")
@@ -93,11 +96,13 @@ def main() -> None:
                 "trim_epochs": args.trim_epochs, "trim_tokens": args.trim_tokens, "freeze": args.freeze,
                 "precision": args.precision, "vision_pretrain_steps": args.vision_pretrain_steps,
                 "match_pretrain_steps": args.match_pretrain_steps, "pool_product": args.pool_product,
+                "questions_per_image": args.questions_per_image,
                 "reproduce": reproduce_command("smarttrim_easyvqa.py", sys.argv[1:], {"--runs": True})})
     rec.setdefault("runs", {})
     seed = ["--seed", str(args.seed)]
     train_opts = ["--freeze", args.freeze] if args.freeze != "none" else []
     train_opts += ["--precision", args.precision] if args.precision != "fp32" else []
+    train_opts += ["--questions-per-image", args.questions_per_image] if args.questions_per_image > 1 else []
 
     if args.pretrained:
         vision, text, versions = pretrained_sources()

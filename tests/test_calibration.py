@@ -182,6 +182,52 @@ def test_int8_histogram_methods_take_data_dependent_shapes(exported, tmp_path, m
     assert any(n.op_type == "QuantizeLinear" for n in m.graph.node)
 
 
+def test_smoothing_keeps_the_float_function_and_feeds_int8(exported, tmp_path):
+    """SmoothQuant rescaling is exact in float (same logits and keep_counts); LayerNorm-fed matmuls fold, the
+    others get one Mul; the trimmers' nodes are untouched; `--smooth` records alpha and still quantizes."""
+    from trimkit.calibration.int8 import calibration_batches
+    from trimkit.calibration.smooth import smooth_graph
+
+    src = onnx.load(str(exported["adaptive"]))
+    model = trimkit.load_checkpoint(exported["ckpt"])
+    names, _ = quantizable_matmuls(src)
+    batches = calibration_batches(model, "easyvqa", 32, 16, 0)
+    sm = onnx.load(str(exported["adaptive"]))
+    res = smooth_graph(sm, names, batches, 0.8)
+    assert res.folded > 0 and res.inserted > 0 and res.tensors == res.folded + res.inserted
+    onnx.checker.check_model(sm)
+    path = tmp_path / "smoothed.onnx"
+    onnx.save(sm, str(path))
+    changed = {i.name for i in sm.graph.initializer} ^ {i.name for i in src.graph.initializer}
+    trim = trimmer_nodes(src)
+    assert all(n.name not in trim or list(n.input) == list(o.input) for n, o in zip(
+        [n for n in sm.graph.node if not n.name.endswith("_smooth")], src.graph.node))
+    assert changed and all("_smooth" in c for c in changed)
+    a, b = ort_session(exported["adaptive"]), ort_session(path)
+    for bs, tl in ((1, 5), (4, 9), (7, 16)):
+        pv, ids, mask = (t.numpy() for t in sample_inputs(model.config, bs, tl, seed=bs))
+        feed = {"pixel_values": pv, "input_ids": ids, "attention_mask": mask}
+        (la, ka), (lb, kb) = a.run(None, feed), b.run(None, feed)
+        np.testing.assert_allclose(lb, la, atol=1e-4, rtol=1e-4)
+        assert np.array_equal(ka, kb)
+    with pytest.raises(ValueError, match="alpha"):
+        smooth_graph(onnx.load(str(exported["adaptive"])), names, batches, 0.0)
+    ln_only = onnx.load(str(exported["adaptive"]))  # --smooth-where layernorm: the folds alone, no Mul
+    r = smooth_graph(ln_only, names, batches, 0.8, where="layernorm")
+    assert (r.folded, r.inserted) == (res.folded, 0) and len(ln_only.graph.node) == len(src.graph.node)
+    out = tmp_path / "sq.onnx"
+    assert main(["calibrate", "int8", str(exported["adaptive"]), "--ckpt", str(exported["ckpt"]), "--out", str(out),
+                 "--samples", "32", "--smooth", "0.8", "--smooth-where", "all"]) == 0
+    q = onnx.load(str(out))
+    calib = json.loads({p.key: p.value for p in q.metadata_props}["trimkit_calibration"])
+    assert calib["smooth_alpha"] == 0.8 and calib["smooth_where"] == "all"
+    assert calib["smoothed"]["tensors"] == res.tensors
+    assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) >= len(names)
+    assert main(["calibrate", "int8", str(exported["adaptive"]), "--ckpt", str(exported["ckpt"]), "--out",
+                 str(tmp_path / "bad.onnx"), "--smooth", "1.5"]) == 2
+    assert not (tmp_path / "bad.onnx").exists()
+
+
 def test_int8_refuses_bad_input(exported, tmp_path, capsys):
     out = tmp_path / "q.onnx"
     assert main(["calibrate", "int8", str(exported["adaptive"]), "--ckpt", str(exported["ckpt"]), "--out", str(out),

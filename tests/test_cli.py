@@ -104,3 +104,7 @@ def test_precision_choices_of_export_and_train(tmp_path, capsys):
         assert main([cmd, str(ckpt), "--precision", bad, "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err  # a usage error: one line, like any bad input
         assert "--precision" in err and len(err.strip().splitlines()) == 1, (cmd, err)
+    assert main(["train", str(ckpt), "--questions-per-image", "0", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--questions-per-image must be >= 1" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x").exists()

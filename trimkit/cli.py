@@ -22,6 +22,7 @@ from .config import (
     INT8_METHODS,
     INT8_SCOPES,
     PRETRAIN_TASKS,
+    SMOOTH_WHERE,
     TOKEN_MODALITIES,
     TRAIN_PRECISIONS,
 )
@@ -57,6 +58,7 @@ PretrainTask = _choices("PretrainTask", *PRETRAIN_TASKS)
 Int8Activations = _choices("Int8Activations", *INT8_ACTIVATIONS)
 Int8Method = _choices("Int8Method", *INT8_METHODS)
 Int8Scope = _choices("Int8Scope", *INT8_SCOPES)
+SmoothWhere = _choices("SmoothWhere", *SMOOTH_WHERE)
 Stem = _choices("Stem", "patch", "conv")
 
 
@@ -225,6 +227,9 @@ def train(
     epochs: Annotated[float, typer.Option("--epochs", help="Epochs (ignored with --steps).")] = 3.0,
     steps: Annotated[int | None, typer.Option("--steps", help="Total optimizer steps.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Global batch size.")] = 64,
+    questions_per_image: Annotated[int, typer.Option(
+        "--questions-per-image", help="Batch up to K questions of one image together; the untrimmed passes then "
+        "encode each image once (faster; 1 = plain shuffle).")] = 1,
     lr: Annotated[float, typer.Option("--lr", help="Backbone peak learning rate.")] = 3e-4,
     trimmer_lr: Annotated[float, typer.Option("--trimmer-lr", help="Trimmer peak learning rate.")] = 5e-3,
     eval_every: Annotated[int | None, typer.Option("--eval-every", help="Steps between evaluations (default: each epoch).")] = None,
@@ -242,7 +247,7 @@ def train(
         raise typer.BadParameter("--out is required (except with --resume)", param_hint="--out")
     try:
         cfg = TrainConfig(data=data, out=str(out) if out else "", epochs=epochs, steps=steps, batch_size=batch_size,
-                          lr=lr, trimmer_lr=trimmer_lr, seed=seed, eval_every=eval_every, eval_samples=eval_samples,
+                          questions_per_image=questions_per_image, lr=lr, trimmer_lr=trimmer_lr, seed=seed, eval_every=eval_every, eval_samples=eval_samples,
                           no_trim=no_trim, target_ratio=target_ratio, full_task_weight=full_task_weight,
                           distill_weight=distill_weight, ratio_weight=ratio_weight, tau=tau, warmup_frac=warmup_frac,
                           no_distill=no_distill, no_curriculum=no_curriculum, local_only=local_only,
@@ -512,6 +517,12 @@ def calibrate_int8_cmd(
     scope: Annotated[Int8Scope, typer.Option(
         "--scope", help="Which matmuls: all, mlp (feed-forward only: fewer flipped pruning decisions) or "
                         "attention.")] = Int8Scope.all,
+    smooth: Annotated[float | None, typer.Option(
+        "--smooth", help="SmoothQuant alpha in (0, 1]: move this share of the activations' channel range into the "
+                         "per-channel weight scales first (fewer flipped pruning decisions).")] = None,
+    smooth_where: Annotated[SmoothWhere, typer.Option(
+        "--smooth-where", help="all: every quantized matmul input (a Mul where it cannot fold); layernorm: only "
+                               "inputs that fold into a LayerNorm (no run-time cost).")] = SmoothWhere.all,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
 ) -> None:
@@ -521,8 +532,7 @@ def calibrate_int8_cmd(
     console = _console()
     res = quantize_int8(onnx_file, out, ckpt=ckpt, data=data, samples=samples, batch_size=batch_size,
                         method=method.value, per_channel=per_channel, activations=activations.value,
-                        scope=scope.value, seed=seed,
-                        force=force, log=console.print)
+                        scope=scope.value, smooth=smooth, smooth_where=smooth_where.value, seed=seed, force=force, log=console.print)
     console.print(f"wrote {res.path}: {res.quantized_nodes} matmuls quantized, {res.skipped_trimmer_nodes} trimmer "
                   f"matmuls kept float, {res.op_counts.get('QuantizeLinear', 0)} QuantizeLinear / "
                   f"{res.op_counts.get('DequantizeLinear', 0)} DequantizeLinear ({res.seconds:.1f} s)")

@@ -22,6 +22,7 @@ TRAIN_PRECISIONS = ("fp32", "bf16")  # bf16: autocast matmuls/convs (fp32 master
 INT8_METHODS = ("minmax", "entropy", "percentile")
 INT8_ACTIVATIONS = ("int8", "uint8")
 INT8_SCOPES = ("all", "mlp", "attention")
+SMOOTH_WHERE = ("all", "layernorm")  # --smooth-where: every quantized matmul input, or only LayerNorm-folded ones
 
 
 @dataclass

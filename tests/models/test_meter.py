@@ -212,3 +212,28 @@ def test_pool_product():
     with pytest.raises(ValueError, match="pool_product needs final states of equal widths"):
         ModelConfig(fusion_style="text", fusion_layers=1, hidden_size=64, num_heads=4, pool_product=True,
                     vision_encoder=EncoderSpec(layers=1, hidden_size=96, num_heads=4, intermediate_size=128))
+
+
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_shared_images_reproduce_per_question_vision(stem):
+    """image_groups: `off` mode encodes each distinct image once; logits and gradients are unchanged."""
+    model = new_model("tiny", "easyvqa", seed=4, stem=stem)
+    pv, ids, mask = make_inputs(model, 6, 9, seed=4)
+    groups = torch.tensor([3, 1, 3, 3, 7, 1])
+    pv = pv[torch.tensor([0, 1, 0, 0, 4, 1])]  # rows of a group hold one image
+    model.train()
+    grads = []
+    for g in (None, groups):
+        model.zero_grad()
+        out = model(pv, ids, mask, mode="off", image_groups=g, details=True)
+        out.logits.square().sum().backward()
+        grads.append([p.grad.clone() for p in model.backbone_parameters()])
+        if g is None:
+            ref = out
+    torch.testing.assert_close(out.logits, ref.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.encoder_states[0], ref.encoder_states[0], atol=1e-5, rtol=0)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # other modes leave the vision encoder per question: image_groups is ignored there
+    pruning = randomize_trimmers(new_model("tiny", "easyvqa", seed=4, stem=stem), seed=4).eval()
+    torch.testing.assert_close(pruning(pv, ids, mask, image_groups=groups).logits, pruning(pv, ids, mask).logits)

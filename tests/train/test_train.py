@@ -281,3 +281,48 @@ def test_two_process_ddp_equals_one_process(base_ckpt, jsonl_data, tmp_path):
     assert worst < 1e-5, worst
     changed = max((a[k].float() - read_checkpoint(base_ckpt)["state_dict"][k].float()).abs().max().item() for k in a)
     assert changed > 1e-4  # the runs did train
+
+
+def test_epoch_order_groups_questions_of_one_image():
+    from trimkit.train.loop import epoch_order
+
+    image_index = torch.randint(0, 40, (500,), generator=torch.Generator().manual_seed(0))
+    plain = epoch_order(image_index, 1, torch.Generator().manual_seed(7))
+    assert torch.equal(plain, torch.randperm(500, generator=torch.Generator().manual_seed(7)))  # k = 1: unchanged
+    for k in (2, 4, 9):
+        order = epoch_order(image_index, k, torch.Generator().manual_seed(7))
+        assert torch.equal(torch.sort(order).values, torch.arange(500))  # every question once
+        assert torch.equal(order, epoch_order(image_index, k, torch.Generator().manual_seed(7)))  # seeded
+        img = image_index[order].tolist()
+        runs = [1]  # lengths of the runs of one image
+        for a, b in zip(img, img[1:]):
+            runs[-1:] = [runs[-1] + 1] if a == b else [runs[-1], 1]
+        counts = torch.bincount(image_index, minlength=40)
+        # an image's questions come in chunks of k: runs of up to k (two chunks of one image may meet)
+        assert sum(-(-int(c) // k) for c in counts) >= len(runs)
+        def neighbours(seq):  # adjacent pairs that share an image
+            return sum(a == b for a, b in zip(seq, seq[1:]))
+
+        assert neighbours(img) >= 0.5 * (1 - 1 / k) * 499 > 3 * neighbours(image_index[plain].tolist())
+
+
+def test_questions_per_image_trains_with_shared_vision(base_ckpt, jsonl_data, tmp_path):
+    """Grouped order + one vision pass per image: same losses as the per-question passes on those batches."""
+    cfg = cfg_for(jsonl_data, tmp_path / "g.pt", steps=4, no_trim=True, questions_per_image=3)
+    result = train(base_ckpt, cfg, show_progress=False)
+    assert result.steps_done == 4 and result.out.exists()
+    model = trimkit.load_checkpoint(base_ckpt)
+    from trimkit.data import load_dataset
+
+    data = load_dataset(cfg.data, tokenizer=model.tokenizer, labels=model.labels, image_size=32, splits=("train",))
+    idx = torch.arange(12)
+    groups = data.train.image_index[idx]
+    assert groups.unique().numel() < 12
+    for no_trim in (True, False):
+        obj = SmartTrimObjective(model, dataclasses.replace(cfg, no_trim=no_trim)).train()
+        noise = BatchNoise(1, 12, 0)
+        shared = obj(*data.train.batch(idx), target=0.7, noise=noise, image_groups=groups)
+        plain = obj(*data.train.batch(idx), target=0.7, noise=BatchNoise(1, 12, 0))
+        torch.testing.assert_close(shared.loss, plain.loss, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="questions-per-image"):
+        TrainConfig(questions_per_image=0)

@@ -112,9 +112,13 @@ def calibration_batches(model, data: str, samples: int, batch_size: int, seed: i
 
 def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, *, ckpt: str | os.PathLike, data: str,
                   samples: int = 256, batch_size: int = 16, method: str = "minmax", per_channel: bool = False,
-                  activations: str = "int8", scope: str = "all", seed: int = 0, force: bool = False,
-                  log=None) -> Int8Result:
-    """Quantize `onnx_path` (a trimkit fp32 export of `ckpt`) to a Q/DQ graph at `out` (atomic)."""
+                  activations: str = "int8", scope: str = "all", smooth: float | None = None,
+                  smooth_where: str = "all", seed: int = 0, force: bool = False, log=None) -> Int8Result:
+    """Quantize `onnx_path` (a trimkit fp32 export of `ckpt`) to a Q/DQ graph at `out` (atomic).
+
+    `smooth`: SmoothQuant alpha in (0, 1] (see `smooth.py`): the quantized matmuls' input channels are
+    rescaled into their weights first, from the same calibration batches; `smooth_where` "layernorm":
+    only where the rescaling folds into a LayerNorm (no added Mul nodes)."""
     from ..checkpoint import load_checkpoint
     from ..export.onnx import ort_session, quiet_logs
     from ..fileio import atomic_path, check_writable, sha256_file
@@ -130,6 +134,12 @@ def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, *, ckpt:
         raise BadInputError(f"unknown quantization scope {scope!r}; choose {', '.join(QUANT_SCOPES)}")
     if samples < 1 or batch_size < 1:
         raise BadInputError("--samples and --batch-size must be positive")
+    if smooth is not None and not 0.0 < smooth <= 1.0:
+        raise BadInputError(f"--smooth must be in (0, 1], got {smooth}")
+    from .smooth import SMOOTH_WHERE
+
+    if smooth_where not in SMOOTH_WHERE:
+        raise BadInputError(f"unknown --smooth-where {smooth_where!r}; choose {', '.join(SMOOTH_WHERE)}")
     onnx_path, out = Path(onnx_path), check_writable(out, force=force)
     if onnx_path.suffix != ".onnx":
         raise BadInputError(f"{onnx_path}: expected a trimkit .onnx export")
@@ -158,13 +168,23 @@ def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, *, ckpt:
              "method": method, "per_channel": per_channel, "scope": scope, "batch_size": batch_size, "split": "train",
              "source_onnx_sha256": sha256_file(onnx_path),
              "activations": "int8 symmetric" if activations == "int8" else "uint8 asymmetric",
-             "weights": "int8 symmetric" + (" per-channel" if per_channel else "")}
+             "weights": "int8 symmetric" + (" per-channel" if per_channel else ""), "smooth_alpha": smooth,
+             "smooth_where": smooth_where if smooth is not None else None}
     # quiet_logs(("",)): onnxruntime.quantization warns on the root logger with pre-processing advice that
     # does not apply (symbolic shape inference cannot follow a data-dependent TopK K)
     with tempfile.TemporaryDirectory(prefix="trimkit-int8-") as tmp, quiet_logs(("",)), _ragged_histograms():
-        raw = Path(tmp) / "q.onnx"
+        raw, source = Path(tmp) / "q.onnx", onnx_path
+        if smooth is not None:
+            from .smooth import smooth_graph
+
+            sm = smooth_graph(proto, names, batches, smooth, where=smooth_where)
+            calib["smoothed"] = {"tensors": sm.tensors, "folded_into_layernorm": sm.folded, "mul_nodes": sm.inserted}
+            say(f"smoothed {sm.tensors} matmul inputs (alpha {smooth}): {sm.folded} folded into LayerNorm, "
+                f"{sm.inserted} with a Mul")
+            source = Path(tmp) / "smoothed.onnx"
+            onnx.save(proto, str(source))
         quantize_static(
-            str(onnx_path), str(raw), _Reader(batches), quant_format=QuantFormat.QDQ,
+            str(source), str(raw), _Reader(batches), quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=names, per_channel=per_channel,
             activation_type=QuantType.QInt8 if activations == "int8" else QuantType.QUInt8,
             weight_type=QuantType.QInt8,

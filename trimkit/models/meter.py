@@ -237,11 +237,15 @@ class MeterModel(nn.Module):
         mode: TrimMode | None = None,
         details: bool = False,
         noise: Callable[[torch.Size], Tensor] | None = None,
+        image_groups: Tensor | None = None,
     ) -> TrimOutput:
         """pixel_values (B, 3, H, W) float, input_ids (B, Nt) int64, attention_mask (B, Nt) int64.
 
         mode defaults to `mask` in training and `prune` in eval. `noise(shape)` supplies the uniform
         draws of the Gumbel gates in training (default: torch.rand); see `trimmers.BatchNoise`.
+        `image_groups` (B,) int64: rows with equal ids hold the same image. In `off` mode the vision
+        encoder then runs once per distinct image (nothing in it depends on the question there; with
+        dropout > 0 the image's questions share one dropout draw); other modes ignore it.
         """
         mode = mode or ("mask" if self.training else "prune")
         if mode not in TRIM_MODES:
@@ -253,7 +257,8 @@ class MeterModel(nn.Module):
         c, t = self.config, self.trim
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        xv = self.embed_image(pixel_values)
+        shared = image_groups is not None and mode == "off"
+        xv = self._shared_vision(pixel_values, image_groups) if shared else self.embed_image(pixel_values)
         xt = self.embed_text(input_ids)
         b = xv.shape[0]
         # [CLS] is always a key: position 0 of the text is kept whatever the mask says.
@@ -314,7 +319,7 @@ class MeterModel(nn.Module):
                 counts += [s.weight.detach().sum(dim=1, keepdim=True) for s in streams]  # (B, 1) each
             flops.append(self._layer_flops(depth, [s.weight.sum(dim=1) for s in streams], heads) + entry)
             full_flops.append(self._layer_flops(depth, n_full, [None] * len(modules)) + entry_full)
-            self._run_layer(depth, streams, heads)
+            self._run_layer(depth, streams, heads, vision_done=shared)
             if details and depth == c.encoder_depth - 1:
                 encoder_states = (streams[VISION].x, streams[TEXT].x)
 
@@ -338,6 +343,22 @@ class MeterModel(nn.Module):
         )
 
     # ------------------------------------------------------------------ pieces
+
+    def _shared_vision(self, pixel_values: Tensor, groups: Tensor) -> Tensor:
+        """Embedding + vision encoder on the first row of each image group, then copied to every
+        row of its group: (B, 3, H, W) -> (B, 1 + P, D) encoder output."""
+        b = groups.shape[0]
+        _, inverse = torch.unique(groups, return_inverse=True)  # (B,) group of each row
+        rows = torch.arange(b, device=groups.device)
+        first = torch.full((int(inverse.max()) + 1,), b, dtype=rows.dtype, device=rows.device)
+        first = first.scatter_reduce(0, inverse, rows, reduce="amin")  # (U,) a row of each group
+        x = self.embed_image(pixel_values[first])  # (U, 1 + P, D)
+        ones = torch.ones(x.shape[:2], dtype=x.dtype, device=x.device)
+        for layer in self.vision_layers:
+            x = layer(x, ones, None)
+        if self.vision_final_norm is not None:
+            x = self.vision_final_norm(x)
+        return x[inverse]
 
     def _trim_tokens(self, s: _Stream, logits: Tensor, mode: str, noise, trim_index: int) -> None:
         t = self.trim
@@ -401,13 +422,15 @@ class MeterModel(nn.Module):
                 for h, (m, _) in zip(heads, c.attention_modules(depth))]
         return depth_flops(c, depth, n, kept)
 
-    def _run_layer(self, depth: int, streams: list[_Stream], heads: list[HeadChoice | None]) -> None:
+    def _run_layer(self, depth: int, streams: list[_Stream], heads: list[HeadChoice | None], *,
+                   vision_done: bool = False) -> None:
+        """One lockstep depth; `vision_done`: the vision encoder already ran (`_shared_vision`)."""
         c = self.config
         vis, txt = streams
         if not c.is_fusion(depth):
             for m, s, layers, final in ((VISION, vis, self.vision_layers, self.vision_final_norm),
                                         (TEXT, txt, self.text_layers, self.text_final_norm)):
-                if depth < len(layers):
+                if depth < len(layers) and not (m == VISION and vision_done):
                     s.x = layers[depth](s.x, s.weight, heads[m])
                     if final is not None and depth == len(layers) - 1:
                         s.x = final(s.x)

@@ -26,6 +26,9 @@ class TrainConfig:
     epochs: float = 3.0  # used when steps is None
     steps: int | None = None  # total optimizer steps (overrides epochs)
     batch_size: int = 64  # global batch (split across processes under torchrun)
+    # up to K questions of one image sit side by side in the epoch order; the untrimmed passes (the
+    # backbone's, SmartTrim's full pass) then run the vision encoder once per image. 1 = plain shuffle
+    questions_per_image: int = 1
     lr: float = 3e-4  # backbone AdamW learning rate (peak)
     trimmer_lr: float = 5e-3  # trimmer learning rate (peak): Adam moves logits ~lr per step
     weight_decay: float = 0.01
@@ -58,6 +61,8 @@ class TrainConfig:
             raise ValueError(f"--target-ratio must be in (0, 1], got {self.target_ratio}")
         if self.batch_size < 1:
             raise ValueError("--batch-size must be >= 1")
+        if self.questions_per_image < 1:
+            raise ValueError("--questions-per-image must be >= 1")
         if self.steps is not None and self.steps < 1:
             raise ValueError("--steps must be >= 1")
         if self.epochs <= 0:

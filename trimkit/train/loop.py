@@ -111,6 +111,26 @@ def _lr_scale(step: int, total: int, warmup_frac: float) -> float:
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
+def epoch_order(image_index: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """A shuffled order of the questions (`image_index`: (Q,) image of each) in which up to k questions
+    of one image sit side by side: each image's questions, shuffled, are cut into chunks of k and the
+    chunks are shuffled. k = 1 is a plain `torch.randperm`."""
+    n = image_index.shape[0]
+    perm = torch.randperm(n, generator=generator)
+    if k == 1:
+        return perm
+    img = image_index[perm]
+    by_img = torch.sort(img, stable=True).indices  # each image's questions together, in shuffled order
+    grouped = img[by_img]
+    pos = torch.arange(n)
+    starts = torch.ones(n, dtype=torch.bool)
+    starts[1:] = grouped[1:] != grouped[:-1]
+    rank = pos - torch.cummax(torch.where(starts, pos, 0), dim=0).values  # rank within its image
+    chunk = torch.cumsum((rank % k == 0).long(), dim=0) - 1  # chunk id of each grouped position
+    key = torch.randperm(int(chunk[-1]) + 1, generator=generator)[chunk] * k + rank % k  # unique keys
+    return perm[by_img[torch.sort(key).indices]]
+
+
 def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**63 - 1)
 
@@ -230,11 +250,13 @@ def _train(ckpt, cfg, *, resume, force, console, show_progress, stop_at_step, di
                 break
             epoch = step // per_epoch
             if epoch != perm_epoch:
-                perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+                perm = epoch_order(data.train.image_index, cfg.questions_per_image,
+                                   torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
                 perm_epoch = epoch
             pos = (step % per_epoch) * cfg.batch_size
             idx = perm[pos + dist.rank * local_b: pos + (dist.rank + 1) * local_b]
             pv, ids, mask, y = data.train.batch(idx)
+            groups = data.train.image_index[idx] if cfg.questions_per_image > 1 else None
             torch.manual_seed(_step_seed(cfg.seed, step))  # dropout
             noise = BatchNoise(_step_seed(cfg.seed + 1, step), cfg.batch_size, dist.rank * local_b)
             scale = _lr_scale(step, total, cfg.lr_warmup_frac)
@@ -242,7 +264,7 @@ def _train(ckpt, cfg, *, resume, force, console, show_progress, stop_at_step, di
                 g["lr"] = g["base_lr"] * scale
             target = cfg.target_at(step, total)
             with cfg.autocast():
-                parts = objective(pv, ids, mask, y, target, noise)
+                parts = objective(pv, ids, mask, y, target, noise, groups)
             opt.zero_grad(set_to_none=True)
             parts.loss.backward()
             if cfg.grad_clip > 0:

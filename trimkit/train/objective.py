@@ -63,11 +63,13 @@ class SmartTrimObjective(nn.Module):
         self.cfg = cfg
 
     def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, labels: Tensor,
-                target: float, noise=None) -> LossParts:
+                target: float, noise=None, image_groups: Tensor | None = None) -> LossParts:
+        """`image_groups` (B,): rows with equal ids share an image; the untrimmed passes encode it once."""
         cfg = self.cfg
         zero = pixel_values.new_zeros(())
         if cfg.no_trim:
-            logits = self.model(pixel_values, input_ids, attention_mask, mode="off").logits.float()
+            logits = self.model(pixel_values, input_ids, attention_mask, mode="off",
+                                image_groups=image_groups).logits.float()
             ce = F.cross_entropy(logits, labels)
             return LossParts(ce, ce, zero, zero, zero, zero + 1.0, (logits.argmax(-1) == labels).sum())
         out = self.model(pixel_values, input_ids, attention_mask, mode="mask", noise=noise)
@@ -77,7 +79,8 @@ class SmartTrimObjective(nn.Module):
         ce_full = kl = zero
         if need_full:
             with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.full_task_weight > 0):
-                full_logits = self.model(pixel_values, input_ids, attention_mask, mode="off").logits.float()
+                full_logits = self.model(pixel_values, input_ids, attention_mask, mode="off",
+                                         image_groups=image_groups).logits.float()
             ce_full = F.cross_entropy(full_logits, labels)
             if cfg.distill > 0:
                 kl = kl_teacher_student(full_logits, logits)
