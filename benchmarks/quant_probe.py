@@ -6,7 +6,7 @@ in `prune` mode, against the same model in fp32 on validation questions:
 - `a`: activations only, uint8 asymmetric per tensor, minmax ranges from calibration questions;
 - `wa`: both, the form `trimkit calibrate int8 --per-channel --activations uint8` produces;
 - `wa:ALPHA`: both after SmoothQuant smoothing with that alpha (what `--smooth ALPHA` does).
-`w` is the ceiling of any activation scheme (smoothing included) with int8 weights. The numbers track
+`w` is, in practice, the best any activation scheme (smoothing included) reaches with int8 weights. The numbers track
 ONNX Runtime's (`calibration*.md`) but are not the same graph: this is a probe, not a deployment.
 
     python benchmarks/quant_probe.py --ckpt CKPT [--samples 1000] [--calib 256]
@@ -117,7 +117,8 @@ def main() -> None:
     fq.variant = None
     base = run(model, data.val, idx, "fp32", console)
     n = idx.numel()
-    rec = {"checkpoint": str(args.ckpt.relative_to(ROOT) if args.ckpt.resolve().is_relative_to(ROOT) else args.ckpt),
+    ckpt = args.ckpt.resolve()
+    rec = {"checkpoint": str(ckpt.relative_to(ROOT) if ckpt.is_relative_to(ROOT) else ckpt),
            "preset": model_label(model), "samples": n, "calibration_questions": args.calib,
            "quantized_linears": len(fq.linears), "accuracy_fp32": sum(int((a == y).sum()) for _, a, y in base) / n,
            "variants": {}, "reproduce": reproduce_command("quant_probe.py", sys.argv[1:], {})}
@@ -160,7 +161,8 @@ def write_markdown(rec: dict, path: Path) -> None:
         name = NAMES[kind] + (f", SmoothQuant alpha {alpha}" if alpha else "")
         lines.append(f"| {name} | {100 * r['keep_counts_agreement']:.2f}% | {100 * r['per_count']:.2f}% | "
                      f"{100 * r['argmax_agreement']:.2f}% | {100 * r['accuracy']:.2f}% |")
-    lines += ["", "Weights only is the ceiling for any activation scheme with int8 weights, smoothing included."]
+    lines += ["", "Weights only is, in practice, the best any activation scheme can reach with these int8 weights "
+              "(smoothing included): activation error only adds flips."]
     path.write_text("\n".join(lines) + "\n")
 
 
