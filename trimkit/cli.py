@@ -532,7 +532,8 @@ def calibrate_int8_cmd(
     console = _console()
     res = quantize_int8(onnx_file, out, ckpt=ckpt, data=data, samples=samples, batch_size=batch_size,
                         method=method.value, per_channel=per_channel, activations=activations.value,
-                        scope=scope.value, smooth=smooth, smooth_where=smooth_where.value, seed=seed, force=force, log=console.print)
+                        scope=scope.value, smooth=smooth, smooth_where=smooth_where.value, seed=seed, force=force,
+                        log=console.print)
     console.print(f"wrote {res.path}: {res.quantized_nodes} matmuls quantized, {res.skipped_trimmer_nodes} trimmer "
                   f"matmuls kept float, {res.op_counts.get('QuantizeLinear', 0)} QuantizeLinear / "
                   f"{res.op_counts.get('DequantizeLinear', 0)} DequantizeLinear ({res.seconds:.1f} s)")

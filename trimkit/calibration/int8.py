@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import INT8_ACTIVATIONS, INT8_METHODS, INT8_SCOPES
+from ..config import INT8_ACTIVATIONS, INT8_METHODS, INT8_SCOPES, SMOOTH_WHERE
 from ..errors import BadInputError, MissingDependencyError
 
 __all__ = ["quantize_int8", "Int8Result", "quantizable_matmuls", "trimmer_nodes", "CALIBRATION_METHODS",
@@ -136,8 +136,6 @@ def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, *, ckpt:
         raise BadInputError("--samples and --batch-size must be positive")
     if smooth is not None and not 0.0 < smooth <= 1.0:
         raise BadInputError(f"--smooth must be in (0, 1], got {smooth}")
-    from .smooth import SMOOTH_WHERE
-
     if smooth_where not in SMOOTH_WHERE:
         raise BadInputError(f"unknown --smooth-where {smooth_where!r}; choose {', '.join(SMOOTH_WHERE)}")
     onnx_path, out = Path(onnx_path), check_writable(out, force=force)

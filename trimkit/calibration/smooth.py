@@ -97,6 +97,17 @@ def smooth_graph(proto, matmuls: list[str], batches: list[dict[str, np.ndarray]]
     for n in g.node:
         if n.name in wanted:
             groups[n.input[0]].append(n)
+
+    def layernorm_of(x: str):
+        """The LayerNormalization producing x, if 1/s can fold into it (x read only by its quantized matmuls)."""
+        ln = producer.get(x)
+        if (ln is not None and ln.op_type == "LayerNormalization" and len(ln.input) >= 3
+                and len(readers[x]) == len(groups[x]) and all(i in init for i in ln.input[1:3])):
+            return ln
+        return None
+
+    if where == "layernorm":
+        groups = {x: nodes for x, nodes in groups.items() if layernorm_of(x) is not None}
     xmax = activation_channel_max(proto, list(groups), batches)
     new_init: dict[str, np.ndarray] = {}
 
@@ -114,10 +125,7 @@ def smooth_graph(proto, matmuls: list[str], batches: list[dict[str, np.ndarray]]
     new_nodes: list[tuple[object, object]] = []  # (node to insert before, Mul node)
     folded = inserted = 0
     for x, nodes in groups.items():
-        ln = producer.get(x)
-        foldable = (ln is not None and ln.op_type == "LayerNormalization" and len(ln.input) >= 3
-                    and len(readers[x]) == len(nodes) and all(i in init for i in ln.input[1:3]))
-        if x not in xmax or (where == "layernorm" and not foldable):
+        if x not in xmax:  # empty (no rows) in every calibration batch: nothing to scale by
             continue
         wmax = None
         for n in nodes:
@@ -129,7 +137,8 @@ def smooth_graph(proto, matmuls: list[str], batches: list[dict[str, np.ndarray]]
         for n in nodes:  # scale the weight's input-channel rows
             w, axis = _weight_layout(n, init)
             _replace(n, 1, w * (s[:, None] if axis == 0 else s[None, :]))
-        if foldable:
+        ln = layernorm_of(x)
+        if ln is not None:
             for k in (1, 2):
                 _replace(ln, k, init[ln.input[k]] / s)
             folded += 1

@@ -41,12 +41,13 @@ TRIM_MODE_OF = {"adaptive": "prune", "static": "static", "full": "off"}
 INPUT_NAMES = ["pixel_values", "input_ids", "attention_mask"]
 OUTPUT_NAMES = ["logits", "keep_counts"]
 
+MAX_PROTO_BYTES = 2**31 - 1  # one file, no external data
+TOLERANCE = {"fp32": dict(atol=1e-4, rtol=1e-3), "fp16": dict(atol=5e-2, rtol=5e-2)}
+
 
 def ort_feed(pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor) -> dict:
     """An ONNX Runtime feed (name -> numpy array) of one batch of model inputs."""
     return dict(zip(INPUT_NAMES, (t.numpy() for t in (pixel_values, input_ids, attention_mask))))
-MAX_PROTO_BYTES = 2**31 - 1  # one file, no external data
-TOLERANCE = {"fp32": dict(atol=1e-4, rtol=1e-3), "fp16": dict(atol=5e-2, rtol=5e-2)}
 
 
 class ExportWrapper(nn.Module):
