@@ -217,6 +217,10 @@ def train(
     no_distill: Annotated[bool, typer.Option("--no-distill", help="Ablation: no self-distillation.")] = False,
     no_curriculum: Annotated[bool, typer.Option("--no-curriculum", help="Ablation: no stable init, no linear scheduler.")] = False,
     local_only: Annotated[bool, typer.Option("--local-only", help="Ablation: local token scores only.")] = False,
+    decision_margin: Annotated[float, typer.Option(
+        "--decision-margin", help="M > 0: penalize gate decisions within M logits of the threshold (the ones "
+        "int8/fp16 exports flip); 0 = off.")] = 0.0,
+    margin_weight: Annotated[float, typer.Option("--margin-weight", help="Weight of the --decision-margin term.")] = 1.0,
     trim_tokens: Annotated[TrimTokens, typer.Option(
         "--trim-tokens", help="Whose tokens are trimmed (heads are trimmed in both streams).")] = TrimTokens.both,
     freeze: Annotated[Freeze, typer.Option(
@@ -251,7 +255,7 @@ def train(
                           no_trim=no_trim, target_ratio=target_ratio, full_task_weight=full_task_weight,
                           distill_weight=distill_weight, ratio_weight=ratio_weight, tau=tau, warmup_frac=warmup_frac,
                           no_distill=no_distill, no_curriculum=no_curriculum, local_only=local_only,
-                          trim_tokens=trim_tokens.value, freeze=freeze.value,
+                          decision_margin=decision_margin, margin_weight=margin_weight, trim_tokens=trim_tokens.value, freeze=freeze.value,
                           precision=precision.value)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None

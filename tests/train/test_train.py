@@ -110,6 +110,50 @@ def test_objective_terms_and_ablations(pruning_model):
     assert t.grad is None and s.grad.abs().sum() > 0
 
 
+def test_decision_margin_term(pruning_model):
+    pv, ids, mask = make_inputs(pruning_model, 6, 9)
+    batch = (pv, ids, mask, torch.arange(6) % 13)
+    p = _parts(pruning_model, TrainConfig(), batch)
+    assert p.margin == 0
+    # --decision-margin M adds exactly margin_weight x the hinge; nothing else changes
+    pm = _parts(pruning_model, TrainConfig(decision_margin=3.0, margin_weight=0.4), batch)
+    assert 0 < pm.margin < 1
+    torch.testing.assert_close(pm.loss, p.loss + 0.4 * pm.margin)
+    torch.testing.assert_close(pm.ce, p.ce)
+    # its gradient pushes every logit inside the band away from the threshold, in the way it leans
+    pruning_model.train()
+    logits = []
+
+    def keep(mod, inputs, out):
+        out.retain_grad()
+        logits.append(out)
+
+    hooks = [m.register_forward_hook(keep)
+             for m in pruning_model.modules() if type(m).__name__ in ("TokenTrimmer", "HeadTrimmer")]
+    out = pruning_model(pv, ids, mask, mode="mask", noise=BatchNoise(3, 6), margin=1e6)
+    out.margin_penalty.backward()
+    for h in hooks:
+        h.remove()
+    moved = [(lg.grad * lg.sign()) for lg in logits]  # descent moves a logit by -grad
+    assert all((m <= 0).all() for m in moved) and any((m < 0).any() for m in moved)
+    # not in prune mode, and not without a margin
+    pruning_model.eval()
+    with torch.no_grad():
+        assert pruning_model(pv, ids, mask, mode="prune", margin=2.0).margin_penalty is None
+        assert pruning_model(pv, ids, mask, mode="mask").margin_penalty is None
+
+
+def test_decision_margin_at_stable_init(base_ckpt, jsonl_data, tmp_path):
+    """Every trimmer logit is init_keep_logit (5) at stable init: the hinge is 1 - 5/M for M > 5, 0 below."""
+    model = trimkit.load_checkpoint(base_ckpt).train()
+    inputs = make_inputs(model, 4, 8)
+    for m, expected in ((10.0, 0.5), (8.0, 1 - 5 / 8), (4.0, 0.0)):
+        out = model(*inputs, mode="mask", noise=BatchNoise(0, 4), margin=m)
+        torch.testing.assert_close(out.margin_penalty, torch.tensor(expected))
+    with pytest.raises(ValueError, match="decision-margin"):
+        TrainConfig(decision_margin=-1.0)
+
+
 def test_no_curriculum_and_local_only_change_the_model(base_ckpt, jsonl_data, tmp_path):
     from trimkit.train.loop import _prepare
 
@@ -266,7 +310,8 @@ def test_ctrl_c_leaves_a_usable_checkpoint(base_ckpt, jsonl_data, tmp_path):
 
 def test_two_process_ddp_equals_one_process(base_ckpt, jsonl_data, tmp_path):
     common = ["train", str(base_ckpt), "--data", str(jsonl_data), "--steps", "4", "--batch-size", "16",
-              "--eval-every", "4", "--eval-samples", "20", "--quiet"]
+              "--eval-every", "4", "--eval-samples", "20", "--quiet",
+              "--decision-margin", "8"]  # its mean is over the global batch's decisions too
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "-m", "trimkit.cli", *common, "--out", str(tmp_path / "one.pt")],
                          capture_output=True, text=True, env=env, timeout=600)

@@ -34,6 +34,7 @@ from ..trimmers import (
     TokenTrimmer,
     gather_tokens,
     head_gate,
+    margin_penalty,
     select_static,
     select_topk_sorted,
     static_count,
@@ -78,11 +79,19 @@ class TrimOutput:
     encoder_states: tuple[Tensor, Tensor] | None = None
     final_states: tuple[Tensor, Tensor] | None = None
     pooled: Tensor | None = None
+    # `forward(margin=M)` in mask mode: (sum, count) of the decision-margin hinge over the gated tokens and
+    # heads of the batch (`trimmers.margin_penalty`), the sum differentiable; None otherwise
+    margin_terms: tuple[Tensor, Tensor] | None = None
 
     @property
     def flops_ratio(self) -> Tensor:
         """(B,) FLOPs(trimmed) / FLOPs(full) per instance."""
         return self.layer_flops.sum(dim=1) / self.full_layer_flops.sum(dim=1)
+
+    @property
+    def margin_penalty(self) -> Tensor | None:
+        """Mean decision-margin hinge of the batch (None without `forward(margin=M)` in mask mode)."""
+        return None if self.margin_terms is None else self.margin_terms[0] / self.margin_terms[1].clamp_min(1.0)
 
 
 @dataclass
@@ -238,6 +247,7 @@ class MeterModel(nn.Module):
         details: bool = False,
         noise: Callable[[torch.Size], Tensor] | None = None,
         image_groups: Tensor | None = None,
+        margin: float = 0.0,
     ) -> TrimOutput:
         """pixel_values (B, 3, H, W) float, input_ids (B, Nt) int64, attention_mask (B, Nt) int64.
 
@@ -246,6 +256,8 @@ class MeterModel(nn.Module):
         `image_groups` (B,) int64: rows with equal ids hold the same image. In `off` mode the vision
         encoder then runs once per distinct image (nothing in it depends on the question there; with
         dropout > 0 the image's questions share one dropout draw); other modes ignore it.
+        `margin` > 0 in `mask` mode: the decision-margin hinge of every gate decision (tokens alive entering
+        the layer, [CLS] excluded; every head) comes back as `margin_terms` (sum, count).
         """
         mode = mode or ("mask" if self.training else "prune")
         if mode not in TRIM_MODES:
@@ -276,6 +288,8 @@ class MeterModel(nn.Module):
         token_masks: list[tuple[Tensor, Tensor]] = []
         head_masks: list[list[Tensor]] = []
         encoder_states = None
+        margins: list[tuple[Tensor, Tensor]] = []  # (penalty sum, decisions) per trimmer, with margin > 0
+        margin = margin if mode == "mask" else 0.0
 
         for depth in range(c.num_layers):
             trim_index = depth - t.first_trimmed_layer
@@ -297,6 +311,10 @@ class MeterModel(nn.Module):
                         if isinstance(trimmer, Idle):
                             continue
                         logits = trimmer(s.x, cls[m], cls[1 - m])  # (B, N)
+                        if margin > 0:  # decisions on tokens alive here; [CLS] is always kept
+                            alive = s.weight.detach() > 0
+                            alive[:, 0] = False
+                            margins.append(margin_penalty(logits, t.thresholds(trim_index)[0], margin, alive))
                         if mode == "static":
                             self._static_tokens(s, logits, t.static_keep_ratios[trim_index][m])
                         else:
@@ -307,6 +325,8 @@ class MeterModel(nn.Module):
                         if isinstance(trimmer, Idle):
                             continue
                         logits = trimmer(cls[m], cls[1 - m])  # (B, H)
+                        if margin > 0:
+                            margins.append(margin_penalty(logits, t.thresholds(trim_index)[1], margin))
                         if mode == "static":
                             heads[j] = self._static_heads(logits, trim_index, j)
                         else:
@@ -340,6 +360,7 @@ class MeterModel(nn.Module):
             encoder_states=encoder_states,
             final_states=(vis.x, txt.x) if details else None,
             pooled=pooled if details else None,
+            margin_terms=(sum(p for p, _ in margins), sum(n for _, n in margins)) if margins else None,
         )
 
     # ------------------------------------------------------------------ pieces

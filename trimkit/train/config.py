@@ -46,6 +46,10 @@ class TrainConfig:
     ratio_weight: float = 5.0  # lambda_R
     tau: float = 1.0  # Gumbel-sigmoid temperature
     warmup_frac: float = 0.3  # curriculum: target goes 1.0 -> target_ratio over this fraction of steps
+    # decision margin (trimkit's addition): + margin_weight * mean relu(1 - |logit - threshold| / M) over the
+    # gate decisions, so that few sit where int8/fp16 rounding flips them. 0 = off (SmartTrim's objective)
+    decision_margin: float = 0.0
+    margin_weight: float = 1.0
     # ablations
     no_distill: bool = False  # drop the self-distillation KL term
     no_curriculum: bool = False  # no stable init (trimmers re-initialized at random) and no linear scheduler
@@ -67,6 +71,10 @@ class TrainConfig:
             raise ValueError("--steps must be >= 1")
         if self.epochs <= 0:
             raise ValueError("--epochs must be > 0")
+        if self.decision_margin < 0:
+            raise ValueError("--decision-margin must be >= 0")
+        if self.margin_weight < 0:
+            raise ValueError("--margin-weight must be >= 0")
         if not 0.0 <= self.warmup_frac <= 1.0:
             raise ValueError("--warmup-frac must be in [0, 1]")
         if self.tau <= 0:

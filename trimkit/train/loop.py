@@ -343,6 +343,7 @@ class _Progress:
         if self._bar is not None:
             info = (f"loss {f['loss']:.3f} kl {f['kl']:.3f} "
                     f"ratio {f['ratio']:.3f}→{f['target']:.3f} acc {100 * f['acc']:.0f}%")
+            info += f" margin {f['margin']:.4f}" if f.get("margin") else ""
             self._bar.update(self._task, completed=step, info=info)
 
     def log(self, line: str) -> None:

@@ -1,6 +1,11 @@
 """The SmartTrim objective as one module (so DistributedDataParallel sees a single forward).
 
 loss = CE(f(x;P), y) + alpha CE(f(x;0), y) + lambda_SD KL(f(x;0) || f(x;P)) + lambda_R (ratio - target_t)^2
+       [+ lambda_M margin(P)]
+
+The optional last term (`--decision-margin M`, weight `--margin-weight`) is trimkit's, not SmartTrim's: the
+mean hinge relu(1 - |logit - threshold| / M) over the gate decisions, which leaves few decisions close
+enough to the threshold for int8 or fp16 rounding in an exported graph to flip them.
 
 f(x;0) is the same weights with the trimmers off (the self-distillation teacher, detached in
 the KL); `ratio` is the mean per-instance FLOPs ratio over the *global* batch (all-reduced with
@@ -29,11 +34,12 @@ class LossParts:
     ce_full: Tensor
     kl: Tensor
     ratio_loss: Tensor
+    margin: Tensor  # decision-margin hinge (0 unless --decision-margin)
     ratio: Tensor  # mean FLOPs ratio of the global batch
     correct: Tensor  # number of correct predictions (trimmed) in this process's batch
 
     def floats(self) -> dict[str, float]:
-        return {k: float(getattr(self, k).detach()) for k in ("loss", "ce", "ce_full", "kl", "ratio_loss", "ratio")}
+        return {k: float(getattr(self, k).detach()) for k in ("loss", "ce", "ce_full", "kl", "ratio_loss", "margin", "ratio")}
 
 
 def kl_teacher_student(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
@@ -43,17 +49,23 @@ def kl_teacher_student(teacher_logits: Tensor, student_logits: Tensor) -> Tensor
     return F.kl_div(s, t, log_target=True, reduction="batchmean")
 
 
-def _global_mean(x: Tensor) -> Tensor:
-    """Mean over every process's rows, differentiable (all_reduce with autograd under torchrun)."""
+def _global_ratio(total: Tensor, count: Tensor) -> Tensor:
+    """sum(total) / sum(count) over every process, differentiable in `total` (all_reduce with autograd
+    under torchrun), so a mean over the global batch is the same in one process or several."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x.mean()
+        return total / count.clamp_min(1.0)
     from torch.distributed.nn.functional import all_reduce
 
-    total = all_reduce(x.sum())
-    count = x.new_tensor(float(x.shape[0] * dist.get_world_size()))
-    return total / count
+    count = count.detach().clone()
+    dist.all_reduce(count)
+    return all_reduce(total) / count.clamp_min(1.0)
+
+
+def _global_mean(x: Tensor) -> Tensor:
+    """Mean over every process's rows, differentiable."""
+    return _global_ratio(x.sum(), x.new_tensor(float(x.shape[0])))
 
 
 class SmartTrimObjective(nn.Module):
@@ -71,8 +83,10 @@ class SmartTrimObjective(nn.Module):
             logits = self.model(pixel_values, input_ids, attention_mask, mode="off",
                                 image_groups=image_groups).logits.float()
             ce = F.cross_entropy(logits, labels)
-            return LossParts(ce, ce, zero, zero, zero, zero + 1.0, (logits.argmax(-1) == labels).sum())
-        out = self.model(pixel_values, input_ids, attention_mask, mode="mask", noise=noise)
+            return LossParts(ce, ce, zero, zero, zero, zero, zero + 1.0, (logits.argmax(-1) == labels).sum())
+        out = self.model(pixel_values, input_ids, attention_mask, mode="mask", noise=noise,
+                         margin=cfg.decision_margin)
+        margin = zero if out.margin_terms is None else _global_ratio(*out.margin_terms)
         logits = out.logits.float()  # losses in fp32 also under bf16 autocast
         ce = F.cross_entropy(logits, labels)
         need_full = cfg.full_task_weight > 0 or cfg.distill > 0
@@ -87,4 +101,6 @@ class SmartTrimObjective(nn.Module):
         ratio = _global_mean(out.flops_ratio.float())
         ratio_loss = (ratio - target) ** 2
         loss = ce + cfg.full_task_weight * ce_full + cfg.distill * kl + cfg.ratio_weight * ratio_loss
-        return LossParts(loss, ce, ce_full, kl, ratio_loss, ratio.detach(), (logits.argmax(-1) == labels).sum())
+        loss = loss + cfg.margin_weight * margin
+        return LossParts(loss, ce, ce_full, kl, ratio_loss, margin, ratio.detach(),
+                         (logits.argmax(-1) == labels).sum())
