@@ -8,6 +8,9 @@ in `prune` mode, against the same model in fp32 on validation questions:
 - `wa:ALPHA`: both after SmoothQuant smoothing with that alpha (what `--smooth ALPHA` does).
 `w` is, in practice, the best any activation scheme (smoothing included) reaches with int8 weights. The numbers track
 ONNX Runtime's (`calibration*.md`) but are not the same graph: this is a probe, not a deployment.
+A second table sorts the gate decisions (`mask` mode, tokens alive entering a trimmed layer and heads) by their
+fp32 distance from the threshold and counts, per band, the ones each variant flips: which distance
+`trimkit train --decision-margin M` has to clear.
 
     python benchmarks/quant_probe.py --ckpt CKPT [--samples 1000] [--calib 256]
         [--variants w,a,wa,wa:0.5,wa:0.8,wa:0.9] [--results quant_probe]
@@ -84,6 +87,33 @@ def _uint8(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     return ((x / scale).round() + zp).clamp(0, 255).sub(zp) * scale
 
 
+BANDS = (0.5, 1.0, 2.0, 4.0, 8.0, float("inf"))  # upper edges of the |logit - threshold| bands
+
+
+@torch.no_grad()
+def decisions(model, split, idx: torch.Tensor, label: str, console) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every gate decision in `mask` mode, flattened: (logit - threshold, decides) per trimmer and batch."""
+    out = []
+    for s in track(range(0, idx.numel(), 50), description=label, console=console, transient=True):
+        pv, ids, mask, _ = split.batch(idx[s: s + 50], trim_padding=True)
+        out += [(d.flatten(), v.flatten()) for d, v in model(pv, ids, mask, mode="mask", details=True).decisions]
+    return out
+
+
+def band_flips(base: list, other: list) -> dict[str, list[int]]:
+    """Per |fp32 logit - threshold| band: decisions (deciding in both runs) and how many changed side."""
+    n, flips = [0] * len(BANDS), [0] * len(BANDS)
+    for (d0, v0), (d1, v1) in zip(base, other):
+        both = v0 & v1
+        dist, flip = d0[both].abs(), ((d0 > 0) != (d1 > 0))[both]
+        band = torch.bucketize(dist, torch.tensor(BANDS), right=True).clamp_max(len(BANDS) - 1)
+        for b in range(len(BANDS)):
+            sel = band == b
+            n[b] += int(sel.sum())
+            flips[b] += int(flip[sel].sum())
+    return {"decisions": n, "flips": flips}
+
+
 @torch.no_grad()
 def run(model, split, idx: torch.Tensor, label: str, console) -> list[tuple[torch.Tensor, ...]]:
     out = []
@@ -107,6 +137,9 @@ def main() -> None:
     console = Console()
     t0 = time.perf_counter()
     model = trimkit.load_checkpoint(args.ckpt).eval()
+    # pruned heads masked, as in the graphs `calibrate int8` quantizes: gathered heads would multiply slices of the
+    # attention weights without calling the projections' forward, which the fake quantization hooks
+    model.head_impl = "mask"
     data = load_dataset("easyvqa", tokenizer=model.tokenizer, labels=model.labels,
                         image_size=model.config.image_size, seed=0, splits=("train", "val"))
     fq = FakeQuant(model)
@@ -115,7 +148,11 @@ def main() -> None:
     run(model, data.train, torch.randperm(len(data.train), generator=g)[: args.calib], "calibration", console)
     idx = torch.randperm(len(data.val), generator=g)[: args.samples]
     fq.variant = None
+    missed = [name for name, st in fq.stats.items() if st[2] is None]
+    if missed:  # a linear the calibration never ran would pass through unquantized
+        raise SystemExit(f"{len(missed)} linears saw no calibration data: {', '.join(missed[:4])} ...")
     base = run(model, data.val, idx, "fp32", console)
+    base_decisions = decisions(model, data.val, idx, "fp32 decisions", console)
     n = idx.numel()
     ckpt = args.ckpt.resolve()
     rec = {"checkpoint": str(ckpt.relative_to(ROOT) if ckpt.is_relative_to(ROOT) else ckpt),
@@ -136,7 +173,7 @@ def main() -> None:
             correct += int((a1 == y).sum())
         total_counts = sum(k.numel() for k, _, _ in base)
         r = {"keep_counts_agreement": same / n, "per_count": counts / total_counts, "argmax_agreement": agree / n,
-             "accuracy": correct / n}
+             "accuracy": correct / n, "bands": band_flips(base_decisions, decisions(model, data.val, idx, v, console))}
         rec["variants"][v] = r
         console.print(f"{v}: agreement {100 * r['keep_counts_agreement']:.2f}% (per count {100 * r['per_count']:.2f}%), "
                       f"accuracy {100 * r['accuracy']:.2f}%")
@@ -163,6 +200,17 @@ def write_markdown(rec: dict, path: Path) -> None:
                      f"{100 * r['argmax_agreement']:.2f}% | {100 * r['accuracy']:.2f}% |")
     lines += ["", "Weights only is, in practice, the best any activation scheme can reach with these int8 weights "
               "(smoothing included): activation error only adds flips."]
+    edges = ["0"] + [f"{b:g}" for b in BANDS[:-1]]
+    names = [f"[{lo}, {hi})" for lo, hi in zip(edges, edges[1:])] + [f"≥ {edges[-1]}"]
+    first = next(iter(rec["variants"].values()))["bands"]["decisions"]
+    total = sum(first)
+    lines += ["", "## Flipped gate decisions by their fp32 distance from the threshold (`mask` mode)", "",
+              f"{total:,} decisions (tokens alive entering a trimmed layer, heads) on the same questions; "
+              "a flip is a decision on the other side of the threshold than in fp32 (upstream flips included).", "",
+              "| distance from the threshold | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
+              "| share of the decisions | " + " | ".join(f"{100 * k / total:.2f}%" for k in first) + " |"]
+    for v, r in rec["variants"].items():
+        lines.append(f"| flips: {v} | " + " | ".join(str(f) for f in r["bands"]["flips"]) + " |")
     path.write_text("\n".join(lines) + "\n")
 
 

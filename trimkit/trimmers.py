@@ -23,7 +23,7 @@ __all__ = [
     "head_gate",
     "force_one_head",
     "keep_cls",
-    "margin_penalty",
+    "margin_terms",
     "select_topk_sorted",
     "gather_tokens",
     "static_count",
@@ -105,20 +105,20 @@ def head_gate(logits: Tensor, *, training: bool, tau: float, threshold: float,
     return ((logits > threshold) | top).to(logits.dtype)
 
 
-def margin_penalty(logits: Tensor, threshold: float, margin: float,
-                   valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Decision-margin hinge of one trimmer's logits: relu(1 - |logits - threshold| / margin) per decision,
-    summed over the `valid` ones (bool, same shape; default all) -> (sum, count).
+def margin_terms(decisions: list[tuple[Tensor, Tensor]], margin: float) -> tuple[Tensor, Tensor]:
+    """Decision-margin hinge relu(1 - |d| / margin) over gate decisions given as (d, decides) pairs (d: the
+    logits minus their threshold, decides: bool, same shape) -> (sum over the deciding ones, their count).
 
     Zero for decisions at least `margin` logits from the threshold; its gradient pushes the rest away from
     it, each in the direction it already leans. Decisions that close to the threshold are the ones
     quantization noise (int8, fp16) flips; training with this term leaves few of them.
     """
-    pen = torch.relu(1.0 - (logits.float() - threshold).abs() / margin)
-    if valid is None:
-        return pen.sum(), pen.new_tensor(float(pen.numel()))
-    valid = valid.to(pen.dtype)
-    return (pen * valid).sum(), valid.sum()
+    total = count = None
+    for d, decides in decisions:
+        w = decides.to(torch.float32)
+        s, n = (torch.relu(1.0 - d.float().abs() / margin) * w).sum(), w.sum()
+        total, count = (s, n) if total is None else (total + s, count + n)
+    return total, count
 
 
 # ----------------------------------------------------------------------------- pruning

@@ -122,20 +122,15 @@ def test_decision_margin_term(pruning_model):
     torch.testing.assert_close(pm.ce, p.ce)
     # its gradient pushes every logit inside the band away from the threshold, in the way it leans
     pruning_model.train()
-    logits = []
-
-    def keep(mod, inputs, out):
-        out.retain_grad()
-        logits.append(out)
-
-    hooks = [m.register_forward_hook(keep)
-             for m in pruning_model.modules() if type(m).__name__ in ("TokenTrimmer", "HeadTrimmer")]
-    out = pruning_model(pv, ids, mask, mode="mask", noise=BatchNoise(3, 6), margin=1e6)
+    out = pruning_model(pv, ids, mask, mode="mask", noise=BatchNoise(3, 6), margin=1e6, details=True)
+    for d, _ in out.decisions:
+        d.retain_grad()
     out.margin_penalty.backward()
-    for h in hooks:
-        h.remove()
-    moved = [(lg.grad * lg.sign()) for lg in logits]  # descent moves a logit by -grad
-    assert all((m <= 0).all() for m in moved) and any((m < 0).any() for m in moved)
+    moved = [d.grad * d.sign() for d, _ in out.decisions]  # descent moves a logit by -grad
+    # every deciding logit moves away from the threshold; the others ([CLS], padding, pruned) not at all
+    assert all(((m < 0) == decides).all() and (m <= 0).all() for m, (_, decides) in zip(moved, out.decisions))
+    tokens = [decides for _, decides in out.decisions if not decides.all()]
+    assert tokens and not any(decides[:, 0].any() for decides in tokens)  # [CLS] never decides
     # not in prune mode, and not without a margin
     pruning_model.eval()
     with torch.no_grad():

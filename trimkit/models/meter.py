@@ -34,7 +34,7 @@ from ..trimmers import (
     TokenTrimmer,
     gather_tokens,
     head_gate,
-    margin_penalty,
+    margin_terms,
     select_static,
     select_topk_sorted,
     static_count,
@@ -79,8 +79,12 @@ class TrimOutput:
     encoder_states: tuple[Tensor, Tensor] | None = None
     final_states: tuple[Tensor, Tensor] | None = None
     pooled: Tensor | None = None
+    # details only (not static mode): per trimmer call, (logits - threshold, decides): the signed distance of
+    # every gate decision from its threshold and whether it decides anything (a token alive entering the
+    # layer other than [CLS]; every head)
+    decisions: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     # `forward(margin=M)` in mask mode: (sum, count) of the decision-margin hinge over the gated tokens and
-    # heads of the batch (`trimmers.margin_penalty`), the sum differentiable; None otherwise
+    # heads of the batch (`trimmers.margin_terms`), the sum differentiable; None otherwise
     margin_terms: tuple[Tensor, Tensor] | None = None
 
     @property
@@ -288,8 +292,9 @@ class MeterModel(nn.Module):
         token_masks: list[tuple[Tensor, Tensor]] = []
         head_masks: list[list[Tensor]] = []
         encoder_states = None
-        margins: list[tuple[Tensor, Tensor]] = []  # (penalty sum, decisions) per trimmer, with margin > 0
+        decisions: list[tuple[Tensor, Tensor]] = []  # (logits - threshold, decides), with details or a margin
         margin = margin if mode == "mask" else 0.0
+        track = (details or margin > 0) and mode != "static"
 
         for depth in range(c.num_layers):
             trim_index = depth - t.first_trimmed_layer
@@ -311,10 +316,10 @@ class MeterModel(nn.Module):
                         if isinstance(trimmer, Idle):
                             continue
                         logits = trimmer(s.x, cls[m], cls[1 - m])  # (B, N)
-                        if margin > 0:  # decisions on tokens alive here; [CLS] is always kept
+                        if track:  # decisions on tokens alive here; [CLS] is always kept
                             alive = s.weight.detach() > 0
                             alive[:, 0] = False
-                            margins.append(margin_penalty(logits, t.thresholds(trim_index)[0], margin, alive))
+                            decisions.append((logits - t.thresholds(trim_index)[0], alive))
                         if mode == "static":
                             self._static_tokens(s, logits, t.static_keep_ratios[trim_index][m])
                         else:
@@ -325,8 +330,8 @@ class MeterModel(nn.Module):
                         if isinstance(trimmer, Idle):
                             continue
                         logits = trimmer(cls[m], cls[1 - m])  # (B, H)
-                        if margin > 0:
-                            margins.append(margin_penalty(logits, t.thresholds(trim_index)[1], margin))
+                        if track:
+                            decisions.append((logits - t.thresholds(trim_index)[1], torch.ones_like(logits, dtype=torch.bool)))
                         if mode == "static":
                             heads[j] = self._static_heads(logits, trim_index, j)
                         else:
@@ -360,7 +365,8 @@ class MeterModel(nn.Module):
             encoder_states=encoder_states,
             final_states=(vis.x, txt.x) if details else None,
             pooled=pooled if details else None,
-            margin_terms=(sum(p for p, _ in margins), sum(n for _, n in margins)) if margins else None,
+            decisions=decisions if details else [],
+            margin_terms=margin_terms(decisions, margin) if margin > 0 and decisions else None,
         )
 
     # ------------------------------------------------------------------ pieces
