@@ -7,13 +7,15 @@ asymmetric uint8 activations; every backbone matmul or only the feed-forward one
 SmoothQuant-smoothed first, `--smooth`) and compared
 with its fp32 export on easy-VQA test questions: speedup (interleaved timing, 2 threads, batch 1
 and 8), accuracy, keep_counts agreement.
+`--fine-tune "TRAIN OPTIONS"` first fine-tunes the checkpoint (`trimkit train CKPT --data easyvqa OPTIONS`, e.g.
+with `--decision-margin M`) and calibrates that instead; the command is recorded with the others.
 Budget: `trimkit calibrate budget` from that checkpoint to lower targets; mean FLOPs ratio on
 held-out test questions vs the target, adaptive vs static accuracy at equal cost.
 Writes benchmarks/results/<--results>.{json,md} (default calibration).
 
     python benchmarks/calibration.py [--ckpt build/bench/easyvqa-conv-t2/smarttrim-0.5.pt] [--samples 2000]
         [--activations int8,uint8] [--scopes all,mlp] [--smooth none,0.8,0.8/layernorm] [--heads mask,gather]
-        [--targets 0.4,0.3 | ""]
+        [--targets 0.4,0.3 | ""] [--fine-tune "TRAIN OPTIONS"]
         [--results calibration]
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import shlex
 import sys
 from pathlib import Path
 
@@ -51,6 +54,8 @@ def main() -> None:
                          'ALPHA/layernorm: --smooth-where layernorm)')
     ap.add_argument("--heads", default="mask,gather", help="head pruning in the exports (trimkit export --heads)")
     ap.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench" / "calibration")
+    ap.add_argument("--fine-tune", default="", help='trimkit train options: calibrate CKPT fine-tuned with them '
+                    '(into WORKDIR/fine-tuned.pt), e.g. "--decision-margin 4 --epochs 0.3 --warmup-frac 0"')
     ap.add_argument("--results", default="calibration", help="result file stem under benchmarks/results/")
     args = ap.parse_args()
     out_json = RESULTS / f"{args.results}.json"
@@ -62,6 +67,13 @@ def main() -> None:
                  "threads": args.threads, "samples": args.samples, "int8": {}, "budget": {}, "results": args.results,
                  "reproduce": reproduce_command("calibration.py", sys.argv[1:], {})}
     log = wd / "log.txt"
+    if args.fine_tune:
+        tuned = wd / "fine-tuned.pt"
+        run_stage("fine-tune", ["train", args.ckpt, "--data", "easyvqa", *shlex.split(args.fine_tune), "--out", tuned,
+                                "--quiet"], tuned, log, rec)
+        rec["fine_tuned"] = {"from": rec["checkpoint"], "options": args.fine_tune}
+        args.ckpt = tuned
+        rec["checkpoint"] = str(tuned.relative_to(ROOT) if tuned.is_relative_to(ROOT) else tuned)
     model = trimkit.load_checkpoint(args.ckpt)
     rec["preset"] = model_label(model)
     test = load_dataset("easyvqa", tokenizer=model.tokenizer, labels=model.labels,
@@ -135,7 +147,9 @@ def compare(fp32: Path, int8: Path, test, args, console) -> dict:
 
 def write_markdown(rec: dict) -> None:
     lines = ["# Calibration on this CPU (ONNX Runtime)", "",
-             f"Checkpoint `{rec['checkpoint']}` (`{rec['preset']}` preset). {rec['samples']} easy-VQA test "
+             f"Checkpoint `{rec['checkpoint']}` (`{rec['preset']}` preset"
+             + (f"; `{rec['fine_tuned']['from']}` fine-tuned with `{rec['fine_tuned']['options']}`"
+                if rec.get("fine_tuned") else "") + f"). {rec['samples']} easy-VQA test "
              f"questions; ONNX Runtime CPU, {rec['threads']} threads, interleaved timing, medians. "
              f"Reproduce: `{rec.get('reproduce', 'python benchmarks/calibration.py --ckpt ' + rec['checkpoint'])}`.", "",
              "## INT8 (Q/DQ, minmax, per-channel, 256 calibration questions) vs the fp32 adaptive export", "",

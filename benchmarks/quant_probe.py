@@ -96,7 +96,8 @@ def decisions(model, split, idx: torch.Tensor, label: str, console) -> list[tupl
     out = []
     for s in track(range(0, idx.numel(), 50), description=label, console=console, transient=True):
         pv, ids, mask, _ = split.batch(idx[s: s + 50], trim_padding=True)
-        out += [(d.flatten(), v.flatten()) for d, v in model(pv, ids, mask, mode="mask", details=True).decisions]
+        out += [(d.distance.flatten(), d.decides.flatten())
+                for d in model(pv, ids, mask, mode="mask", details=True).decisions]
     return out
 
 

@@ -85,3 +85,30 @@ def test_local_only_ignores_cls():
         for p in full.parameters():
             p.normal_()
     assert not torch.equal(full(x, torch.randn(2, 16), torch.randn(2, 16)), full(x, torch.randn(2, 16), torch.randn(2, 16)))
+
+
+def test_margin_terms_absolute_and_relative():
+    from trimkit.trimmers import Decisions, margin_terms
+
+    d = Decisions(distance=torch.tensor([[2.0, -0.5, 30.0, 1.0]]), decides=torch.tensor([[True, True, True, False]]),
+                  scale=torch.tensor([[100.0, 1.0, 40.0, 5.0]]))
+    total, count = margin_terms([d], margin=1.0)  # only -0.5 sits within 1 logit: 1 - 0.5
+    assert count == 3 and torch.isclose(total, torch.tensor(0.5))
+    total, _ = margin_terms([d], margin=1.0, relative=0.1)  # widths 10, 1, 4: 1 - 2/10 and 1 - 0.5
+    assert torch.isclose(total, torch.tensor(0.8 + 0.5))
+
+
+def test_token_trimmer_scored_matches_forward():
+    torch.manual_seed(0)
+    for local_only in (False, True):
+        t = TokenTrimmer(16, local_only=local_only)
+        torch.nn.init.normal_(t.fc2.weight)
+        if not local_only:
+            torch.nn.init.normal_(t.cls_proj.weight)
+        x, c = torch.randn(2, 5, 16), torch.randn(2, 16)
+        logits, scale = t.scored(x, c, c)
+        torch.testing.assert_close(logits, t(x, c, c), rtol=0, atol=0)
+        local, glob = t.parts(x, c, c)
+        expected = local.abs() + (0 if glob is None else glob.abs())
+        torch.testing.assert_close(scale, expected.squeeze(-1))
+        assert (scale >= logits.abs() - 1e-6).all() and not scale.requires_grad

@@ -221,6 +221,9 @@ def train(
         "--decision-margin", help="M > 0: penalize gate decisions within M logits of the threshold (the ones "
         "int8/fp16 exports flip); 0 = off.")] = 0.0,
     margin_weight: Annotated[float, typer.Option("--margin-weight", help="Weight of the --decision-margin term.")] = 1.0,
+    relative_margin: Annotated[float, typer.Option(
+        "--relative-margin", help="With --decision-margin: each decision also this fraction of its logit's scale "
+        "(|local| + |global| score) from the threshold.")] = 0.0,
     trim_tokens: Annotated[TrimTokens, typer.Option(
         "--trim-tokens", help="Whose tokens are trimmed (heads are trimmed in both streams).")] = TrimTokens.both,
     freeze: Annotated[Freeze, typer.Option(
@@ -255,7 +258,8 @@ def train(
                           no_trim=no_trim, target_ratio=target_ratio, full_task_weight=full_task_weight,
                           distill_weight=distill_weight, ratio_weight=ratio_weight, tau=tau, warmup_frac=warmup_frac,
                           no_distill=no_distill, no_curriculum=no_curriculum, local_only=local_only,
-                          decision_margin=decision_margin, margin_weight=margin_weight, trim_tokens=trim_tokens.value, freeze=freeze.value,
+                          decision_margin=decision_margin, margin_weight=margin_weight,
+                          relative_margin=relative_margin, trim_tokens=trim_tokens.value, freeze=freeze.value,
                           precision=precision.value)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None

@@ -9,6 +9,7 @@ scoring code (`TokenTrimmer.forward`, `HeadTrimmer.forward`) and the helpers bel
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ __all__ = [
     "force_one_head",
     "keep_cls",
     "margin_terms",
+    "Decisions",
     "select_topk_sorted",
     "gather_tokens",
     "static_count",
@@ -105,18 +107,31 @@ def head_gate(logits: Tensor, *, training: bool, tau: float, threshold: float,
     return ((logits > threshold) | top).to(logits.dtype)
 
 
-def margin_terms(decisions: list[tuple[Tensor, Tensor]], margin: float) -> tuple[Tensor, Tensor]:
-    """Decision-margin hinge relu(1 - |d| / margin) over gate decisions given as (d, decides) pairs (d: the
-    logits minus their threshold, decides: bool, same shape) -> (sum over the deciding ones, their count).
+class Decisions(NamedTuple):
+    """One trimmer call's gate decisions, all (B, N): `distance` = logits - threshold (signed), `decides` (bool)
+    whether the decision matters (a token alive entering the layer other than [CLS]; every head), `scale`
+    (detached) the size of the terms the logit sums (token: |local| + |global|; head: |W [c_m ; c_m']|):
+    rounding errors in the trimmer's inputs move the logit in proportion to it."""
 
-    Zero for decisions at least `margin` logits from the threshold; its gradient pushes the rest away from
-    it, each in the direction it already leans. Decisions that close to the threshold are the ones
-    quantization noise (int8, fp16) flips; training with this term leaves few of them.
+    distance: Tensor
+    decides: Tensor
+    scale: Tensor
+
+
+def margin_terms(decisions: list[Decisions], margin: float, relative: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Decision-margin hinge relu(1 - |distance| / max(margin, relative * scale)) over the deciding gate
+    decisions -> (sum, count).
+
+    Zero for decisions far enough from the threshold (at least `margin` logits, and at least `relative` of
+    their own scale); its gradient pushes the rest away from it, each in the direction it already leans.
+    Decisions closer than that are the ones quantization noise (int8, fp16) flips: an absolute margin covers
+    logits of a few units, the relative one the bilinear global scores that grow with the hidden states.
     """
     total = count = None
-    for d, decides in decisions:
-        w = decides.to(torch.float32)
-        s, n = (torch.relu(1.0 - d.float().abs() / margin) * w).sum(), w.sum()
+    for d in decisions:
+        w = d.decides.to(torch.float32)
+        width = d.scale.float().mul(relative).clamp_min(margin) if relative > 0 else margin
+        s, n = (torch.relu(1.0 - d.distance.float().abs() / width) * w).sum(), w.sum()
         total, count = (s, n) if total is None else (total + s, count + n)
     return total, count
 
@@ -216,13 +231,25 @@ class TokenTrimmer(nn.Module):
 
     def forward(self, x: Tensor, cls_self: Tensor, cls_other: Tensor) -> Tensor:
         """x: (B, N, D); cls_self: (B, D), cls_other: (B, D') -> logits (B, N)."""
+        local, glob = self.parts(x, cls_self, cls_other)
+        return local.squeeze(-1) if glob is None else (local + glob).squeeze(-1)  # (B, N)
+
+    def parts(self, x: Tensor, cls_self: Tensor, cls_other: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The local and global scores, (B, N, 1) each (global None with `local_only`)."""
         local = self.fc2(F.gelu(self.fc1(self.norm(x))))  # (B, N, 1)
         if self.local_only:
-            return local.squeeze(-1)
+            return local, None
         # 1/sqrt(d_p) scales the weight, not the activation: a constant ONNX Runtime folds away
         g = F.linear(torch.cat([cls_self, cls_other], dim=-1), self.cls_proj.weight / math.sqrt(self.proj_dim))
         glob = self.proj(x) @ g.unsqueeze(-1)  # (B, N, d_p) @ (B, d_p, 1) -> (B, N, 1); a MatMul, not an Einsum
-        return (local + glob).squeeze(-1)  # (B, N)
+        return local, glob
+
+    def scored(self, x: Tensor, cls_self: Tensor, cls_other: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits, scale): the logits as `forward` computes them and |local| + |global| (detached)."""
+        local, glob = self.parts(x, cls_self, cls_other)
+        if glob is None:
+            return local.squeeze(-1), local.detach().abs().squeeze(-1)
+        return (local + glob).squeeze(-1), (local.detach().abs() + glob.detach().abs()).squeeze(-1)
 
 
 class HeadTrimmer(nn.Module):

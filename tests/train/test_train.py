@@ -123,13 +123,13 @@ def test_decision_margin_term(pruning_model):
     # its gradient pushes every logit inside the band away from the threshold, in the way it leans
     pruning_model.train()
     out = pruning_model(pv, ids, mask, mode="mask", noise=BatchNoise(3, 6), margin=1e6, details=True)
-    for d, _ in out.decisions:
-        d.retain_grad()
+    for d in out.decisions:
+        d.distance.retain_grad()
     out.margin_penalty.backward()
-    moved = [d.grad * d.sign() for d, _ in out.decisions]  # descent moves a logit by -grad
+    moved = [d.distance.grad * d.distance.sign() for d in out.decisions]  # descent moves a logit by -grad
     # every deciding logit moves away from the threshold; the others ([CLS], padding, pruned) not at all
-    assert all(((m < 0) == decides).all() and (m <= 0).all() for m, (_, decides) in zip(moved, out.decisions))
-    tokens = [decides for _, decides in out.decisions if not decides.all()]
+    assert all(((m < 0) == d.decides).all() and (m <= 0).all() for m, d in zip(moved, out.decisions))
+    tokens = [d.decides for d in out.decisions if not d.decides.all()]
     assert tokens and not any(decides[:, 0].any() for decides in tokens)  # [CLS] never decides
     # not in prune mode, and not without a margin
     pruning_model.eval()

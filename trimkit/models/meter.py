@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from ..config import TEXT, VISION, ModelConfig, TrimConfig
 from ..cost import depth_flops, projection_flops
 from ..trimmers import (
+    Decisions,
     HeadTrimmer,
     Idle,
     TokenTrimmer,
@@ -79,10 +80,8 @@ class TrimOutput:
     encoder_states: tuple[Tensor, Tensor] | None = None
     final_states: tuple[Tensor, Tensor] | None = None
     pooled: Tensor | None = None
-    # details only (not static mode): per trimmer call, (logits - threshold, decides): the signed distance of
-    # every gate decision from its threshold and whether it decides anything (a token alive entering the
-    # layer other than [CLS]; every head)
-    decisions: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    # details only (not static mode): every gate decision, per trimmer call (`trimmers.Decisions`)
+    decisions: list[Decisions] = field(default_factory=list)
     # `forward(margin=M)` in mask mode: (sum, count) of the decision-margin hinge over the gated tokens and
     # heads of the batch (`trimmers.margin_terms`), the sum differentiable; None otherwise
     margin_terms: tuple[Tensor, Tensor] | None = None
@@ -252,6 +251,7 @@ class MeterModel(nn.Module):
         noise: Callable[[torch.Size], Tensor] | None = None,
         image_groups: Tensor | None = None,
         margin: float = 0.0,
+        relative_margin: float = 0.0,
     ) -> TrimOutput:
         """pixel_values (B, 3, H, W) float, input_ids (B, Nt) int64, attention_mask (B, Nt) int64.
 
@@ -260,8 +260,9 @@ class MeterModel(nn.Module):
         `image_groups` (B,) int64: rows with equal ids hold the same image. In `off` mode the vision
         encoder then runs once per distinct image (nothing in it depends on the question there; with
         dropout > 0 the image's questions share one dropout draw); other modes ignore it.
-        `margin` > 0 in `mask` mode: the decision-margin hinge of every gate decision (tokens alive entering
-        the layer, [CLS] excluded; every head) comes back as `margin_terms` (sum, count).
+        `margin` > 0 in `mask` mode: the decision-margin hinge (`trimmers.margin_terms`, with `relative_margin`)
+        of every gate decision (tokens alive entering the layer, [CLS] excluded; every head) comes back as
+        `margin_terms` (sum, count).
         """
         mode = mode or ("mask" if self.training else "prune")
         if mode not in TRIM_MODES:
@@ -292,7 +293,7 @@ class MeterModel(nn.Module):
         token_masks: list[tuple[Tensor, Tensor]] = []
         head_masks: list[list[Tensor]] = []
         encoder_states = None
-        decisions: list[tuple[Tensor, Tensor]] = []  # (logits - threshold, decides), with details or a margin
+        decisions: list[Decisions] = []  # with details or a margin
         margin = margin if mode == "mask" else 0.0
         track = (details or margin > 0) and mode != "static"
 
@@ -315,11 +316,13 @@ class MeterModel(nn.Module):
                         trimmer = self.token_trimmers[trim_index][m]
                         if isinstance(trimmer, Idle):
                             continue
-                        logits = trimmer(s.x, cls[m], cls[1 - m])  # (B, N)
                         if track:  # decisions on tokens alive here; [CLS] is always kept
+                            logits, scale = trimmer.scored(s.x, cls[m], cls[1 - m])  # (B, N) each
                             alive = s.weight.detach() > 0
                             alive[:, 0] = False
-                            decisions.append((logits - t.thresholds(trim_index)[0], alive))
+                            decisions.append(Decisions(logits - t.thresholds(trim_index)[0], alive, scale))
+                        else:
+                            logits = trimmer(s.x, cls[m], cls[1 - m])  # (B, N)
                         if mode == "static":
                             self._static_tokens(s, logits, t.static_keep_ratios[trim_index][m])
                         else:
@@ -331,7 +334,9 @@ class MeterModel(nn.Module):
                             continue
                         logits = trimmer(cls[m], cls[1 - m])  # (B, H)
                         if track:
-                            decisions.append((logits - t.thresholds(trim_index)[1], torch.ones_like(logits, dtype=torch.bool)))
+                            decisions.append(Decisions(logits - t.thresholds(trim_index)[1],
+                                                       torch.ones_like(logits, dtype=torch.bool),
+                                                       (logits - trimmer.fc.bias).detach().abs()))
                         if mode == "static":
                             heads[j] = self._static_heads(logits, trim_index, j)
                         else:
@@ -366,7 +371,7 @@ class MeterModel(nn.Module):
             final_states=(vis.x, txt.x) if details else None,
             pooled=pooled if details else None,
             decisions=decisions if details else [],
-            margin_terms=margin_terms(decisions, margin) if margin > 0 and decisions else None,
+            margin_terms=margin_terms(decisions, margin, relative_margin) if margin > 0 and decisions else None,
         )
 
     # ------------------------------------------------------------------ pieces

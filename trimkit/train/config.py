@@ -50,6 +50,7 @@ class TrainConfig:
     # gate decisions, so that few sit where int8/fp16 rounding flips them. 0 = off (SmartTrim's objective)
     decision_margin: float = 0.0
     margin_weight: float = 1.0
+    relative_margin: float = 0.0  # with decision_margin: also this fraction of each logit's scale (trimmers.margin_terms)
     # ablations
     no_distill: bool = False  # drop the self-distillation KL term
     no_curriculum: bool = False  # no stable init (trimmers re-initialized at random) and no linear scheduler
@@ -75,6 +76,10 @@ class TrainConfig:
             raise ValueError("--decision-margin must be >= 0")
         if self.margin_weight < 0:
             raise ValueError("--margin-weight must be >= 0")
+        if not 0 <= self.relative_margin < 1:
+            raise ValueError("--relative-margin must be in [0, 1)")
+        if self.relative_margin > 0 and self.decision_margin <= 0:
+            raise ValueError("--relative-margin needs --decision-margin M > 0")
         if not 0.0 <= self.warmup_frac <= 1.0:
             raise ValueError("--warmup-frac must be in [0, 1]")
         if self.tau <= 0:

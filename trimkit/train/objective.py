@@ -85,7 +85,7 @@ class SmartTrimObjective(nn.Module):
             ce = F.cross_entropy(logits, labels)
             return LossParts(ce, ce, zero, zero, zero, zero, zero + 1.0, (logits.argmax(-1) == labels).sum())
         out = self.model(pixel_values, input_ids, attention_mask, mode="mask", noise=noise,
-                         margin=cfg.decision_margin)
+                         margin=cfg.decision_margin, relative_margin=cfg.relative_margin)
         margin = zero if out.margin_terms is None else _global_ratio(*out.margin_terms)
         logits = out.logits.float()  # losses in fp32 also under bf16 autocast
         ce = F.cross_entropy(logits, labels)
