@@ -3,9 +3,10 @@
 loss = CE(f(x;P), y) + alpha CE(f(x;0), y) + lambda_SD KL(f(x;0) || f(x;P)) + lambda_R (ratio - target_t)^2
        [+ lambda_M margin(P)]
 
-The optional last term (`--decision-margin M`, weight `--margin-weight`) is trimkit's, not SmartTrim's: the
-mean hinge relu(1 - |logit - threshold| / M) over the gate decisions, which leaves few decisions close
-enough to the threshold for int8 or fp16 rounding in an exported graph to flip them.
+The optional last term (`--decision-margin M [--relative-margin R]`, weight `--margin-weight`) is trimkit's,
+not SmartTrim's: the mean hinge relu(1 - |logit - threshold| / max(M, R scale)) over the gate decisions
+(`trimmers.margin_terms`), which leaves few decisions close enough to the threshold for int8 or fp16
+rounding in an exported graph to flip them.
 
 f(x;0) is the same weights with the trimmers off (the self-distillation teacher, detached in
 the KL); `ratio` is the mean per-instance FLOPs ratio over the *global* batch (all-reduced with
@@ -49,13 +50,18 @@ def kl_teacher_student(teacher_logits: Tensor, student_logits: Tensor) -> Tensor
     return F.kl_div(s, t, log_target=True, reduction="batchmean")
 
 
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def _global_ratio(total: Tensor, count: Tensor) -> Tensor:
     """sum(total) / sum(count) over every process, differentiable in `total` (all_reduce with autograd
     under torchrun), so a mean over the global batch is the same in one process or several."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _distributed():
         return total / count.clamp_min(1.0)
+    import torch.distributed as dist
     from torch.distributed.nn.functional import all_reduce
 
     count = count.detach().clone()
@@ -65,7 +71,7 @@ def _global_ratio(total: Tensor, count: Tensor) -> Tensor:
 
 def _global_mean(x: Tensor) -> Tensor:
     """Mean over every process's rows, differentiable."""
-    return _global_ratio(x.sum(), x.new_tensor(float(x.shape[0])))
+    return _global_ratio(x.sum(), x.new_tensor(float(x.shape[0]))) if _distributed() else x.mean()
 
 
 class SmartTrimObjective(nn.Module):
