@@ -107,8 +107,17 @@ def test_token_trimmer_scored_matches_forward():
             torch.nn.init.normal_(t.cls_proj.weight)
         x, c = torch.randn(2, 5, 16), torch.randn(2, 16)
         logits, scale = t.scored(x, c, c)
-        torch.testing.assert_close(logits, t(x, c, c), rtol=0, atol=0)
-        local, glob = t.parts(x, c, c)
-        expected = local.abs() + (0 if glob is None else glob.abs())
-        torch.testing.assert_close(scale, expected.squeeze(-1))
-        assert (scale >= logits.abs() - 1e-6).all() and not scale.requires_grad
+        torch.testing.assert_close(logits, t(x, c, c))
+        # the sum of |terms| of both dot products, written out
+        h = torch.nn.functional.gelu(t.fc1(t.norm(x)))
+        expected = (h * t.fc2.weight[0]).abs().sum(-1) + t.fc2.bias.abs()
+        if not local_only:
+            g = torch.cat([c, c], -1) @ t.cls_proj.weight.t() / t.proj_dim ** 0.5
+            expected = expected + (t.proj(x) * g[:, None]).abs().sum(-1)
+        torch.testing.assert_close(scale, expected.detach())
+        assert (scale >= logits.abs() - 1e-5).all() and not scale.requires_grad
+    head = HeadTrimmer(16, 4)
+    torch.nn.init.normal_(head.fc.weight)
+    logits, scale = head.scored(c, c)
+    torch.testing.assert_close(logits, head(c, c))
+    torch.testing.assert_close(scale, (torch.cat([c, c], -1)[:, None] * head.fc.weight).abs().sum(-1) + 5.0)

@@ -223,7 +223,7 @@ def train(
     margin_weight: Annotated[float, typer.Option("--margin-weight", help="Weight of the --decision-margin term.")] = 1.0,
     relative_margin: Annotated[float, typer.Option(
         "--relative-margin", help="With --decision-margin: each decision also this fraction of its logit's scale "
-        "(|local| + |global| score) from the threshold.")] = 0.0,
+        "(the sum of the absolute values of the terms it adds up) from the threshold.")] = 0.0,
     trim_tokens: Annotated[TrimTokens, typer.Option(
         "--trim-tokens", help="Whose tokens are trimmed (heads are trimmed in both streams).")] = TrimTokens.both,
     freeze: Annotated[Freeze, typer.Option(

@@ -110,7 +110,7 @@ def head_gate(logits: Tensor, *, training: bool, tau: float, threshold: float,
 class Decisions(NamedTuple):
     """One trimmer call's gate decisions, all (B, N): `distance` = logits - threshold (signed), `decides` (bool)
     whether the decision matters (a token alive entering the layer other than [CLS]; every head), `scale`
-    (detached) the size of the terms the logit sums (token: |local| + |global|; head: |W [c_m ; c_m']|):
+    (detached) the sum of the absolute values of the terms the logit adds up (`TokenTrimmer.scored`):
     rounding errors in the trimmer's inputs move the logit in proportion to it."""
 
     distance: Tensor
@@ -231,25 +231,30 @@ class TokenTrimmer(nn.Module):
 
     def forward(self, x: Tensor, cls_self: Tensor, cls_other: Tensor) -> Tensor:
         """x: (B, N, D); cls_self: (B, D), cls_other: (B, D') -> logits (B, N)."""
-        local, glob = self.parts(x, cls_self, cls_other)
-        return local.squeeze(-1) if glob is None else (local + glob).squeeze(-1)  # (B, N)
-
-    def parts(self, x: Tensor, cls_self: Tensor, cls_other: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The local and global scores, (B, N, 1) each (global None with `local_only`)."""
         local = self.fc2(F.gelu(self.fc1(self.norm(x))))  # (B, N, 1)
         if self.local_only:
-            return local, None
-        # 1/sqrt(d_p) scales the weight, not the activation: a constant ONNX Runtime folds away
-        g = F.linear(torch.cat([cls_self, cls_other], dim=-1), self.cls_proj.weight / math.sqrt(self.proj_dim))
+            return local.squeeze(-1)
+        g = self._cls_vector(cls_self, cls_other)
         glob = self.proj(x) @ g.unsqueeze(-1)  # (B, N, d_p) @ (B, d_p, 1) -> (B, N, 1); a MatMul, not an Einsum
-        return local, glob
+        return (local + glob).squeeze(-1)  # (B, N)
+
+    def _cls_vector(self, cls_self: Tensor, cls_other: Tensor) -> Tensor:
+        # 1/sqrt(d_p) scales the weight, not the activation: a constant ONNX Runtime folds away
+        return F.linear(torch.cat([cls_self, cls_other], dim=-1), self.cls_proj.weight / math.sqrt(self.proj_dim))
 
     def scored(self, x: Tensor, cls_self: Tensor, cls_other: Tensor) -> tuple[Tensor, Tensor]:
-        """(logits, scale): the logits as `forward` computes them and |local| + |global| (detached)."""
-        local, glob = self.parts(x, cls_self, cls_other)
-        if glob is None:
-            return local.squeeze(-1), local.detach().abs().squeeze(-1)
-        return (local + glob).squeeze(-1), (local.detach().abs() + glob.detach().abs()).squeeze(-1)
+        """(logits, scale), (B, N) each: the logits `forward` computes and, detached, the sum of the absolute
+        values of the terms its two final dot products add up (fc2's and (P x) . g's, biases included).
+        Rounding errors in the inputs move a logit in proportion to that sum, not to the logit, which
+        can be a small difference of large terms."""
+        h = F.gelu(self.fc1(self.norm(x)))
+        logits = self.fc2(h)  # (B, N, 1)
+        scale = h.detach().abs() @ self.fc2.weight.detach().abs().t() + self.fc2.bias.detach().abs()
+        if not self.local_only:
+            g, p = self._cls_vector(cls_self, cls_other), self.proj(x)
+            logits = logits + p @ g.unsqueeze(-1)
+            scale = scale + p.detach().abs() @ g.detach().abs().unsqueeze(-1)
+        return logits.squeeze(-1), scale.squeeze(-1)
 
 
 class HeadTrimmer(nn.Module):
@@ -269,6 +274,12 @@ class HeadTrimmer(nn.Module):
     def forward(self, cls_self: Tensor, cls_other: Tensor) -> Tensor:
         """cls_self: (B, D), cls_other: (B, D') -> logits (B, H)."""
         return self.fc(torch.cat([cls_self, cls_other], dim=-1))
+
+    def scored(self, cls_self: Tensor, cls_other: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits, scale), (B, H) each: the logits and, detached, the sum of the absolute values of their terms."""
+        c = torch.cat([cls_self, cls_other], dim=-1)
+        scale = c.detach().abs() @ self.fc.weight.detach().abs().t() + self.fc.bias.detach().abs()
+        return self.fc(c), scale
 
 
 class Idle(nn.Module):

@@ -332,11 +332,12 @@ class MeterModel(nn.Module):
                         trimmer = self.head_trimmers[trim_index][j]
                         if isinstance(trimmer, Idle):
                             continue
-                        logits = trimmer(cls[m], cls[1 - m])  # (B, H)
                         if track:
+                            logits, scale = trimmer.scored(cls[m], cls[1 - m])  # (B, H) each
                             decisions.append(Decisions(logits - t.thresholds(trim_index)[1],
-                                                       torch.ones_like(logits, dtype=torch.bool),
-                                                       (logits - trimmer.fc.bias).detach().abs()))
+                                                       torch.ones_like(logits, dtype=torch.bool), scale))
+                        else:
+                            logits = trimmer(cls[m], cls[1 - m])  # (B, H)
                         if mode == "static":
                             heads[j] = self._static_heads(logits, trim_index, j)
                         else:
