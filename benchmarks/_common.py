@@ -125,6 +125,12 @@ def pretrain_lines(record: dict) -> list[str]:
     return lines
 
 
+def rel_to_root(path: Path) -> str:
+    """A path as results files record it: relative to the repository when inside it."""
+    path = Path(path)
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+
+
 def save_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

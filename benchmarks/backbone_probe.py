@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import RESULTS, ROOT, save_json
+from _common import RESULTS, ROOT, rel_to_root, save_json
 from rich.console import Console
 from rich.progress import Progress
 
@@ -141,7 +141,7 @@ def main() -> None:
         model = load_checkpoint(args.ckpt)
         test = load_dataset("easyvqa", tokenizer=model.tokenizer, labels=model.labels,
                             image_size=model.config.image_size, splits=("test",)).test
-        rec["checkpoint"] = {"path": str(args.ckpt.relative_to(ROOT) if args.ckpt.is_relative_to(ROOT) else args.ckpt),
+        rec["checkpoint"] = {"path": rel_to_root(args.ckpt),
                              "stem": model.config.stem, "test_accuracy": per_kind_accuracy(model, test,
                                                                                             torch.arange(len(test)))}
     x, y = shape_images(preset_config("small").image_size)

@@ -28,7 +28,17 @@ import sys
 from pathlib import Path
 
 import torch
-from _common import RESULTS, ROOT, model_label, ort_pass, reproduce_command, run_stage, save_json, time_interleaved
+from _common import (
+    RESULTS,
+    ROOT,
+    model_label,
+    ort_pass,
+    rel_to_root,
+    reproduce_command,
+    run_stage,
+    save_json,
+    time_interleaved,
+)
 from rich.console import Console
 from rich.progress import track
 
@@ -63,7 +73,7 @@ def main() -> None:
     wd.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     console = Console()
-    rec: dict = {"checkpoint": str(args.ckpt.relative_to(ROOT) if args.ckpt.is_relative_to(ROOT) else args.ckpt),
+    rec: dict = {"checkpoint": rel_to_root(args.ckpt),
                  "threads": args.threads, "samples": args.samples, "int8": {}, "budget": {}, "results": args.results,
                  "reproduce": reproduce_command("calibration.py", sys.argv[1:], {})}
     log = wd / "log.txt"
@@ -73,7 +83,7 @@ def main() -> None:
                                 "--quiet"], tuned, log, rec)
         rec["fine_tuned"] = {"from": rec["checkpoint"], "options": args.fine_tune}
         args.ckpt = tuned
-        rec["checkpoint"] = str(tuned.relative_to(ROOT) if tuned.is_relative_to(ROOT) else tuned)
+        rec["checkpoint"] = rel_to_root(tuned)
     model = trimkit.load_checkpoint(args.ckpt)
     rec["preset"] = model_label(model)
     test = load_dataset("easyvqa", tokenizer=model.tokenizer, labels=model.labels,

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS, ROOT, model_label, reproduce_command, save_json
+from _common import RESULTS, model_label, rel_to_root, reproduce_command, save_json
 from rich.console import Console
 from rich.progress import track
 from torch import nn
@@ -90,24 +90,13 @@ def _uint8(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
 BANDS = (0.5, 1.0, 2.0, 4.0, 8.0, float("inf"))  # upper edges of the |logit - threshold| bands
 
 
-@torch.no_grad()
-def decisions(model, split, idx: torch.Tensor, label: str, console) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Every gate decision in `mask` mode, flattened: (logit - threshold, decides) per trimmer and batch."""
-    out = []
-    for s in track(range(0, idx.numel(), 50), description=label, console=console, transient=True):
-        pv, ids, mask, _ = split.batch(idx[s: s + 50], trim_padding=True)
-        out += [(d.distance.flatten(), d.decides.flatten())
-                for d in model(pv, ids, mask, mode="mask", details=True).decisions]
-    return out
-
-
 def band_flips(base: list, other: list) -> dict[str, list[int]]:
     """Per |fp32 logit - threshold| band: decisions (deciding in both runs) and how many changed side."""
-    n, flips = [0] * len(BANDS), [0] * len(BANDS)
+    n, flips, edges = [0] * len(BANDS), [0] * len(BANDS), torch.tensor(BANDS)
     for (d0, v0), (d1, v1) in zip(base, other):
         both = v0 & v1
         dist, flip = d0[both].abs(), ((d0 > 0) != (d1 > 0))[both]
-        band = torch.bucketize(dist, torch.tensor(BANDS), right=True).clamp_max(len(BANDS) - 1)
+        band = torch.bucketize(dist, edges, right=True).clamp_max(len(BANDS) - 1)
         for b in range(len(BANDS)):
             sel = band == b
             n[b] += int(sel.sum())
@@ -116,13 +105,18 @@ def band_flips(base: list, other: list) -> dict[str, list[int]]:
 
 
 @torch.no_grad()
-def run(model, split, idx: torch.Tensor, label: str, console) -> list[tuple[torch.Tensor, ...]]:
-    out = []
+def run(model, split, idx: torch.Tensor, label: str, console, decisions: bool = True) -> tuple[list, list]:
+    """`prune` mode (keep_counts, answer, label) per batch and, with `decisions`, every gate decision in `mask`
+    mode, flattened: (logit - threshold, decides) per trimmer call and batch."""
+    out, dec = [], []
     for s in track(range(0, idx.numel(), 50), description=label, console=console, transient=True):
         pv, ids, mask, y = split.batch(idx[s: s + 50], trim_padding=True)
         o = model(pv, ids, mask, mode="prune")
         out.append((o.keep_counts, o.logits.argmax(-1), y))
-    return out
+        if decisions:
+            dec += [(d.distance.flatten(), d.decides.flatten())
+                    for d in model(pv, ids, mask, mode="mask", details=True).decisions]
+    return out, dec
 
 
 def main() -> None:
@@ -146,17 +140,16 @@ def main() -> None:
     fq = FakeQuant(model)
     g = torch.Generator().manual_seed(1)
     fq.variant = "collect"
-    run(model, data.train, torch.randperm(len(data.train), generator=g)[: args.calib], "calibration", console)
+    run(model, data.train, torch.randperm(len(data.train), generator=g)[: args.calib], "calibration", console,
+        decisions=False)
     idx = torch.randperm(len(data.val), generator=g)[: args.samples]
     fq.variant = None
     missed = [name for name, st in fq.stats.items() if st[2] is None]
     if missed:  # a linear the calibration never ran would pass through unquantized
         raise SystemExit(f"{len(missed)} linears saw no calibration data: {', '.join(missed[:4])} ...")
-    base = run(model, data.val, idx, "fp32", console)
-    base_decisions = decisions(model, data.val, idx, "fp32 decisions", console)
+    base, base_decisions = run(model, data.val, idx, "fp32", console)
     n = idx.numel()
-    ckpt = args.ckpt.resolve()
-    rec = {"checkpoint": str(ckpt.relative_to(ROOT) if ckpt.is_relative_to(ROOT) else ckpt),
+    rec = {"checkpoint": rel_to_root(args.ckpt.resolve()),
            "preset": model_label(model), "samples": n, "calibration_questions": args.calib,
            "quantized_linears": len(fq.linears), "accuracy_fp32": sum(int((a == y).sum()) for _, a, y in base) / n,
            "variants": {}, "reproduce": reproduce_command("quant_probe.py", sys.argv[1:], {})}
@@ -165,7 +158,7 @@ def main() -> None:
         if kind not in ("w", "a", "wa"):
             raise SystemExit(f"unknown variant {v!r}: w, a, wa or wa:ALPHA")
         fq.variant, fq.alpha = kind, float(alpha) if alpha else None
-        out = run(model, data.val, idx, v, console)
+        out, dec = run(model, data.val, idx, v, console)
         same = counts = agree = correct = 0
         for (k0, a0, y), (k1, a1, _) in zip(base, out):
             same += int((k0 == k1).all(-1).all(-1).sum())
@@ -174,7 +167,7 @@ def main() -> None:
             correct += int((a1 == y).sum())
         total_counts = sum(k.numel() for k, _, _ in base)
         r = {"keep_counts_agreement": same / n, "per_count": counts / total_counts, "argmax_agreement": agree / n,
-             "accuracy": correct / n, "bands": band_flips(base_decisions, decisions(model, data.val, idx, v, console))}
+             "accuracy": correct / n, "bands": band_flips(base_decisions, dec)}
         rec["variants"][v] = r
         console.print(f"{v}: agreement {100 * r['keep_counts_agreement']:.2f}% (per count {100 * r['per_count']:.2f}%), "
                       f"accuracy {100 * r['accuracy']:.2f}%")
