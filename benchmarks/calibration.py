@@ -5,8 +5,8 @@ attention projections are constant-weight matmuls and quantize too) and with gat
 quantized with `trimkit calibrate int8` (minmax, per-channel, 256 train questions; symmetric int8 or
 asymmetric uint8 activations; every backbone matmul or only the feed-forward ones; optionally
 SmoothQuant-smoothed first, `--smooth`) and compared
-with its fp32 export on easy-VQA test questions: speedup (interleaved timing, 2 threads, batch 1
-and 8), accuracy, keep_counts agreement.
+with its fp32 export on easy-VQA test questions: accuracy, keep_counts agreement, and speedup (batch 1
+and 8, 2 threads; the fp32 export and all its INT8 graphs timed side by side in one interleaved group).
 `--fine-tune "TRAIN OPTIONS"` first fine-tunes the checkpoint (`trimkit train CKPT --data easyvqa OPTIONS`, e.g.
 with `--decision-margin M`) and calibrates that instead; the command is recorded with the others.
 Budget: `trimkit calibrate budget` from that checkpoint to lower targets; mean FLOPs ratio on
@@ -92,6 +92,7 @@ def main() -> None:
         fp32 = wd / f"adaptive-{heads}.onnx"
         if not fp32.exists():
             to_onnx(model, fp32, mode="adaptive", head_impl=heads, force=True)
+        variants: dict[str, Path] = {}  # result key -> INT8 graph of this fp32 export
         for act, scope, alpha in itertools.product(args.activations.split(","), args.scopes.split(","),
                                                    args.smooth.split(",")):
             alpha, _, where = alpha.partition("/")
@@ -105,7 +106,12 @@ def main() -> None:
             key = f"{heads} / {act} / {scope}" + ("" if alpha == "none" else f" / smooth {alpha}")
             key += f" ({where} only)" if where else ""
             rec["int8"][key] = compare(fp32, int8, test, args, console)
+            variants[key] = int8
             save_json(out_json, rec)
+        for bs, speed in time_side_by_side(fp32, variants, test, args, console).items():
+            for key, s in speed.items():
+                rec["int8"][key]["speed"][bs] = s
+        save_json(out_json, rec)
     for t in (float(x) for x in args.targets.split(",") if x):
         for how in ("global", "per-layer"):
             out = wd / f"budget-{t}-{how}.pt"
@@ -139,19 +145,30 @@ def compare(fp32: Path, int8: Path, test, args, console) -> dict:
            "accuracy_drop_points": 100 * (correct32 - correct8) / n, "keep_counts_agreement": agree / n,
            "keep_counts_agreement_per_count": counts_equal / counts_total,
            "argmax_agreement": argmax_agree / n, "speed": {}}
+    console.print(f"{int8.name}: " + ", ".join(f"{k} {v:.4g}" for k, v in out.items() if not isinstance(v, dict)))
+    return out
+
+
+def time_side_by_side(fp32: Path, variants: dict[str, Path], test, args, console) -> dict[str, dict]:
+    """Batch 1 and 8: the fp32 export and every INT8 graph of it timed in one interleaved group (the same
+    batches, taking turns within each repeat), so their ratios share the machine's state: this CPU's speed
+    drifts by 20% from minute to minute, and fp32 and int8 kernels do not drift alike.
+    -> {"b1": {key: {fp32_ms, int8_ms, speedup}}, "b8": ...}"""
+    sessions = {"fp32": ort_session(fp32, threads=args.threads)}
+    sessions.update((key, ort_session(path, threads=args.threads)) for key, path in variants.items())
     g = torch.Generator().manual_seed(1)
+    out: dict[str, dict] = {}
     for bs in (1, 8):
         rows = torch.randperm(len(test), generator=g)[: args.batches * bs].view(args.batches, bs)
         feeds = []
         for r in rows:
             pv, ids, mask, _ = test.batch(r, trim_padding=True)
             feeds.append(ort_feed(pv, ids, mask))
-        med = time_interleaved({"fp32": ort_pass(s32, feeds), "int8": ort_pass(s8, feeds)}, args.repeats, console,
+        med = time_interleaved({k: ort_pass(s, feeds) for k, s in sessions.items()}, args.repeats, console,
                                f"speed b{bs}")
-        out["speed"][f"b{bs}"] = {"fp32_ms": 1000 * med["fp32"], "int8_ms": 1000 * med["int8"],
-                                  "speedup": med["fp32"] / med["int8"]}
-    console.print(f"{int8.name}: " + ", ".join(f"{k} {v:.4g}" for k, v in out.items() if not isinstance(v, dict))
-                  + "; " + ", ".join(f"{b} {s['speedup']:.2f}×" for b, s in out["speed"].items()))
+        out[f"b{bs}"] = {key: {"fp32_ms": 1000 * med["fp32"], "int8_ms": 1000 * med[key],
+                               "speedup": med["fp32"] / med[key]} for key in variants}
+        console.print(f"b{bs}: " + ", ".join(f"{k} {v['speedup']:.2f}×" for k, v in out[f"b{bs}"].items()))
     return out
 
 
@@ -160,7 +177,8 @@ def write_markdown(rec: dict) -> None:
              f"Checkpoint `{rec['checkpoint']}` (`{rec['preset']}` preset"
              + (f"; `{rec['fine_tuned']['from']}` fine-tuned with `{rec['fine_tuned']['options']}`"
                 if rec.get("fine_tuned") else "") + f"). {rec['samples']} easy-VQA test "
-             f"questions; ONNX Runtime CPU, {rec['threads']} threads, interleaved timing, medians. "
+             f"questions; ONNX Runtime CPU, {rec['threads']} threads; speed: the fp32 export and its INT8 graphs "
+             "timed side by side (interleaved, same batches), medians. "
              f"Reproduce: `{rec.get('reproduce', 'python benchmarks/calibration.py --ckpt ' + rec['checkpoint'])}`.", "",
              "## INT8 (Q/DQ, minmax, per-channel, 256 calibration questions) vs the fp32 adaptive export", "",
              "| heads / activations / matmuls [/ SmoothQuant alpha] | speedup b1 | speedup b8 | ≥ 1.5× | accuracy fp32 | accuracy int8 | drop (points) | ≤ 1.0 "
