@@ -23,7 +23,8 @@ def evaluate_checkpoint(path: str | os.PathLike, data: str, *, split: str = "tes
         raise BadInputError(f"unknown split {split!r}; choose train, val or test")
     task = load_dataset(data, tokenizer=model.tokenizer, labels=model.labels, image_size=model.config.image_size,
                         seed=seed, splits=(split,))
-    res = evaluate(model, task.split(split), modes=modes, samples=samples, batch_size=batch_size, seed=seed)
+    res = evaluate(model, task.split(split), modes=modes, samples=samples, batch_size=batch_size, seed=seed,
+                   decisions=True)
     if not per_instance:
         res.pop("per_instance")
     c = model.config

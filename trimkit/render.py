@@ -77,12 +77,25 @@ def render_eval(report: dict[str, Any], console) -> None:
                   f"{f['p90']:.3f}")
     console.print(t)
     mode = "prune" if "prune" in report["modes"] else report["modes"][-1]
-    k = Table(title=f"mean tokens kept entering each trimmed layer ({mode})")
-    for col in ("depth", "kind", "vision", "text"):
+    dec = report[mode].get("decisions")
+    k = Table(title=f"mean tokens kept entering each trimmed layer ({mode})"
+              + ("; closest token decision, p1 over questions, relative to its scale" if dec else ""))
+    for col in ("depth", "kind", "vision", "text") + (("closest vision", "closest text") if dec else ()):
         k.add_column(col, justify="right")
-    for layer, (v, tx) in zip(report["trimmed_layers"], report[mode]["keep_per_layer"]):
-        k.add_row(str(layer["depth"]), layer["kind"], f"{v:.1f}", f"{tx:.1f}")
+    closest = dec["token_relative_p1_per_layer"] if dec else [[]] * len(report["trimmed_layers"])
+    for layer, (v, tx), near in zip(report["trimmed_layers"], report[mode]["keep_per_layer"], closest):
+        k.add_row(str(layer["depth"]), layer["kind"], f"{v:.1f}", f"{tx:.1f}", *(_num(x) for x in near))
     console.print(k)
+    if dec:
+        rel, dist = dec["relative"], dec["absolute"]
+        console.print(f"closest gate decision per question ({mode}), p1 / p5 / p50 over questions: "
+                      f"|logit - threshold| / scale {' / '.join(_num(rel[q]) for q in ('p1', 'p5', 'p50'))}, "
+                      f"|logit - threshold| {' / '.join(_num(dist[q]) for q in ('p1', 'p5', 'p50'))} "
+                      "(small: decisions int8 or fp16 can flip; see trimkit train --relative-margin)")
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
 
 
 def render_verify(report, console) -> None:

@@ -377,6 +377,21 @@ class MeterModel(nn.Module):
 
     # ------------------------------------------------------------------ pieces
 
+    def decision_sources(self) -> list[tuple[int, str, int]]:
+        """(trimmed layer index, "tokens" | "heads", modality) of each entry of `TrimOutput.decisions`, in order
+        (token trimmers then head trimmers of each trimmed layer; `Idle` ones make no entry)."""
+        c, t = self.config, self.trim
+        out: list[tuple[int, str, int]] = []
+        for trim_index, depth in enumerate(range(t.first_trimmed_layer, c.num_layers)):
+            if t.token_trimming:
+                out += [(trim_index, "tokens", m) for m, tr in enumerate(self.token_trimmers[trim_index])
+                        if not isinstance(tr, Idle)]
+            if t.head_trimming:
+                out += [(trim_index, "heads", m) for (m, _), tr in zip(c.attention_modules(depth),
+                                                                        self.head_trimmers[trim_index])
+                        if not isinstance(tr, Idle)]
+        return out
+
     def _shared_vision(self, pixel_values: Tensor, groups: Tensor) -> Tensor:
         """Embedding + vision encoder on the first row of each image group, then copied to every
         row of its group: (B, 3, H, W) -> (B, 1 + P, D) encoder output."""

@@ -9,7 +9,8 @@ import torch
 from ..data import VQASplit
 from ..models import MeterModel
 
-__all__ = ["evaluate", "sample_indices"]
+__all__ = ["evaluate", "sample_indices", "closest_decisions"]
+_QUANTILES = (0.01, 0.05, 0.5)
 
 
 def sample_indices(n: int, samples: int | None, seed: int = 0) -> torch.Tensor:
@@ -22,19 +23,26 @@ def sample_indices(n: int, samples: int | None, seed: int = 0) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(model: MeterModel, split: VQASplit, *, modes: tuple[str, ...] = ("off", "prune"),
              samples: int | None = None, batch_size: int = 256, seed: int = 0,
-             progress=None) -> dict[str, Any]:
+             progress=None, decisions: bool = False) -> dict[str, Any]:
     """-> {mode: {accuracy, flops_ratio {mean, std, p10, p50, p90}, keep_per_layer [[vision, text], ...]},
-    "samples": n, "per_instance": {mode: {"ratio": [...], "correct": [...]}}}."""
+    "samples": n, "per_instance": {mode: {"ratio": [...], "correct": [...]}}}.
+    `decisions`: the first of the `prune` / `mask` modes also gets "decisions": how close each question's gate decisions came
+    to the threshold (`closest_decisions`): quantiles p1/p5/p50 over questions of the closest one, relative to
+    its scale and absolute, and p1 of the closest token decision per trimmed layer [[vision, text], ...]
+    (None: no token decided there). Small values are the decisions an int8 or fp16 graph flips."""
     was_training = model.training
     model.eval()
     idx = sample_indices(len(split), samples, seed)
     result: dict[str, Any] = {"samples": int(idx.numel()), "per_instance": {}}
+    margin_mode = next((m for m in ("prune", "mask") if m in modes), None) if decisions else None
     for mode in modes:
-        correct, ratios, keeps = [], [], []
+        correct, ratios, keeps, closest = [], [], [], []
         for start in range(0, idx.numel(), batch_size):
             b = idx[start: start + batch_size]
             pv, ids, mask, y = split.batch(b)
-            out = model(pv, ids, mask, mode=mode)
+            out = model(pv, ids, mask, mode=mode, details=mode == margin_mode)
+            if mode == margin_mode and out.decisions:
+                closest.append(closest_decisions(model, out))
             correct.append(out.logits.argmax(-1) == y)
             ratios.append(out.flops_ratio)
             keeps.append(out.keep_counts.float())
@@ -49,6 +57,39 @@ def evaluate(model: MeterModel, split: VQASplit, *, modes: tuple[str, ...] = ("o
             "keep_per_layer": k.mean(0).tolist(),
         }
         result["per_instance"][mode] = {"ratio": r.tolist(), "correct": c.tolist()}
+        if closest:
+            rel, dist, layers = (torch.cat(x) for x in zip(*closest))
+            result[mode]["decisions"] = {
+                "relative": _quantiles(rel), "absolute": _quantiles(dist),
+                "token_relative_p1_per_layer": [[_finite(torch.quantile(layers[:, i, m], 0.01, interpolation="lower"))
+                                                 for m in range(2)] for i in range(layers.shape[1])]}
     if was_training:
         model.train()
     return result
+
+
+def closest_decisions(model: MeterModel, out) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per question, from a `details=True` output: the closest deciding gate decision's |logit - threshold| /
+    scale (B,) and |logit - threshold| (B,), and the closest token decision's relative distance per trimmed
+    layer and modality (B, T, 2) (inf where none decided). `scale` is the sum of |terms| of the trimmer's
+    logit (`trimmers.Decisions`), so the relative distance is how large an error of its inputs it survives."""
+    b = out.logits.shape[0]
+    inf = torch.tensor(float("inf"))
+    rel, dist = torch.full((b,), float("inf")), torch.full((b,), float("inf"))
+    layers = torch.full((b, out.keep_counts.shape[1], 2), float("inf"))
+    for (trim_index, kind, m), d in zip(model.decision_sources(), out.decisions, strict=True):
+        r = torch.where(d.decides, d.distance.abs() / d.scale.clamp_min(1e-12), inf).amin(dim=1)
+        rel = torch.minimum(rel, r)
+        dist = torch.minimum(dist, torch.where(d.decides, d.distance.abs(), inf).amin(dim=1))
+        if kind == "tokens":
+            layers[:, trim_index, m] = torch.minimum(layers[:, trim_index, m], r)
+    return rel, dist, layers
+
+
+def _finite(x: torch.Tensor) -> float | None:
+    return float(x) if torch.isfinite(x) else None
+
+
+def _quantiles(x: torch.Tensor) -> dict[str, float | None]:
+    """p1, p5, p50 over questions ("lower": an observed value, inf -> None where none decided)."""
+    return {f"p{round(100 * q)}": _finite(torch.quantile(x, q, interpolation="lower")) for q in _QUANTILES}
