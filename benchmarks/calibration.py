@@ -93,6 +93,7 @@ def main() -> None:
         if not fp32.exists():
             to_onnx(model, fp32, mode="adaptive", head_impl=heads, force=True)
         variants: dict[str, Path] = {}  # result key -> INT8 graph of this fp32 export
+        ref = fp32_reference(fp32, test, args, console)
         for act, scope, alpha in itertools.product(args.activations.split(","), args.scopes.split(","),
                                                    args.smooth.split(",")):
             alpha, _, where = alpha.partition("/")
@@ -105,7 +106,7 @@ def main() -> None:
                       int8, log, rec)
             key = f"{heads} / {act} / {scope}" + ("" if alpha == "none" else f" / smooth {alpha}")
             key += f" ({where} only)" if where else ""
-            rec["int8"][key] = compare(fp32, int8, test, args, console)
+            rec["int8"][key] = compare(ref, int8, args, console)
             variants[key] = int8
             save_json(out_json, rec)
         for bs, speed in time_side_by_side(fp32, variants, test, args, console).items():
@@ -126,21 +127,30 @@ def main() -> None:
     save_json(out_json, rec)
 
 
-def compare(fp32: Path, int8: Path, test, args, console) -> dict:
-    s32, s8 = ort_session(fp32, threads=args.threads), ort_session(int8, threads=args.threads)
+def fp32_reference(fp32: Path, test, args, console) -> list[tuple]:
+    """The fp32 export's outputs on the accuracy questions, once per export: [(feed, y, logits, keep_counts)]
+    per batch of 64, for `compare` to set every INT8 graph of it against."""
+    s32 = ort_session(fp32, threads=args.threads)
     idx = sample_indices(len(test), args.samples, 0)
-    correct32 = correct8 = agree = argmax_agree = counts_equal = counts_total = 0
-    for start in track(range(0, idx.numel(), 64), description=f"accuracy {int8.name}", console=console):
+    ref = []
+    for start in track(range(0, idx.numel(), 64), description=f"accuracy {fp32.name}", console=console):
         pv, ids, mask, y = test.batch(idx[start: start + 64], trim_padding=True)
         feed = ort_feed(pv, ids, mask)
-        l32, k32 = s32.run(OUTPUT_NAMES, feed)
+        ref.append((feed, y.numpy(), *s32.run(OUTPUT_NAMES, feed)))
+    return ref
+
+
+def compare(ref: list[tuple], int8: Path, args, console) -> dict:
+    s8 = ort_session(int8, threads=args.threads)
+    n = correct32 = correct8 = agree = argmax_agree = counts_equal = counts_total = 0
+    for feed, y, l32, k32 in track(ref, description=f"accuracy {int8.name}", console=console):
         l8, k8 = s8.run(OUTPUT_NAMES, feed)
-        correct32 += int((l32.argmax(1) == y.numpy()).sum())
-        correct8 += int((l8.argmax(1) == y.numpy()).sum())
+        n += len(y)
+        correct32 += int((l32.argmax(1) == y).sum())
+        correct8 += int((l8.argmax(1) == y).sum())
         agree += int((k32 == k8).reshape(len(y), -1).all(1).sum())  # every count of the sample equal
         counts_equal, counts_total = counts_equal + int((k32 == k8).sum()), counts_total + k32.size
         argmax_agree += int((l32.argmax(1) == l8.argmax(1)).sum())
-    n = idx.numel()
     out = {"accuracy_fp32": correct32 / n, "accuracy_int8": correct8 / n,
            "accuracy_drop_points": 100 * (correct32 - correct8) / n, "keep_counts_agreement": agree / n,
            "keep_counts_agreement_per_count": counts_equal / counts_total,

@@ -111,11 +111,15 @@ class Decisions(NamedTuple):
     """One trimmer call's gate decisions, all (B, N): `distance` = logits - threshold (signed), `decides` (bool)
     whether the decision matters (a token alive entering the layer other than [CLS]; every head), `scale`
     (detached) the sum of the absolute values of the terms the logit adds up (`TokenTrimmer.scored`):
-    rounding errors in the trimmer's inputs move the logit in proportion to it."""
+    rounding errors in the trimmer's inputs move the logit in proportion to it. `trim_index`, `kind`
+    ("tokens" | "heads") and `modality` name the trimmer that made them (set where the forward pass records it)."""
 
     distance: Tensor
     decides: Tensor
     scale: Tensor
+    trim_index: int = -1
+    kind: str = "tokens"
+    modality: int = 0
 
 
 def margin_terms(decisions: list[Decisions], margin: float, relative: float = 0.0) -> tuple[Tensor, Tensor]:

@@ -9,22 +9,29 @@ import trimkit
 from trimkit.cli import main
 from trimkit.factory import new_model
 from trimkit.train.evaluate import closest_decisions
+from trimkit.trimmers import Idle
 
 from ..conftest import make_inputs, randomize_trimmers
 
 
-def test_decision_sources_name_every_decision(pruning_model):
-    """One source per `TrimOutput.decisions` entry, in order: token entries cover the layer's token slots,
-    head entries the heads of that modality."""
+def test_decisions_name_their_trimmer(pruning_model):
+    """Each `TrimOutput.decisions` entry names its trimmer: one per non-idle trimmer, in forward order; token
+    entries cover the layer's token slots, head entries the heads of that modality."""
     c = pruning_model.config
     pv, ids, mask = make_inputs(pruning_model, 3, 10)
     with torch.no_grad():
         out = pruning_model(pv, ids, mask, mode="mask", details=True)
-    sources = pruning_model.decision_sources()
-    assert len(sources) == len(out.decisions) > 0
+    sources = [(d.trim_index, d.kind, d.modality) for d in out.decisions]
+    assert len(sources) > 0 and sources == sorted(sources, key=lambda s: (s[0], s[1] == "heads"))
+    first = pruning_model.trim.first_trimmed_layer
+    tokens = [s for s in sources if s[1] == "tokens"]
+    assert tokens == [(i, "tokens", m) for i in range(c.num_layers - first) for m in range(2)
+                      if not isinstance(pruning_model.token_trimmers[i][m], Idle)]
     heads = [s for s in sources if s[1] == "heads"]
-    assert len(heads) == sum(len(c.attention_modules(d)) for d in range(pruning_model.trim.first_trimmed_layer,
-                                                                         c.num_layers))
+    assert heads == [(d - first, "heads", m) for d in range(first, c.num_layers)
+                     for (m, _), tr in zip(c.attention_modules(d), pruning_model.head_trimmers[d - first])
+                     if not isinstance(tr, Idle)]
+    assert len(heads) == sum(len(c.attention_modules(d)) for d in range(first, c.num_layers))
     for (trim_index, kind, m), d in zip(sources, out.decisions):
         depth = pruning_model.trim.first_trimmed_layer + trim_index
         assert d.decides.shape == d.distance.shape == d.scale.shape
@@ -38,11 +45,12 @@ def test_closest_decisions_by_hand(pruning_model):
     pv, ids, mask = make_inputs(pruning_model, 4, 12)
     with torch.no_grad():
         out = pruning_model(pv, ids, mask, mode="prune", details=True)
-    rel, dist, layers = closest_decisions(pruning_model, out)
+    rel, dist, layers = closest_decisions(out)
     for row in range(4):
         want_rel = want_dist = float("inf")
         want_layers = {}
-        for (trim_index, kind, m), d in zip(pruning_model.decision_sources(), out.decisions):
+        for d in out.decisions:
+            trim_index, kind, m = d.trim_index, d.kind, d.modality
             for j in range(d.distance.shape[1]):
                 if not d.decides[row, j]:
                     continue

@@ -320,7 +320,8 @@ class MeterModel(nn.Module):
                             logits, scale = trimmer.scored(s.x, cls[m], cls[1 - m])  # (B, N) each
                             alive = s.weight.detach() > 0
                             alive[:, 0] = False
-                            decisions.append(Decisions(logits - t.thresholds(trim_index)[0], alive, scale))
+                            decisions.append(Decisions(logits - t.thresholds(trim_index)[0], alive, scale,
+                                                       trim_index, "tokens", m))
                         else:
                             logits = trimmer(s.x, cls[m], cls[1 - m])  # (B, N)
                         if mode == "static":
@@ -335,7 +336,8 @@ class MeterModel(nn.Module):
                         if track:
                             logits, scale = trimmer.scored(cls[m], cls[1 - m])  # (B, H) each
                             decisions.append(Decisions(logits - t.thresholds(trim_index)[1],
-                                                       torch.ones_like(logits, dtype=torch.bool), scale))
+                                                       torch.ones_like(logits, dtype=torch.bool), scale,
+                                                       trim_index, "heads", m))
                         else:
                             logits = trimmer(cls[m], cls[1 - m])  # (B, H)
                         if mode == "static":
@@ -376,21 +378,6 @@ class MeterModel(nn.Module):
         )
 
     # ------------------------------------------------------------------ pieces
-
-    def decision_sources(self) -> list[tuple[int, str, int]]:
-        """(trimmed layer index, "tokens" | "heads", modality) of each entry of `TrimOutput.decisions`, in order
-        (token trimmers then head trimmers of each trimmed layer; `Idle` ones make no entry)."""
-        c, t = self.config, self.trim
-        out: list[tuple[int, str, int]] = []
-        for trim_index, depth in enumerate(range(t.first_trimmed_layer, c.num_layers)):
-            if t.token_trimming:
-                out += [(trim_index, "tokens", m) for m, tr in enumerate(self.token_trimmers[trim_index])
-                        if not isinstance(tr, Idle)]
-            if t.head_trimming:
-                out += [(trim_index, "heads", m) for (m, _), tr in zip(c.attention_modules(depth),
-                                                                        self.head_trimmers[trim_index])
-                        if not isinstance(tr, Idle)]
-        return out
 
     def _shared_vision(self, pixel_values: Tensor, groups: Tensor) -> Tensor:
         """Embedding + vision encoder on the first row of each image group, then copied to every

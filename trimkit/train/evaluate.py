@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ..data import VQASplit
-from ..models import MeterModel
+from ..models import MeterModel, TrimOutput
 
 __all__ = ["evaluate", "sample_indices", "closest_decisions"]
 _QUANTILES = (0.01, 0.05, 0.5)
@@ -42,7 +42,7 @@ def evaluate(model: MeterModel, split: VQASplit, *, modes: tuple[str, ...] = ("o
             pv, ids, mask, y = split.batch(b)
             out = model(pv, ids, mask, mode=mode, details=mode == margin_mode)
             if mode == margin_mode and out.decisions:
-                closest.append(closest_decisions(model, out))
+                closest.append(closest_decisions(out))
             correct.append(out.logits.argmax(-1) == y)
             ratios.append(out.flops_ratio)
             keeps.append(out.keep_counts.float())
@@ -68,7 +68,7 @@ def evaluate(model: MeterModel, split: VQASplit, *, modes: tuple[str, ...] = ("o
     return result
 
 
-def closest_decisions(model: MeterModel, out) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def closest_decisions(out: TrimOutput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per question, from a `details=True` output: the closest deciding gate decision's |logit - threshold| /
     scale (B,) and |logit - threshold| (B,), and the closest token decision's relative distance per trimmed
     layer and modality (B, T, 2) (inf where none decided). `scale` is the sum of |terms| of the trimmer's
@@ -77,12 +77,12 @@ def closest_decisions(model: MeterModel, out) -> tuple[torch.Tensor, torch.Tenso
     inf = torch.tensor(float("inf"))
     rel, dist = torch.full((b,), float("inf")), torch.full((b,), float("inf"))
     layers = torch.full((b, out.keep_counts.shape[1], 2), float("inf"))
-    for (trim_index, kind, m), d in zip(model.decision_sources(), out.decisions, strict=True):
+    for d in out.decisions:
         r = torch.where(d.decides, d.distance.abs() / d.scale.clamp_min(1e-12), inf).amin(dim=1)
         rel = torch.minimum(rel, r)
         dist = torch.minimum(dist, torch.where(d.decides, d.distance.abs(), inf).amin(dim=1))
-        if kind == "tokens":
-            layers[:, trim_index, m] = torch.minimum(layers[:, trim_index, m], r)
+        if d.kind == "tokens":
+            layers[:, d.trim_index, d.modality] = torch.minimum(layers[:, d.trim_index, d.modality], r)
     return rel, dist, layers
 
 
