@@ -149,6 +149,26 @@ def test_decision_margin_at_stable_init(base_ckpt, jsonl_data, tmp_path):
         TrainConfig(decision_margin=-1.0)
 
 
+def test_decision_margin_run_keeps_the_farthest_of_equal_checkpoints(base_ckpt, jsonl_data, tmp_path):
+    """With a decision margin each evaluation measures the closest decisions (p1 over questions, relative to
+    their scale), and the best checkpoint is the most accurate one, ties going to the larger p1."""
+    start = tmp_path / "random-trimmers.pt"  # decisions near their thresholds, for the margin to push away
+    trimkit.save_checkpoint(randomize_trimmers(trimkit.load_checkpoint(base_ckpt), seed=2), start)
+    cfg = cfg_for(jsonl_data, tmp_path / "m.pt", steps=6, eval_every=1, warmup_frac=0.0, target_ratio=0.5,
+                  trimmer_lr=5e-2, decision_margin=4.0, relative_margin=0.2, margin_weight=5.0)
+    result = train(start, cfg, show_progress=False)
+    ranks = [(h["val_accuracy"], h["val_closest_p1"]) for h in result.history]
+    assert len(ranks) == 6 and all(p1 is not None and p1 >= 0 for _, p1 in ranks)
+    best = max(range(6), key=lambda i: ranks[i])  # first of equals, as the loop keeps it
+    assert result.best["step"] == result.history[best]["step"]
+    assert read_checkpoint(result.out)["meta"]["train"]["step"] == result.best["step"]
+    top = max(a for a, _ in ranks)
+    assert len({p1 for a, p1 in ranks if a == top}) > 1, "no tie of accuracy with differing p1: test is vacuous"
+    # without a margin nothing extra is measured
+    plain = train(base_ckpt, cfg_for(jsonl_data, tmp_path / "p.pt", steps=2, eval_every=1), show_progress=False)
+    assert all("val_closest_p1" not in h for h in plain.history)
+
+
 def test_no_curriculum_and_local_only_change_the_model(base_ckpt, jsonl_data, tmp_path):
     from trimkit.train.loop import _prepare
 

@@ -6,7 +6,10 @@
 - Evaluation every epoch (or `eval_every` steps) on the validation split: accuracy of the
   pruned model in `prune` mode and the per-instance FLOPs ratio (mean, spread).
 - `<out>` holds the best checkpoint (best validation accuracy once the curriculum has reached
-  its final target); `<out stem>.last.pt` the latest weights with the train state for resume.
+  its final target; with a decision margin, ties go to the checkpoint whose decisions sit farther from
+  their thresholds: p1 over questions of the closest one, relative to its scale — `trimkit eval`'s
+  measure of what int8/fp16 rounding flips); `<out stem>.last.pt` the latest weights with the train
+  state for resume.
   Writes are atomic; Ctrl-C stops at the next step boundary and saves the latest state.
 """
 
@@ -279,8 +282,9 @@ def _train(ckpt, cfg, *, resume, force, console, show_progress, stop_at_step, di
                     history.append(metrics)
                     progress.log(_eval_line(metrics, eval_mode))
                     eligible = cfg.no_trim or cfg.curriculum_done(step, total)
-                    if eligible and (best is None or metrics["val_accuracy"] > best["val_accuracy"]):
-                        best = {k: metrics[k] for k in ("step", "val_accuracy", "val_ratio_mean")}
+                    if eligible and (best is None or _rank(metrics) > _rank(best)):
+                        best = {k: metrics[k] for k in ("step", "val_accuracy", "val_ratio_mean", "val_closest_p1")
+                                if k in metrics}
                         save_best(step, metrics)
                     save_checkpoint(model, last, force=True, train_state=train_state(step))
                 barrier(dist)
@@ -296,12 +300,21 @@ def _train(ckpt, cfg, *, resume, force, console, show_progress, stop_at_step, di
 
 
 def _evaluation(model: MeterModel, split, cfg: TrainConfig, mode: str) -> dict[str, Any]:
+    margin = cfg.decision_margin > 0 and mode != "off"
     res = evaluate(model, split, modes=(mode,) if mode == "off" else ("off", mode), samples=cfg.eval_samples,
-                   seed=cfg.seed)
+                   seed=cfg.seed, decisions=margin)
     r = res[mode]["flops_ratio"]
-    return {"val_accuracy": res[mode]["accuracy"], "val_accuracy_full": res["off"]["accuracy"],
-            "val_ratio_mean": r["mean"], "val_ratio_std": r["std"], "val_ratio_p10": r["p10"],
-            "val_ratio_p90": r["p90"]}
+    out = {"val_accuracy": res[mode]["accuracy"], "val_accuracy_full": res["off"]["accuracy"],
+           "val_ratio_mean": r["mean"], "val_ratio_std": r["std"], "val_ratio_p10": r["p10"],
+           "val_ratio_p90": r["p90"]}
+    if margin and "decisions" in res[mode]:
+        out["val_closest_p1"] = res[mode]["decisions"]["relative"]["p1"]
+    return out
+
+
+def _rank(m: dict[str, Any]) -> tuple[float, float]:
+    """Checkpoint order: validation accuracy, then (decision-margin runs) the closest-decision p1."""
+    return m["val_accuracy"], m.get("val_closest_p1") or 0.0
 
 
 def _eval_line(m: dict, mode: str) -> str:
@@ -310,6 +323,8 @@ def _eval_line(m: dict, mode: str) -> str:
         s += (f", full {100 * m['val_accuracy_full']:.2f}%, FLOPs ratio {m['val_ratio_mean']:.3f} "
               f"± {m['val_ratio_std']:.3f} (p10 {m['val_ratio_p10']:.3f}, p90 {m['val_ratio_p90']:.3f}), "
               f"target {m['target']:.3f}")
+    if m.get("val_closest_p1") is not None:
+        s += f", closest decision p1 {m['val_closest_p1']:.3g} of its scale"
     return s
 
 
