@@ -91,7 +91,7 @@ def test_margin_terms_absolute_and_relative():
     from trimkit.trimmers import Decisions, margin_terms
 
     d = Decisions(distance=torch.tensor([[2.0, -0.5, 30.0, 1.0]]), decides=torch.tensor([[True, True, True, False]]),
-                  scale=torch.tensor([[100.0, 1.0, 40.0, 5.0]]))
+                  scale=torch.tensor([[100.0, 1.0, 40.0, 5.0]]), trim_index=0, kind="tokens", modality=0)
     total, count = margin_terms([d], margin=1.0)  # only -0.5 sits within 1 logit: 1 - 0.5
     assert count == 3 and torch.isclose(total, torch.tensor(0.5))
     total, _ = margin_terms([d], margin=1.0, relative=0.1)  # widths 10, 1, 4: 1 - 2/10 and 1 - 0.5

@@ -117,9 +117,9 @@ class Decisions(NamedTuple):
     distance: Tensor
     decides: Tensor
     scale: Tensor
-    trim_index: int = -1
-    kind: str = "tokens"
-    modality: int = 0
+    trim_index: int
+    kind: str
+    modality: int
 
 
 def margin_terms(decisions: list[Decisions], margin: float, relative: float = 0.0) -> tuple[Tensor, Tensor]:

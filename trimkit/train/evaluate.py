@@ -78,9 +78,9 @@ def closest_decisions(out: TrimOutput) -> tuple[torch.Tensor, torch.Tensor, torc
     rel, dist = torch.full((b,), float("inf")), torch.full((b,), float("inf"))
     layers = torch.full((b, out.keep_counts.shape[1], 2), float("inf"))
     for d in out.decisions:
-        r = torch.where(d.decides, d.distance.abs() / d.scale.clamp_min(1e-12), inf).amin(dim=1)
-        rel = torch.minimum(rel, r)
-        dist = torch.minimum(dist, torch.where(d.decides, d.distance.abs(), inf).amin(dim=1))
+        a = torch.where(d.decides, d.distance.abs(), inf)
+        r = (a / d.scale.clamp_min(1e-12)).amin(dim=1)
+        rel, dist = torch.minimum(rel, r), torch.minimum(dist, a.amin(dim=1))
         if d.kind == "tokens":
             layers[:, d.trim_index, d.modality] = torch.minimum(layers[:, d.trim_index, d.modality], r)
     return rel, dist, layers
