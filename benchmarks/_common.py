@@ -10,8 +10,9 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -181,14 +182,17 @@ def timing_args(ap: argparse.ArgumentParser, *, batches: int, repeats: int, work
     ap.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench" / workdir)
 
 
-def time_interleaved(passes: dict[str, Callable[[], int]], repeats: int, console, label: str) -> dict[str, float]:
+K = TypeVar("K", bound=Hashable)
+
+
+def time_interleaved(passes: dict[K, Callable[[], int]], repeats: int, console, label: str) -> dict[K, float]:
     """Median seconds per batch of each variant. A pass runs all of a variant's batches and returns how many;
     the variants take turns within every repeat, so machine noise hits them alike. One warm-up pass each."""
     from rich.progress import Progress
 
     for run in passes.values():
         run()
-    times: dict[str, list[float]] = {v: [] for v in passes}
+    times: dict[K, list[float]] = {v: [] for v in passes}
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task(label, total=repeats * len(passes))
         for _ in range(repeats):

@@ -6,7 +6,8 @@ quantized with `trimkit calibrate int8` (minmax, per-channel, 256 train question
 asymmetric uint8 activations; every backbone matmul or only the feed-forward ones; optionally
 SmoothQuant-smoothed first, `--smooth`) and compared
 with its fp32 export on easy-VQA test questions: accuracy, keep_counts agreement, and speedup (batch 1
-and 8, 2 threads; the fp32 export and all its INT8 graphs timed side by side in one interleaved group).
+and 8, at 1 and at 2 threads; the fp32 export and all its INT8 graphs, at every thread count, timed side by
+side in one interleaved group).
 `--fine-tune "TRAIN OPTIONS"` first fine-tunes the checkpoint (`trimkit train CKPT --data easyvqa OPTIONS`, e.g.
 with `--decision-margin M`) and calibrates that instead; the command is recorded with the others.
 Budget: `trimkit calibrate budget` from that checkpoint to lower targets; mean FLOPs ratio on
@@ -55,7 +56,8 @@ def main() -> None:
     ap.add_argument("--targets", default="0.4,0.3", help='budget calibration targets ("": no budget runs)')
     ap.add_argument("--batches", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", default="1,2", help="ONNX Runtime intra-op thread counts to time at (the accuracy "
+                    "pass uses the largest)")
     ap.add_argument("--activations", default="int8,uint8",
                     help="INT8 activation types to compare (int8: symmetric, TensorRT's; uint8: ONNX Runtime CPU's)")
     ap.add_argument("--scopes", default="all,mlp", help="which matmuls get Q/DQ (trimkit calibrate int8 --scope)")
@@ -68,13 +70,15 @@ def main() -> None:
                     '(into WORKDIR/fine-tuned.pt), e.g. "--decision-margin 4 --epochs 0.3 --warmup-frac 0"')
     ap.add_argument("--results", default="calibration", help="result file stem under benchmarks/results/")
     args = ap.parse_args()
+    args.thread_counts = sorted({int(t) for t in args.threads.split(",")})
+    args.threads = args.thread_counts[-1]
     out_json = RESULTS / f"{args.results}.json"
     wd = args.workdir
     wd.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     console = Console()
     rec: dict = {"checkpoint": rel_to_root(args.ckpt),
-                 "threads": args.threads, "samples": args.samples, "int8": {}, "budget": {}, "results": args.results,
+                 "threads": args.thread_counts, "samples": args.samples, "int8": {}, "budget": {}, "results": args.results,
                  "reproduce": reproduce_command("calibration.py", sys.argv[1:], {})}
     log = wd / "log.txt"
     if args.fine_tune:
@@ -160,12 +164,12 @@ def compare(ref: list[tuple], int8: Path, args, console) -> dict:
 
 
 def time_side_by_side(fp32: Path, variants: dict[str, Path], test, args, console) -> dict[str, dict]:
-    """Batch 1 and 8: the fp32 export and every INT8 graph of it timed in one interleaved group (the same
-    batches, taking turns within each repeat), so their ratios share the machine's state: this CPU's speed
-    drifts by 20% from minute to minute, and fp32 and int8 kernels do not drift alike.
-    -> {"b1": {key: {fp32_ms, int8_ms, speedup}}, "b8": ...}"""
-    sessions = {"fp32": ort_session(fp32, threads=args.threads)}
-    sessions.update((key, ort_session(path, threads=args.threads)) for key, path in variants.items())
+    """Batch 1 and 8: the fp32 export and every INT8 graph of it, each at every thread count, timed in one
+    interleaved group (the same batches, taking turns within each repeat), so their ratios share the machine's
+    state: this CPU's speed drifts by 20% from minute to minute, and fp32 and int8 kernels do not drift alike.
+    -> {"b1": {key: {"1 thread": {fp32_ms, int8_ms, speedup}, "2 threads": ...}}, "b8": ...}"""
+    sessions = {(name, t): ort_session(path, threads=t) for name, path in {"fp32": fp32, **variants}.items()
+                for t in args.thread_counts}
     g = torch.Generator().manual_seed(1)
     out: dict[str, dict] = {}
     for bs in (1, 8):
@@ -176,27 +180,39 @@ def time_side_by_side(fp32: Path, variants: dict[str, Path], test, args, console
             feeds.append(ort_feed(pv, ids, mask))
         med = time_interleaved({k: ort_pass(s, feeds) for k, s in sessions.items()}, args.repeats, console,
                                f"speed b{bs}")
-        out[f"b{bs}"] = {key: {"fp32_ms": 1000 * med["fp32"], "int8_ms": 1000 * med[key],
-                               "speedup": med["fp32"] / med[key]} for key in variants}
-        console.print(f"b{bs}: " + ", ".join(f"{k} {v['speedup']:.2f}×" for k, v in out[f"b{bs}"].items()))
+        out[f"b{bs}"] = {key: {threads_label(t): {"fp32_ms": 1000 * med["fp32", t], "int8_ms": 1000 * med[key, t],
+                                                  "speedup": med["fp32", t] / med[key, t]}
+                               for t in args.thread_counts} for key in variants}
+        console.print(f"b{bs}: " + ", ".join(f"{k} {th} {v['speedup']:.2f}×" for k, per in out[f"b{bs}"].items()
+                                             for th, v in per.items()))
     return out
 
 
+def threads_label(t: int) -> str:
+    return f"{t} thread" + ("s" if t > 1 else "")
+
+
 def write_markdown(rec: dict) -> None:
+    threads = [threads_label(t) for t in rec["threads"]]
     lines = ["# Calibration on this CPU (ONNX Runtime)", "",
              f"Checkpoint `{rec['checkpoint']}` (`{rec['preset']}` preset"
              + (f"; `{rec['fine_tuned']['from']}` fine-tuned with `{rec['fine_tuned']['options']}`"
                 if rec.get("fine_tuned") else "") + f"). {rec['samples']} easy-VQA test "
-             f"questions; ONNX Runtime CPU, {rec['threads']} threads; speed: the fp32 export and its INT8 graphs "
-             "timed side by side (interleaved, same batches), medians. "
+             f"questions; ONNX Runtime CPU (accuracy at {threads[-1]}); speed: the fp32 export and its INT8 graphs "
+             f"at {' and '.join(threads)} timed side by side (interleaved, same batches), medians. "
              f"Reproduce: `{rec.get('reproduce', 'python benchmarks/calibration.py --ckpt ' + rec['checkpoint'])}`.", "",
              "## INT8 (Q/DQ, minmax, per-channel, 256 calibration questions) vs the fp32 adaptive export", "",
-             "| heads / activations / matmuls [/ SmoothQuant alpha] | speedup b1 | speedup b8 | ≥ 1.5× | accuracy fp32 | accuracy int8 | drop (points) | ≤ 1.0 "
+             "| heads / activations / matmuls [/ SmoothQuant alpha] | "
+             + "".join(f"speedup b1 / b8, {th} | ≥ 1.5× | " for th in threads)
+             + "accuracy fp32 | accuracy int8 | drop (points) | ≤ 1.0 "
              "| keep_counts agreement (whole sample) | ≥ 98% | per count |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|" + "---|---|" * len(threads) + "---|---|---|---|---|---|---|"]
     for heads, r in rec["int8"].items():
-        sp = [r["speed"][b]["speedup"] for b in ("b1", "b8")]
-        lines.append(f"| {heads} | {sp[0]:.2f}× | {sp[1]:.2f}× | {'pass' if min(sp) >= 1.5 else 'FAIL'} | "
+        speed = ""
+        for th in threads:
+            sp = [r["speed"][b][th]["speedup"] for b in ("b1", "b8")]
+            speed += f"{sp[0]:.2f}× / {sp[1]:.2f}× | {'pass' if min(sp) >= 1.5 else 'FAIL'} | "
+        lines.append(f"| {heads} | {speed}"
                      f"{100 * r['accuracy_fp32']:.2f}% | {100 * r['accuracy_int8']:.2f}% | "
                      f"{r['accuracy_drop_points']:+.2f} | {'pass' if r['accuracy_drop_points'] <= 1.0 else 'FAIL'} | "
                      f"{100 * r['keep_counts_agreement']:.2f}% | "
