@@ -10,6 +10,7 @@ from onnx import numpy_helper
 
 import trimkit
 from trimkit.cli import main
+from trimkit.verify import _ceil_digits, _polygraphy_compare, passing_atol
 
 FAST = ["--samples", "24", "--batch-sizes", "1,3", "--text-lens", "4,12", "--repeats", "2"]
 
@@ -55,7 +56,11 @@ def test_altered_weights_fail_with_the_check_named(exported, tmp_path, capsys):
     assert rc == 1 and not report["passed"]
     failed = [c["name"] for c in report["checks"] if not c["passed"]]
     assert "logits_within_tolerance" in failed
-    assert "logits_within_tolerance" in capsys.readouterr().err
+    logits = next(c for c in report["checks"] if c["name"] == "logits_within_tolerance")
+    hint = float(logits["detail"].rsplit("--atol ", 1)[1])  # the tolerance this artifact would need
+    out = capsys.readouterr()
+    assert "logits_within_tolerance" in out.err and f"--atol {logits['detail'].rsplit('--atol ', 1)[1]}" in out.out + out.err
+    assert hint >= report["numerics"]["passing_atol"] > 1e-4
     assert junit.getroot().get("failures") == str(len(failed))
     assert junit.getroot().find("testcase[@name='logits_within_tolerance']/failure") is not None
 
@@ -140,3 +145,16 @@ def test_engine_from_other_weights_is_exit_2(exported, fake_engine, tmp_path, ca
     path.write_text(_json.dumps(man))
     assert main(["verify", str(exported["ckpt"]), str(fake_engine)]) == 2
     assert "other weights" in capsys.readouterr().err
+
+
+def test_passing_atol_is_the_smallest_tolerance_polygraphy_accepts():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0, 5, (64, 13)).astype(np.float32)
+    art = ref + rng.normal(0, 0.3, ref.shape).astype(np.float32)
+    atol = passing_atol(ref, art, 0.1)
+    assert 0 < atol < np.abs(art - ref).max() + 1e-6
+    assert _polygraphy_compare(ref, art, atol, 0.1, "onnxruntime")
+    assert not _polygraphy_compare(ref, art, atol * 0.999, 0.1, "onnxruntime")
+    assert passing_atol(ref, ref, 0.1) == 0.0
+    assert passing_atol(ref, ref * 1.05, 0.1) == 0.0  # every element within rtol
+    assert _ceil_digits(0.5487) == "0.549" and float(_ceil_digits(0.54849)) >= 0.54849 and _ceil_digits(0) == "0"

@@ -131,6 +131,9 @@ def render_verify(report, console) -> None:
         t.add_row(c.name, value, f"{c.comparison} {c.threshold:.4g}", "[green]pass[/green]" if c.passed
                   else "[red]FAIL[/red]")
     console.print(t)
+    for c in report.checks:
+        if not c.passed and c.detail:
+            console.print(f"[red]{c.name}[/red]: {c.detail}", soft_wrap=True)
     console.print(f"verify {'passed' if report.passed else 'FAILED'} in {report.seconds:.1f} s")
 
 
