@@ -157,4 +157,7 @@ def test_passing_atol_is_the_smallest_tolerance_polygraphy_accepts():
     assert not _polygraphy_compare(ref, art, atol * 0.999, 0.1, "onnxruntime")
     assert passing_atol(ref, ref, 0.1) == 0.0
     assert passing_atol(ref, ref * 1.05, 0.1) == 0.0  # every element within rtol
+    nan = art.copy()
+    nan[3, 4] = np.nan
+    assert passing_atol(ref, nan, 0.1) == np.inf and not _polygraphy_compare(ref, nan, 1e9, 0.1, "onnxruntime")
     assert _ceil_digits(0.5487) == "0.549" and float(_ceil_digits(0.54849)) >= 0.54849 and _ceil_digits(0) == "0"

@@ -243,9 +243,12 @@ def _polygraphy_compare(ref: np.ndarray, art: np.ndarray, atol: float, rtol: flo
 
 def passing_atol(ref: np.ndarray, art: np.ndarray, rtol: float) -> float:
     """The smallest atol at which `_polygraphy_compare` passes at this rtol: an element fails Polygraphy's
-    elementwise check only when its absolute difference exceeds atol and its relative one (to |ref|) rtol."""
+    elementwise check only when its absolute difference exceeds atol and its relative one (to |ref|) rtol.
+    NaN or Inf in either -> inf (Polygraphy fails those elements at any tolerance)."""
     ref = ref.astype(np.float64)
     diff = np.abs(art.astype(np.float64) - ref)
+    if not np.isfinite(diff).all():
+        return math.inf
     rel = diff / np.where(ref == 0, np.finfo(np.float64).eps, np.abs(ref))
     over = diff[rel > rtol]
     return float(over.max()) if over.size else 0.0
@@ -351,12 +354,13 @@ def verify(ckpt: str | os.PathLike, artifact: str | os.PathLike, *, data: str = 
     worst = report.numerics["max_abs_err"]
     ref_logits, art_logits = np.concatenate(same_ref), np.concatenate(same_art)
     within = _polygraphy_compare(ref_logits, art_logits, atol, rtol, runtime)
-    report.numerics["passing_atol"] = passing_atol(ref_logits, art_logits, rtol)
+    needed = passing_atol(ref_logits, art_logits, rtol)
+    report.numerics["passing_atol"] = needed if math.isfinite(needed) else None
+    hint = ("" if within or not ref_logits.size else "; non-finite logits: no --atol passes" if math.isinf(needed)
+            else f"; passes at this rtol with --atol {_ceil_digits(needed)}")
     report.checks.append(Check("logits_within_tolerance", within, worst, atol, "<=",
                                f"Polygraphy elementwise compare over the {sum(kc_agree)} samples with equal "
-                               f"keep_counts (atol {atol}, rtol {rtol}); max |artifact - pytorch| shown"
-                               + ("" if within or not ref_logits.size else
-                                  f"; passes at this rtol with --atol {_ceil_digits(report.numerics['passing_atol'])}")))
+                               f"keep_counts (atol {atol}, rtol {rtol}); max |artifact - pytorch| shown" + hint))
     report.checks.append(Check("argmax_agreement", report.numerics["argmax_agreement"] >= min_agreement,
                                report.numerics["argmax_agreement"], min_agreement, ">="))
     report.checks.append(Check("keep_counts_agreement", report.numerics["keep_counts_agreement"] >= min_agreement,
