@@ -249,6 +249,7 @@ def train(
     """Fine-tune the backbone (--no-trim) or train SmartTrim trimmers with self-distillation and a curriculum."""
     from .train import TrainConfig
     from .train import train as run_train
+    from .train.loop import budget_warning
 
     if out is None and not resume:
         raise typer.BadParameter("--out is required (except with --resume)", param_hint="--out")
@@ -277,6 +278,9 @@ def train(
     typer.echo(f"done: {result.steps_done} steps in {result.seconds:.0f} s; best {result.out} "
                f"(step {b.get('step')}, val acc {100 * acc:.2f}%, FLOPs ratio {b.get('val_ratio_mean', 1.0):.3f}); "
                f"latest {result.last}" if acc is not None else f"done: {result.steps_done} steps; {result.out}")
+    warning = budget_warning(result)
+    if warning:
+        typer.echo(warning, err=True)
 
 
 @app.command("pretrain")

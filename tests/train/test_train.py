@@ -14,7 +14,7 @@ import trimkit
 from trimkit.checkpoint import read_checkpoint
 from trimkit.factory import new_model
 from trimkit.train import SmartTrimObjective, TrainConfig, last_path, train
-from trimkit.train.loop import with_trim_config
+from trimkit.train.loop import TrainResult, budget_warning, with_trim_config
 from trimkit.train.objective import kl_teacher_student
 from trimkit.trimmers import BatchNoise
 
@@ -289,6 +289,35 @@ def test_resume_equals_uninterrupted(base_ckpt, jsonl_data, tmp_path):
     assert half_seconds + 0.5 * this_session < b["train_state"]["seconds"] <= resumed.seconds
 
 
+def test_training_gate_ratio_is_recorded_beside_the_deterministic_one(base_ckpt, jsonl_data, tmp_path):
+    trimmed = train(base_ckpt, cfg_for(jsonl_data, tmp_path / "t.pt", steps=4, eval_every=2), show_progress=False)
+    assert [h["step"] for h in trimmed.history] == [2, 4]
+    assert all(0.0 < h["train_ratio_mean"] <= 1.5 for h in trimmed.history)
+    assert trimmed.config.target_ratio == 0.5 and trimmed.config.out == str(tmp_path / "t.pt")
+    backbone = train(base_ckpt, cfg_for(jsonl_data, tmp_path / "b.pt", steps=2, eval_every=2, no_trim=True),
+                     show_progress=False)
+    assert "train_ratio_mean" not in backbone.history[0]
+
+
+def test_budget_warning_flags_a_checkpoint_off_its_target(tmp_path):
+    def result(val, gates, **cfg):
+        history = [{"step": 10, "val_ratio_mean": 0.9, "train_ratio_mean": 0.9},
+                   {"step": 20, "val_ratio_mean": val, "train_ratio_mean": gates}]
+        return TrainResult(tmp_path / "t.pt", tmp_path / "t.last.pt", 20, 20, False,
+                           {"step": 20, "val_accuracy": 0.9, "val_ratio_mean": val}, history, 1.0,
+                           TrainConfig(target_ratio=0.5, **cfg))
+
+    w = budget_warning(result(0.31, 0.505))
+    assert w.startswith("warning:") and "0.310" in w and "0.505" in w and "Gumbel" in w
+    assert f"trimkit calibrate budget {tmp_path / 't.pt'} --target 0.5" in w and "\n" not in w
+    w = budget_warning(result(0.7, 0.7))  # the training gates missed it too: no claim about the noise
+    assert "0.700" in w and "Gumbel" not in w
+    assert budget_warning(result(0.54, 0.5)) is None  # within 0.05
+    assert budget_warning(result(0.46, 0.3)) is None
+    assert budget_warning(result(1.0, None, no_trim=True)) is None
+    assert budget_warning(dataclasses.replace(result(0.3, 0.5), best=None)) is None  # stopped before any evaluation
+
+
 def test_refuses_to_overwrite_and_resume_without_state(base_ckpt, jsonl_data, tmp_path):
     from trimkit.errors import BadInputError
 
@@ -339,6 +368,10 @@ def test_two_process_ddp_equals_one_process(base_ckpt, jsonl_data, tmp_path):
     b = read_checkpoint(tmp_path / "two.last.pt")["state_dict"]
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     assert worst < 1e-5, worst
+    ha = read_checkpoint(tmp_path / "one.last.pt")["train_state"]["history"][-1]
+    hb = read_checkpoint(tmp_path / "two.last.pt")["train_state"]["history"][-1]
+    assert ha["train_ratio_mean"] == pytest.approx(hb["train_ratio_mean"], abs=1e-6)  # the global batch's ratio
+    assert two.stderr.count("warning: the best checkpoint") == one.stderr.count("warning: the best checkpoint") <= 1
     changed = max((a[k].float() - read_checkpoint(base_ckpt)["state_dict"][k].float()).abs().max().item() for k in a)
     assert changed > 1e-4  # the runs did train
 

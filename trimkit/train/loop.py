@@ -4,7 +4,9 @@
   `--resume` continues bit-for-bit, and two processes under torchrun give the result of one
   process with the same global batch.
 - Evaluation every epoch (or `eval_every` steps) on the validation split: accuracy of the
-  pruned model in `prune` mode and the per-instance FLOPs ratio (mean, spread).
+  pruned model in `prune` mode and the per-instance FLOPs ratio (mean, spread), beside the mean ratio of
+  the training (Gumbel) gates since the last evaluation; `budget_warning` flags a best checkpoint whose
+  deterministic gates miss the budget.
 - `<out>` holds the best checkpoint (best validation accuracy once the curriculum has reached
   its final target; with a decision margin, ties go to the checkpoint whose decisions sit farther from
   their thresholds: p1 over questions of the closest one, relative to its scale — `trimkit eval`'s
@@ -38,7 +40,7 @@ from .evaluate import evaluate
 from .objective import SmartTrimObjective
 from .pretrain import check_pretrain_seed
 
-__all__ = ["train", "TrainResult", "last_path", "with_trim_config"]
+__all__ = ["train", "TrainResult", "budget_warning", "last_path", "with_trim_config"]
 
 
 @dataclass
@@ -51,6 +53,7 @@ class TrainResult:
     best: dict[str, Any] | None
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    config: TrainConfig | None = None  # the run's own (from the train state under --resume)
 
 
 def last_path(out: str | Path) -> Path:
@@ -223,10 +226,12 @@ def _train(ckpt, cfg, *, resume, force, console, show_progress, stop_at_step, di
     model.train()
     opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999))
     step, best, history, earlier = 0, None, [], 0.0
+    gates = [0.0, 0]  # sum and count of the training (Gumbel) gates' batch FLOPs ratios since the last evaluation
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         step, best, history = int(state["step"]), state.get("best"), list(state.get("history", []))
         earlier = float(state.get("seconds", 0.0))  # wall time of the run's earlier sessions
+        gates = list(state.get("train_gates", gates))
     objective: torch.nn.Module = SmartTrimObjective(model, cfg)
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -237,7 +242,7 @@ def _train(ckpt, cfg, *, resume, force, console, show_progress, stop_at_step, di
 
     def train_state(at: int) -> dict:
         return {"config": cfg.to_dict(), "step": at, "total_steps": total, "optimizer": opt.state_dict(),
-                "best": best, "history": history, "rng": torch.get_rng_state(),
+                "best": best, "history": history, "rng": torch.get_rng_state(), "train_gates": list(gates),
                 "seconds": earlier + time.perf_counter() - t0}
 
     def save_best(at: int, metrics: dict) -> None:
@@ -274,11 +279,15 @@ def _train(ckpt, cfg, *, resume, force, console, show_progress, stop_at_step, di
                 torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
             opt.step()
             step += 1
+            gates[0], gates[1] = gates[0] + float(parts.ratio), gates[1] + 1
             progress.update(step, parts.floats() | {"target": target, "acc": float(parts.correct) / len(idx)})
             if step % eval_every == 0 or step == total:
+                since_eval, gates = gates[0] / max(1, gates[1]), [0.0, 0]  # the saved state starts a new span
                 if dist.main:
                     metrics = _evaluation(model, data.val, cfg, eval_mode)
                     metrics["step"], metrics["target"] = step, target
+                    if not cfg.no_trim:
+                        metrics["train_ratio_mean"] = since_eval
                     history.append(metrics)
                     progress.log(_eval_line(metrics, eval_mode))
                     eligible = cfg.no_trim or cfg.curriculum_done(step, total)
@@ -296,7 +305,7 @@ def _train(ckpt, cfg, *, resume, force, console, show_progress, stop_at_step, di
                         "val_ratio_mean": final.get("val_ratio_mean")}
                 save_best(step, final)
     barrier(dist)
-    return TrainResult(out, last, step, total, interrupted, best, history, earlier + time.perf_counter() - t0)
+    return TrainResult(out, last, step, total, interrupted, best, history, earlier + time.perf_counter() - t0, cfg)
 
 
 def _evaluation(model: MeterModel, split, cfg: TrainConfig, mode: str) -> dict[str, Any]:
@@ -312,6 +321,29 @@ def _evaluation(model: MeterModel, split, cfg: TrainConfig, mode: str) -> dict[s
     return out
 
 
+RATIO_TOLERANCE = 0.05  # how far a trained checkpoint's mean FLOPs ratio may land from --target-ratio unremarked
+
+
+def budget_warning(result: TrainResult) -> str | None:
+    """One line when a SmartTrim run's best checkpoint misses its FLOPs budget in `prune` mode by more than
+    RATIO_TOLERANCE, else None. The ratio term steers the training gates (stochastic Gumbel-sigmoid); when many
+    gate logits sit near the threshold the noise keeps tokens the deterministic gate drops (or the reverse), and
+    the two ratios part. `trimkit calibrate budget` shifts the thresholds to the budget without retraining."""
+    b, cfg = result.best or {}, result.config
+    ratio = b.get("val_ratio_mean")
+    if cfg is None or cfg.no_trim or ratio is None or abs(ratio - cfg.target_ratio) <= RATIO_TOLERANCE:
+        return None
+    at = next((h for h in result.history if h.get("step") == b.get("step")), {})
+    gates = at.get("train_ratio_mean")
+    why = (f" (the training gates averaged {gates:.3f} before it: the gate logits sit near the threshold, where "
+           "the Gumbel noise decides)" if gates is not None and abs(gates - cfg.target_ratio) <= RATIO_TOLERANCE
+           else "")
+    return (f"warning: the best checkpoint's mean FLOPs ratio in prune mode is {ratio:.3f}, "
+            f"off --target-ratio {cfg.target_ratio:g} by more than {RATIO_TOLERANCE}{why}; "
+            f"`trimkit calibrate budget {result.out} --target {cfg.target_ratio:g} --out OUT` moves the thresholds "
+            "to the budget without retraining")
+
+
 def _rank(m: dict[str, Any]) -> tuple[float, float]:
     """Checkpoint order: validation accuracy, then (decision-margin runs) the closest-decision p1."""
     return m["val_accuracy"], m.get("val_closest_p1") or 0.0
@@ -323,6 +355,8 @@ def _eval_line(m: dict, mode: str) -> str:
         s += (f", full {100 * m['val_accuracy_full']:.2f}%, FLOPs ratio {m['val_ratio_mean']:.3f} "
               f"± {m['val_ratio_std']:.3f} (p10 {m['val_ratio_p10']:.3f}, p90 {m['val_ratio_p90']:.3f}), "
               f"target {m['target']:.3f}")
+        if m.get("train_ratio_mean") is not None:
+            s += f", training gates {m['train_ratio_mean']:.3f}"
     if m.get("val_closest_p1") is not None:
         s += f", closest decision p1 {m['val_closest_p1']:.3g} of its scale"
     return s
