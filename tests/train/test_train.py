@@ -290,32 +290,56 @@ def test_resume_equals_uninterrupted(base_ckpt, jsonl_data, tmp_path):
 
 
 def test_training_gate_ratio_is_recorded_beside_the_deterministic_one(base_ckpt, jsonl_data, tmp_path):
-    trimmed = train(base_ckpt, cfg_for(jsonl_data, tmp_path / "t.pt", steps=4, eval_every=2), show_progress=False)
-    assert [h["step"] for h in trimmed.history] == [2, 4]
-    assert all(0.0 < h["train_ratio_mean"] <= 1.5 for h in trimmed.history)
-    assert trimmed.config.target_ratio == 0.5 and trimmed.config.out == str(tmp_path / "t.pt")
+    kw = dict(steps=4, warmup_frac=0.5)
+    twice = train(base_ckpt, cfg_for(jsonl_data, tmp_path / "t2.pt", eval_every=2, **kw), show_progress=False)
+    once = train(base_ckpt, cfg_for(jsonl_data, tmp_path / "t4.pt", eval_every=4, **kw), show_progress=False)
+    assert [h["step"] for h in twice.history] == [2, 4] and [h["step"] for h in once.history] == [4]
+    # each evaluation averages the steps since the one before (the accumulator restarts there)
+    for key in ("train_ratio_mean", "train_target_mean"):
+        assert once.history[0][key] == pytest.approx(sum(h[key] for h in twice.history) / 2, abs=1e-6)
+    cfg = twice.config  # the targets the curriculum set at steps 0-1 and 2-3 of 4 (ramp over 2 steps)
+    assert [h["train_target_mean"] for h in twice.history] == pytest.approx(
+        [(cfg.target_at(0, 4) + cfg.target_at(1, 4)) / 2, 0.5])
+    assert twice.history[0]["train_ratio_mean"] != twice.history[1]["train_ratio_mean"]
+    assert cfg.target_ratio == 0.5 and cfg.out == str(tmp_path / "t2.pt")
     backbone = train(base_ckpt, cfg_for(jsonl_data, tmp_path / "b.pt", steps=2, eval_every=2, no_trim=True),
                      show_progress=False)
     assert "train_ratio_mean" not in backbone.history[0]
 
 
 def test_budget_warning_flags_a_checkpoint_off_its_target(tmp_path):
+    out = tmp_path / "my runs" / "t.pt"
+
     def result(val, gates, **cfg):
-        history = [{"step": 10, "val_ratio_mean": 0.9, "train_ratio_mean": 0.9},
-                   {"step": 20, "val_ratio_mean": val, "train_ratio_mean": gates}]
-        return TrainResult(tmp_path / "t.pt", tmp_path / "t.last.pt", 20, 20, False,
-                           {"step": 20, "val_accuracy": 0.9, "val_ratio_mean": val}, history, 1.0,
-                           TrainConfig(target_ratio=0.5, **cfg))
+        history = [{"step": 10, "val_ratio_mean": 0.9, "train_ratio_mean": 0.9, "train_target_mean": 0.8},
+                   {"step": 20, "val_ratio_mean": val, "train_ratio_mean": gates, "train_target_mean": 0.5}]
+        return TrainResult(out, last_path(out), 20, 20, False, {"step": 20, "val_accuracy": 0.9, "val_ratio_mean": val},
+                           history, 1.0, TrainConfig(target_ratio=0.5, data="mine.jsonl", seed=3, **cfg))
 
     w = budget_warning(result(0.31, 0.505))
-    assert w.startswith("warning:") and "0.310" in w and "0.505" in w and "Gumbel" in w
-    assert f"trimkit calibrate budget {tmp_path / 't.pt'} --target 0.5" in w and "\n" not in w
-    w = budget_warning(result(0.7, 0.7))  # the training gates missed it too: no claim about the noise
+    assert w.startswith("warning:") and "0.310" in w and "0.505" in w and "0.500" in w and "Gumbel" in w
+    assert f"`trimkit calibrate budget '{out}' --data mine.jsonl --target 0.5 --seed 3 --out OUT`" in w
+    assert "\n" not in w
+    w = budget_warning(result(0.7, 0.7))  # the training gates missed their target too: no claim about the noise
     assert "0.700" in w and "Gumbel" not in w
     assert budget_warning(result(0.54, 0.5)) is None  # within 0.05
     assert budget_warning(result(0.46, 0.3)) is None
     assert budget_warning(result(1.0, None, no_trim=True)) is None
     assert budget_warning(dataclasses.replace(result(0.3, 0.5), best=None)) is None  # stopped before any evaluation
+
+
+def test_cli_warns_about_a_missed_budget_with_the_resumed_runs_own_target(base_ckpt, jsonl_data, tmp_path):
+    # no ratio term: the gates (initialised to keep everything) stay near ratio 1.0, far from the target 0.3
+    cfg = cfg_for(jsonl_data, tmp_path / "w.pt", steps=4, eval_every=2, target_ratio=0.3, ratio_weight=0.0,
+                  no_curriculum=True, seed=2)
+    half = train(base_ckpt, cfg, show_progress=False, stop_at_step=3)
+    proc = _cli("train", str(half.last), "--resume", "--quiet")
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert "done: 4 steps" in stdout
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("warning:")]
+    assert len(lines) == 1 and "off --target-ratio 0.3 " in lines[0]
+    assert f"--data {jsonl_data} --target 0.3 --seed 2 --out OUT" in lines[0]
 
 
 def test_refuses_to_overwrite_and_resume_without_state(base_ckpt, jsonl_data, tmp_path):

@@ -5,8 +5,8 @@
   process with the same global batch.
 - Evaluation every epoch (or `eval_every` steps) on the validation split: accuracy of the
   pruned model in `prune` mode and the per-instance FLOPs ratio (mean, spread), beside the mean ratio of
-  the training (Gumbel) gates since the last evaluation; `budget_warning` flags a best checkpoint whose
-  deterministic gates miss the budget.
+  the training (Gumbel) gates since the last evaluation (and of the curriculum target they were steered to);
+  `budget_warning` flags a best checkpoint whose deterministic gates miss the budget.
 - `<out>` holds the best checkpoint (best validation accuracy once the curriculum has reached
   its final target; with a decision margin, ties go to the checkpoint whose decisions sit farther from
   their thresholds: p1 over questions of the closest one, relative to its scale — `trimkit eval`'s
@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 import signal
 import threading
 import time
@@ -226,7 +227,8 @@ def _train(ckpt, cfg, *, resume, force, console, show_progress, stop_at_step, di
     model.train()
     opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999))
     step, best, history, earlier = 0, None, [], 0.0
-    gates = [0.0, 0]  # sum and count of the training (Gumbel) gates' batch FLOPs ratios since the last evaluation
+    gates = [0.0, 0.0, 0]  # since the last evaluation: sums of the training (Gumbel) gates' batch FLOPs ratio and
+    # of the curriculum target it was steered to, and the step count
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         step, best, history = int(state["step"]), state.get("best"), list(state.get("history", []))
@@ -279,15 +281,15 @@ def _train(ckpt, cfg, *, resume, force, console, show_progress, stop_at_step, di
                 torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
             opt.step()
             step += 1
-            gates[0], gates[1] = gates[0] + float(parts.ratio), gates[1] + 1
+            gates = [gates[0] + float(parts.ratio), gates[1] + target, gates[2] + 1]
             progress.update(step, parts.floats() | {"target": target, "acc": float(parts.correct) / len(idx)})
             if step % eval_every == 0 or step == total:
-                since_eval, gates = gates[0] / max(1, gates[1]), [0.0, 0]  # the saved state starts a new span
+                span, gates = [g / max(1, gates[2]) for g in gates[:2]], [0.0, 0.0, 0]  # saved state: a new span
                 if dist.main:
                     metrics = _evaluation(model, data.val, cfg, eval_mode)
                     metrics["step"], metrics["target"] = step, target
                     if not cfg.no_trim:
-                        metrics["train_ratio_mean"] = since_eval
+                        metrics["train_ratio_mean"], metrics["train_target_mean"] = span
                     history.append(metrics)
                     progress.log(_eval_line(metrics, eval_mode))
                     eligible = cfg.no_trim or cfg.curriculum_done(step, total)
@@ -334,14 +336,16 @@ def budget_warning(result: TrainResult) -> str | None:
     if cfg is None or cfg.no_trim or ratio is None or abs(ratio - cfg.target_ratio) <= RATIO_TOLERANCE:
         return None
     at = next((h for h in result.history if h.get("step") == b.get("step")), {})
-    gates = at.get("train_ratio_mean")
-    why = (f" (the training gates averaged {gates:.3f} before it: the gate logits sit near the threshold, where "
-           "the Gumbel noise decides)" if gates is not None and abs(gates - cfg.target_ratio) <= RATIO_TOLERANCE
-           else "")
+    gates, steered = at.get("train_ratio_mean"), at.get("train_target_mean")
+    why = ""
+    if gates is not None and steered is not None and abs(gates - steered) <= RATIO_TOLERANCE:
+        why = (f" while the training gates before it averaged {gates:.3f} against their curriculum target "
+               f"{steered:.3f}: likely many gate logits near the threshold, where the Gumbel noise decides")
+    command = shlex.join(["trimkit", "calibrate", "budget", str(result.out), "--data", cfg.data,
+                          "--target", f"{cfg.target_ratio:g}", "--seed", str(cfg.seed)])
     return (f"warning: the best checkpoint's mean FLOPs ratio in prune mode is {ratio:.3f}, "
             f"off --target-ratio {cfg.target_ratio:g} by more than {RATIO_TOLERANCE}{why}; "
-            f"`trimkit calibrate budget {result.out} --target {cfg.target_ratio:g} --out OUT` moves the thresholds "
-            "to the budget without retraining")
+            f"`{command} --out OUT` moves the thresholds to the budget without retraining")
 
 
 def _rank(m: dict[str, Any]) -> tuple[float, float]:
@@ -356,7 +360,7 @@ def _eval_line(m: dict, mode: str) -> str:
               f"± {m['val_ratio_std']:.3f} (p10 {m['val_ratio_p10']:.3f}, p90 {m['val_ratio_p90']:.3f}), "
               f"target {m['target']:.3f}")
         if m.get("train_ratio_mean") is not None:
-            s += f", training gates {m['train_ratio_mean']:.3f}"
+            s += f", training gates {m['train_ratio_mean']:.3f} (their target {m['train_target_mean']:.3f})"
     if m.get("val_closest_p1") is not None:
         s += f", closest decision p1 {m['val_closest_p1']:.3g} of its scale"
     return s
