@@ -222,7 +222,7 @@ def write_markdown(rec: dict) -> None:
             check = "thresholds moved to the target (`calibrate budget`, no training)"
         elif name.startswith("smarttrim"):
             ok_acc = base is not None and 100 * (base - r["accuracy"]) <= LIMITS[t]
-            ok_ratio = abs(r["flops_ratio"] - t) <= 0.05
+            ok_ratio = abs(r["flops_ratio"] - t) <= RATIO_TOLERANCE
             check = (f"loss ≤ {LIMITS[t]}: {'pass' if ok_acc else 'FAIL'}; "
                      f"ratio ±0.05: {'pass' if ok_ratio else 'FAIL'}")
         else:

@@ -281,8 +281,9 @@ def _train(ckpt, cfg, *, resume, force, console, show_progress, stop_at_step, di
                 torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
             opt.step()
             step += 1
-            gates = [gates[0] + float(parts.ratio), gates[1] + target, gates[2] + 1]
-            progress.update(step, parts.floats() | {"target": target, "acc": float(parts.correct) / len(idx)})
+            floats = parts.floats()
+            gates = [gates[0] + floats["ratio"], gates[1] + target, gates[2] + 1]
+            progress.update(step, floats | {"target": target, "acc": float(parts.correct) / len(idx)})
             if step % eval_every == 0 or step == total:
                 span, gates = [g / max(1, gates[2]) for g in gates[:2]], [0.0, 0.0, 0]  # saved state: a new span
                 if dist.main:
