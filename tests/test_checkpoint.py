@@ -33,6 +33,26 @@ def test_round_trip_is_bit_exact(pruning_model, tmp_path):
     assert raw["trimkit_version"] == trimkit.__version__
 
 
+def test_fp16_storage_loads_the_rounded_model_exactly(pruning_model, tmp_path):
+    """fp16 storage halves the file; loading gives float32 parameters equal to the fp16-rounded weights, so a
+    second fp16 save of the loaded model is byte-for-byte the same weights (nothing drifts on re-export)."""
+    full, half = tmp_path / "full.pt", tmp_path / "half.pt"
+    trimkit.save_checkpoint(pruning_model, full)
+    trimkit.save_checkpoint(pruning_model, half, storage="fp16")
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = trimkit.load_checkpoint(half)
+    for k, v in pruning_model.state_dict().items():
+        got = loaded.state_dict()[k]
+        assert got.dtype == v.dtype
+        expect = v.half().float() if v.is_floating_point() else v
+        assert torch.equal(got, expect), k
+    raw = torch.load(half, weights_only=True)
+    assert raw["storage"] == "fp16"
+    assert all(t.dtype == torch.float16 for t in raw["state_dict"].values() if t.is_floating_point())
+    with pytest.raises(ValueError, match="unknown storage"):
+        checkpoint_dict(pruning_model, storage="int4")
+
+
 def test_refuses_overwrite_without_force(tiny_model, tmp_path):
     path = tmp_path / "m.pt"
     trimkit.save_checkpoint(tiny_model, path)

@@ -1,7 +1,11 @@
-"""Checkpoints: a plain dict of tensors and JSON-like values (DESIGN.md §4).
+"""Checkpoints: a plain dict of tensors and JSON-like values.
 
 Read with `torch.load(path, weights_only=True)` only: a file that carries pickled code is
 refused without running it. Written atomically; never overwritten without `force`.
+
+`storage="fp16"` stores the floating-point weights as float16 (half the bytes: the model that ships
+with the repository); loading casts them back to the model's float32 parameters, so the model that
+runs is exactly the fp16-rounded one, and that is the model every shipped number was measured on.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "re
 
 FORMAT = "trimkit-checkpoint"
 FORMAT_VERSION = 1
+STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 _REQUIRED = ("format", "format_version", "trimkit_version", "model_config", "trim_config", "labels", "state_dict")
 
 
@@ -41,8 +46,13 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def checkpoint_dict(model: MeterModel, *, train_state: dict | None = None, meta: dict | None = None) -> dict[str, Any]:
-    """The checkpoint contents of `model` (its `labels` and `tokenizer` attributes included)."""
+def checkpoint_dict(model: MeterModel, *, train_state: dict | None = None, meta: dict | None = None,
+                    storage: str = "fp32") -> dict[str, Any]:
+    """The checkpoint contents of `model` (its `labels` and `tokenizer` attributes included); `storage`
+    "fp16" keeps floating-point tensors as float16 (integer buffers stay as they are)."""
+    if storage not in STORAGE_DTYPES:
+        raise ValueError(f"unknown storage {storage!r}; choose {' or '.join(STORAGE_DTYPES)}")
+    dtype = STORAGE_DTYPES[storage]
     labels = list(getattr(model, "labels", None) or [])
     if len(labels) != model.config.num_labels:
         raise BadInputError(f"model has {model.config.num_labels} outputs but {len(labels)} labels")
@@ -56,7 +66,9 @@ def checkpoint_dict(model: MeterModel, *, train_state: dict | None = None, meta:
         "labels": labels,
         "tokenizer": tok.to_dict() if tok is not None else None,
         "meta": dict(getattr(model, "meta", None) or {}) | dict(meta or {}),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "storage": storage,
+        "state_dict": {k: v.detach().cpu().to(dtype if v.is_floating_point() else v.dtype).clone()
+                       for k, v in model.state_dict().items()},
     }
     if train_state is not None:
         ckpt["train_state"] = train_state
@@ -70,9 +82,10 @@ def save_checkpoint(
     force: bool = False,
     train_state: dict | None = None,
     meta: dict | None = None,
+    storage: str = "fp32",
 ) -> Path:
-    """Write `model` (plus optional train state) to `path` atomically."""
-    ckpt = checkpoint_dict(model, train_state=train_state, meta=meta)
+    """Write `model` (plus optional train state) to `path` atomically; `storage="fp16"`: see the module doc."""
+    ckpt = checkpoint_dict(model, train_state=train_state, meta=meta, storage=storage)
     return atomic_write(path, lambda tmp: torch.save(ckpt, tmp), force=force)
 
 
@@ -107,6 +120,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     missing = [k for k in _REQUIRED if k not in obj]
     if missing:
         raise BadInputError(f"{p}: checkpoint lacks {', '.join(missing)}")
+    if obj.get("storage", "fp32") not in STORAGE_DTYPES:
+        raise BadInputError(f"{p}: unknown weight storage {obj.get('storage')!r}")
     return obj
 
 
