@@ -67,21 +67,32 @@ def _write(tmp_path, lines):
     ({"image": "img.png", "question": "  ?? ", "answer": "yes"}, "empty question"),
     ({"image": "img.png", "question": "is it?"}, "missing or non-string field"),
     ("{not json", "not valid JSON"),
+    ({"image": "broken.png", "question": "is it red?", "answer": "yes"}, "broken.png is not readable"),
 ])
 def test_jsonl_errors_name_file_and_line(tmp_path, record, message):
     from PIL import Image
 
     Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     good = {"image": "img.png", "question": "is it red?", "answer": "yes"}
     p = _write(tmp_path, [good, record])
     with pytest.raises(BadInputError, match=f"{p}:2: .*{message}"):
         read_jsonl(p)
 
 
+def test_non_utf8_jsonl_names_the_line(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(b'\n{"question": "caf\xe9"}\n')  # line 1 blank, line 2 Latin-1
+    with pytest.raises(BadInputError, match=f"{p}:2: not UTF-8 text"):
+        read_jsonl(p)
+
+
 def test_unknown_answers_are_refused(jsonl_data):
     lab, texts = task_vocabulary(str(jsonl_data))
     tok = WordTokenizer.build(texts, max_len=16)
-    with pytest.raises(BadInputError, match="not among the model's labels"):
+    first = next(n for n, line in enumerate(jsonl_data.read_text().splitlines(), 1)
+                 if json.loads(line)["answer"] == lab[-1])
+    with pytest.raises(BadInputError, match=f"{jsonl_data}:{first}: answers not among the model's labels"):
         load_dataset(str(jsonl_data), tokenizer=tok, labels=lab[:-1], image_size=32)
 
 

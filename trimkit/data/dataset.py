@@ -114,18 +114,34 @@ def _raw_shapes(split: str, image_size: int, seed: int) -> dict:
                     seed=seed * 2 + (0 if split == "train" else 1))
 
 
+def _check_image(path: Path, where: str) -> None:
+    """The file is an image PIL can decode (header and structure; `verify` reads no pixel data)."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:
+        raise BadInputError(f"{where}: image {path} is not readable ({type(e).__name__})") from None
+
+
 def read_jsonl(path: str | Path) -> dict:
-    """Parse a JSONL dataset; every problem names the file and line."""
+    """Parse a JSONL dataset; every problem names the file and line. Each distinct image is checked to be a
+    readable image here, at load time, so a bad file is refused before any model is built or trained."""
     p = Path(path)
     if not p.exists():
         raise BadInputError(f"{p}: no such file")
+    if p.is_dir():
+        raise BadInputError(f"{p}: is a directory, not a JSONL file")
     images: dict[Path, int] = {}
-    image_index, questions, answers = [], [], []
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    image_index, questions, answers, lines = [], [], [], []
+    with open(p, "rb") as f:
+        for n, raw_line in enumerate(f, 1):
+            where = f"{p}:{n}"
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadInputError(f"{where}: not UTF-8 text") from None
             if not line.strip():
                 continue
-            where = f"{p}:{n}"
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
@@ -140,15 +156,18 @@ def read_jsonl(path: str | Path) -> dict:
             if not rec["answer"].strip():
                 raise BadInputError(f"{where}: empty answer")
             img = (p.parent / rec["image"]).resolve()
-            if not img.exists():
-                raise BadInputError(f"{where}: image {rec['image']} does not exist")
+            if img not in images:
+                if not img.is_file():
+                    raise BadInputError(f"{where}: image {rec['image']} does not exist")
+                _check_image(img, where)
             image_index.append(images.setdefault(img, len(images)))
             questions.append(rec["question"])
             answers.append(rec["answer"].strip())
+            lines.append(n)
     if not questions:
         raise BadInputError(f"{p}: no records")
     return {"image_paths": list(images), "image_index": image_index, "questions": questions,
-            "answers": answers, "extra": {}}
+            "answers": answers, "lines": lines, "extra": {}}
 
 
 def _is_jsonl(spec: str) -> bool:
@@ -185,7 +204,9 @@ def encode_split(raw: dict, *, tokenizer: WordTokenizer | WordPieceTokenizer, la
     unknown = sorted({a for a in raw["answers"] if a not in label_id})
     if unknown:
         shown = ", ".join(repr(a) for a in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        raise BadInputError(f"{source}: answers not among the model's labels: {shown}")
+        first = raw["answers"].index(unknown[0])
+        where = f"{source}:{raw['lines'][first]}" if "lines" in raw else source  # JSONL: the first line at fault
+        raise BadInputError(f"{where}: answers not among the model's labels: {shown}")
     if "images" in raw:
         imgs = np.stack([_resize(im, image_size) for im in raw["images"]])
     else:
