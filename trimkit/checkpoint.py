@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -97,10 +98,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if p.is_dir():
         raise BadInputError(f"{p}: is a directory, not a checkpoint")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols; the error below says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many types on foreign or damaged files
         msg = str(e).strip()
-        if isinstance(e, pickle.UnpicklingError) and "GLOBAL" in msg:
+        if isinstance(e, pickle.UnpicklingError) and ("GLOBAL" in msg or _pickles_code(p)):
             raise BadInputError(
                 f"{p}: refused: the file holds pickled objects other than tensors and plain containers "
                 "(possibly code); trimkit never unpickles code") from None
@@ -123,6 +126,22 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if obj.get("storage", "fp32") not in STORAGE_DTYPES:
         raise BadInputError(f"{p}: unknown weight storage {obj.get('storage')!r}")
     return obj
+
+
+_CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+
+
+def _pickles_code(path: Path) -> bool:
+    """Whether a raw (non-zip) pickle names callables or classes: its opcodes are scanned, never executed."""
+    import pickletools
+
+    if zipfile.is_zipfile(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return any(op.name in _CODE_OPCODES for op, _, _ in pickletools.genops(f))
+    except Exception:  # not a pickle at all, or cut short before any such opcode
+        return False
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike = "<checkpoint>") -> MeterModel:
