@@ -26,8 +26,8 @@ from .config import (
     TOKEN_MODALITIES,
     TRAIN_PRECISIONS,
 )
+from .contract import DEFAULT_OPSET
 from .errors import TrimkitError
-from .export import DEFAULT_OPSET
 
 __all__ = ["app", "main"]
 

@@ -9,35 +9,29 @@ the CLI), a mismatched checkpoint/artifact or bad input -> exit 2.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint, weights_digest
+from .checkpoint import load_checkpoint
+from .contract import INPUT_NAMES, TRIM_MODE_OF, artifact_metadata, check_match, tolerance
 from .errors import BadInputError
 from .export.inputs import sample_inputs
-from .export.onnx import OUTPUT_NAMES, TRIM_MODE_OF, ort_session
 from .models import MeterModel
+from .runtime import load_runner, run_arrays
+from .runtime.timing import latency_summary, time_interleaved
+from .runtime.torch import TorchRunner
 
-__all__ = ["verify", "Check", "VerifyReport", "write_junit", "artifact_metadata", "check_match", "OrtRunner",
-           "TorchRunner", "time_interleaved", "latency_summary", "PRECISION_DEFAULTS"]
+__all__ = ["verify", "Check", "VerifyReport", "write_junit"]
 
-# Default tolerances per artifact precision. fp16 and int8 change the hidden states a trimmer
-# scores, so a few pruning decisions near the threshold may flip: int8 gates agreement at 98%.
-PRECISION_DEFAULTS = {
-    "fp32": {"atol": 1e-4, "rtol": 1e-3, "min_agreement": 0.99},
-    "fp16": {"atol": 5e-2, "rtol": 5e-2, "min_agreement": 0.99},
-    "int8": {"atol": 0.25, "rtol": 0.1, "min_agreement": 0.98},
-}
 
 
 @dataclass
@@ -72,108 +66,7 @@ class VerifyReport:
         return d
 
 
-# ----------------------------------------------------------------------------- runners
-
-
-class TorchRunner:
-    """PyTorch in one trim mode (optionally with its own TrimConfig on a shared model)."""
-
-    def __init__(self, model: MeterModel, mode: str, name: str | None = None, trim=None) -> None:
-        self.model, self.mode, self.trim, self.name = model, mode, trim, name or f"pytorch-{mode}"
-
-    @torch.no_grad()
-    def __call__(self, pv: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.trim is not None:
-            self.model.trim = self.trim
-        out = self.model(torch.from_numpy(pv), torch.from_numpy(ids), torch.from_numpy(mask), mode=self.mode)
-        return out.logits.numpy(), out.keep_counts.numpy()
-
-
-class OrtRunner:
-    def __init__(self, path: Path, threads: int | None, name: str = "artifact") -> None:
-        self.sess, self.name = ort_session(path, threads=threads), name
-
-    def __call__(self, pv, ids, mask):
-        logits, counts = self.sess.run(OUTPUT_NAMES, {"pixel_values": pv, "input_ids": ids, "attention_mask": mask})
-        return logits, counts
-
-
-class _TrtRunner:
-    """TensorRT engine runner (needs TensorRT, a GPU and torch CUDA for device buffers)."""
-
-    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
-        from .export.trt import check_trt_ready
-
-        trt, _ = check_trt_ready()
-        if not torch.cuda.is_available():
-            from .errors import MissingDependencyError
-
-            raise MissingDependencyError("running a TensorRT engine here needs a CUDA build of torch for device buffers")
-        self.trt = trt
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
-        if self.engine is None:
-            raise BadInputError(f"{path}: TensorRT could not deserialize the engine (other TensorRT version or GPU?)")
-        self.ctx = self.engine.create_execution_context()
-        self.profiles = manifest["profiles"]
-        self.num_labels = len(manifest["labels"])
-        self.name = "artifact"
-
-    def __call__(self, pv, ids, mask):
-        b, n = ids.shape
-        idx = next((i for i, p in enumerate(self.profiles) if p.contains(b, n)), None)
-        if idx is None:
-            raise BadInputError(f"batch {b}, text length {n} is outside every optimization profile of the engine")
-        stream = torch.cuda.current_stream()
-        self.ctx.set_optimization_profile_async(idx, stream.cuda_stream)
-        feeds = {"pixel_values": torch.from_numpy(pv).cuda(), "input_ids": torch.from_numpy(ids).cuda(),
-                 "attention_mask": torch.from_numpy(mask).cuda()}
-        for name, t in feeds.items():
-            self.ctx.set_input_shape(name, tuple(t.shape))
-            self.ctx.set_tensor_address(name, t.data_ptr())
-        logits = torch.empty(b, self.num_labels, device="cuda")
-        counts = torch.empty(tuple(self.ctx.get_tensor_shape("keep_counts")), dtype=torch.int64, device="cuda")
-        self.ctx.set_tensor_address("logits", logits.data_ptr())
-        self.ctx.set_tensor_address("keep_counts", counts.data_ptr())
-        if not self.ctx.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed")
-        stream.synchronize()
-        return logits.cpu().numpy(), counts.cpu().numpy()
-
-
 # ----------------------------------------------------------------------------- artifact
-
-
-def artifact_metadata(path: Path) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
-    """(runtime, trimkit metadata as dicts, manifest or None) of an .onnx or .plan artifact."""
-    if not path.exists():
-        raise BadInputError(f"{path}: no such file")
-    if path.suffix == ".onnx":
-        from .export.trt import onnx_model_config
-
-        _, meta = onnx_model_config(path)
-        cfg = json.loads(meta["trimkit_config"])
-        return "onnxruntime", {"mode": meta["trimkit_mode"], "config": cfg, "labels": json.loads(meta["labels"]),
-                               "weights": meta.get("trimkit_weights_sha256")}, None
-    if path.suffix in (".plan", ".engine", ".trt"):
-        from .export.manifest import read_manifest
-
-        man = read_manifest(path)
-        cfg = man["trimkit_config"]
-        return "tensorrt", {"mode": man["trimkit_mode"], "config": cfg, "labels": man["labels"],
-                            "weights": man.get("weights_sha256")}, man
-    raise BadInputError(f"{path}: unknown artifact type (expected .onnx or a TensorRT .plan with its manifest)")
-
-
-def check_match(model: MeterModel, ckpt: Path, art: Path, meta: dict[str, Any]) -> None:
-    cfg = meta["config"]
-    if cfg.get("model_config") != model.config.to_dict():
-        diff = sorted(k for k, v in model.config.to_dict().items() if cfg.get("model_config", {}).get(k) != v)
-        raise BadInputError(f"{art} does not match {ckpt}: model config differs ({', '.join(diff) or 'fields'})")
-    if meta["labels"] != list(model.labels):
-        raise BadInputError(f"{art} does not match {ckpt}: labels differ")
-    if meta["weights"] and meta["weights"] != weights_digest(model):
-        raise BadInputError(f"{art} was exported from other weights than {ckpt} (trimkit_weights_sha256 differs)")
 
 
 def _check_profiles(profiles, artifact: Path, batch_sizes, text_lens, max_text_len: int, numerics) -> None:
@@ -262,25 +155,6 @@ def _ceil_digits(x: float, digits: int = 3) -> str:
     return f"{math.ceil(x / scale) * scale:.{digits}g}"
 
 
-def time_interleaved(runners: dict[str, Any], feed, repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each runner, interleaved (one call of each per round) so that a noisy
-    machine slows them alike; one warm-up call each first."""
-    for run in runners.values():
-        run(*feed)
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(repeats):
-        for name, run in runners.items():
-            t0 = time.perf_counter()
-            run(*feed)
-            times[name].append(time.perf_counter() - t0)
-    return times
-
-
-def latency_summary(seconds: list[float], batch: int) -> dict[str, float]:
-    p50 = statistics.median(seconds)
-    return {"p50_ms": 1000 * p50, "p90_ms": 1000 * float(np.quantile(seconds, 0.9)), "throughput": batch / p50}
-
-
 def verify(ckpt: str | os.PathLike, artifact: str | os.PathLike, *, data: str = "random", samples: int = 256,
            batch_sizes: tuple[int, ...] = (1, 8), text_lens: tuple[int, ...] = (8, 16, 32), atol: float | None = None,
            rtol: float | None = None, min_agreement: float | None = None, max_accuracy_drop: float = 1.0,
@@ -290,26 +164,26 @@ def verify(ckpt: str | os.PathLike, artifact: str | os.PathLike, *, data: str = 
     t_start = time.perf_counter()
     ckpt, artifact = Path(ckpt), Path(artifact)
     model = load_checkpoint(ckpt)
-    runtime, meta, manifest = artifact_metadata(artifact)
-    check_match(model, ckpt, artifact, meta)
-    mode = meta["mode"]
-    precision = meta["config"].get("precision", "fp32")
+    info = artifact_metadata(artifact)
+    check_match(model, ckpt, artifact, info)
+    runtime, manifest, mode, precision = info.runtime, info.manifest, info.mode, info.precision
     trim_mode = TRIM_MODE_OF[mode]
     if trim_mode == "static":
         import dataclasses
 
-        model.trim = dataclasses.replace(model.trim, **{k: meta["config"]["trim_config"][k] for k in
+        model.trim = dataclasses.replace(model.trim, **{k: info.config["trim_config"][k] for k in
                                                         ("static_keep_ratios", "static_head_keep")})
     if data != "random" and model.tokenizer is None:
         raise BadInputError(f"{ckpt}: checkpoint has no tokenizer for --data {data}")
-    defaults = PRECISION_DEFAULTS.get(precision, PRECISION_DEFAULTS["fp32"])
-    atol = atol if atol is not None else defaults["atol"]
-    rtol = rtol if rtol is not None else defaults["rtol"]
-    min_agreement = min_agreement if min_agreement is not None else defaults["min_agreement"]
+    defaults = tolerance(precision)
+    atol = atol if atol is not None else defaults.atol
+    rtol = rtol if rtol is not None else defaults.rtol
+    min_agreement = min_agreement if min_agreement is not None else defaults.min_agreement
     if manifest is not None:
         _check_profiles(manifest["profiles"], artifact, batch_sizes, text_lens, model.config.max_text_len,
                         numerics=(max(batch_sizes), min(model.config.max_text_len, 12)) if data == "random" else None)
-    art = OrtRunner(artifact, threads) if runtime == "onnxruntime" else _TrtRunner(artifact, manifest)
+    art = load_runner(runtime, artifact, threads=threads, precision=precision,
+                      **({"manifest": manifest} if manifest is not None else {}))
     ref, base = TorchRunner(model, trim_mode), TorchRunner(model, "off")
     report = VerifyReport(str(ckpt), str(artifact), runtime, mode)
 
@@ -323,9 +197,9 @@ def verify(ckpt: str | os.PathLike, artifact: str | os.PathLike, *, data: str = 
     for pv, ids, mask, y in _batches(model, data, samples, max(batch_sizes), seed):
         if not np.isfinite(pv).all():
             raise BadInputError(f"--data {data}: input pixels contain NaN or Inf")
-        r_logits, r_counts = ref(pv, ids, mask)
-        a_logits, a_counts = art(pv, ids, mask)
-        b_logits, _ = base(pv, ids, mask)
+        r_logits, r_counts = run_arrays(ref, pv, ids, mask)
+        a_logits, a_counts = run_arrays(art, pv, ids, mask)
+        b_logits, _ = run_arrays(base, pv, ids, mask)
         same = (a_counts == r_counts).reshape(len(ids), -1).all(axis=1)
         kc_agree.extend(same.tolist())
         same_ref.append(r_logits[same])
@@ -382,10 +256,12 @@ def verify(ckpt: str | os.PathLike, artifact: str | os.PathLike, *, data: str = 
         with tempfile.TemporaryDirectory(prefix="trimkit-verify-") as tmp:
             full = to_onnx(model, Path(tmp) / "full.onnx", mode="full", check=False,
                            precision="fp16" if precision == "fp16" else "fp32")
-            full_runner = OrtRunner(full.path, threads, "full-export")
-            report.speed = _speed(model, [art, full_runner, ref], batch_sizes, text_lens, repeats, seed, say)
+            full_runner = load_runner("onnxruntime", full.path, threads=threads)
+            report.speed = _speed(model, {"artifact": art, "full-export": full_runner, f"pytorch-{trim_mode}": ref},
+                                  batch_sizes, text_lens, repeats, seed, say)
     else:
-        report.speed = _speed(model, [art, ref], batch_sizes, text_lens, repeats, seed, say)
+        report.speed = _speed(model, {"artifact": art, f"pytorch-{trim_mode}": ref}, batch_sizes, text_lens, repeats,
+                              seed, say)
     if min_speedup is not None:
         key = "speedup_vs_full" if runtime == "onnxruntime" else "speedup_vs_pytorch"
         values = [s[key] for s in report.speed if s.get(key) is not None]
@@ -406,10 +282,11 @@ def _speed(model, runners, batch_sizes, text_lens, repeats, seed, say) -> list[d
         for n in (n for n in text_lens if n <= model.config.max_text_len):
             pv, ids, mask = (t.numpy() for t in sample_inputs(model.config, b, n, seed=seed, ragged=False,
                                                               tokenizer=getattr(model, "tokenizer", None)))
-            lat = time_interleaved({r.name: r for r in runners}, (pv, ids, mask), repeats)
+            feeds = dict(zip(INPUT_NAMES, (pv, ids, mask)))
+            lat = time_interleaved({name: partial(r.run, feeds) for name, r in runners.items()}, repeats)
             row = {"batch": b, "text_len": n, **{name: latency_summary(ts, b) for name, ts in lat.items()}}
-            art = runners[0].name
-            row["speedup_vs_pytorch"] = row[runners[-1].name]["p50_ms"] / row[art]["p50_ms"]
+            art, ref = list(runners)[0], list(runners)[-1]
+            row["speedup_vs_pytorch"] = row[ref]["p50_ms"] / row[art]["p50_ms"]
             row["speedup_vs_full"] = (row["full-export"]["p50_ms"] / row[art]["p50_ms"]
                                       if "full-export" in row else None)
             rows.append(row)
