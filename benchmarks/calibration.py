@@ -46,9 +46,9 @@ from rich.progress import track
 import trimkit
 from trimkit.contract import OUTPUT_NAMES
 from trimkit.data import load_dataset
+from trimkit.evaluate import sample_indices
 from trimkit.export.onnx import to_onnx
 from trimkit.runtime.onnxruntime import ort_feed, ort_session
-from trimkit.train.evaluate import sample_indices
 
 
 def main() -> None:

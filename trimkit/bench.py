@@ -127,7 +127,7 @@ def bench(ckpt: str | os.PathLike, out: str | os.PathLike, *, data: str = "easyv
 def _accuracy_sweep(model, task, targets, samples, calib_samples, static, seed, result, tick) -> dict[str, Any]:
     """Accuracy, FLOPs ratio and kept tokens per target; returns {label: TrimConfig} for export."""
     from .calibration import match_adaptive_budget, match_static_budget
-    from .train.evaluate import evaluate
+    from .evaluate import evaluate
 
     native = model.trim
     full = evaluate(model, task.test, modes=("off",), samples=samples, seed=seed)["off"]

@@ -323,7 +323,7 @@ def eval_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
 ) -> None:
     """Accuracy in each trim mode, FLOPs ratio mean/p10/p90 and kept tokens per layer."""
-    from .evaluation import evaluate_checkpoint
+    from .evaluate import evaluate_checkpoint
     from .render import render_eval
 
     report = evaluate_checkpoint(ckpt, data, split=split, samples=samples, batch_size=batch_size, seed=seed)

@@ -97,8 +97,8 @@ class _Reader:
 
 def calibration_batches(model, data: str, samples: int, batch_size: int, seed: int) -> list[dict[str, np.ndarray]]:
     from ..data import load_dataset
+    from ..evaluate import sample_indices
     from ..runtime.onnxruntime import ort_feed
-    from ..train.evaluate import sample_indices
 
     task = load_dataset(data, tokenizer=model.tokenizer, labels=model.labels, image_size=model.config.image_size,
                         seed=seed, splits=("train",))

@@ -32,12 +32,12 @@ from ..checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
 from ..config import TrimConfig
 from ..data import load_dataset
 from ..errors import BadInputError
+from ..evaluate import evaluate
 from ..fileio import check_writable
 from ..models import MeterModel, build_model
 from ..trimmers import BatchNoise
 from .config import TrainConfig
 from .distributed import DistInfo, any_flag, barrier, init_distributed, shutdown_distributed
-from .evaluate import evaluate
 from .objective import SmartTrimObjective
 from .pretrain import check_pretrain_seed
 
