@@ -1,6 +1,6 @@
 """The `trimkit` command: thin Typer wiring; every command calls the library and prints.
 
-Known errors (`TrimkitError`) become one line on stderr and their exit code (DESIGN.md §5);
+Known errors (`TrimkitError`) become one line on stderr and their exit code;
 set TRIMKIT_DEBUG=1 for the traceback.
 """
 
@@ -329,7 +329,7 @@ def export(
     precision: Annotated[ExportPrecision, typer.Option("--precision", help="fp16: an fp16 graph with fp32 inputs/outputs.")] = ExportPrecision.fp32,
     keep_ratios: Annotated[str | None, typer.Option("--keep-ratios", help="static mode: 'v,t;v,t;...' per trimmed layer (default: calibrated).")] = None,
     heads: Annotated[HeadImpl, typer.Option("--heads", help="Head pruning: mask pruned heads (default; faster on CPU, "
-                                                            "see benchmarks/results/export_speed.md) or gather the kept "
+                                                            "see the export_speed benchmark) or gather the kept "
                                                             "heads' weight slices per sample.")] = HeadImpl.mask,
     ort_optimize: Annotated[bool, typer.Option("--ort-optimize", help="Write an ONNX Runtime-optimized graph (CPU).")] = False,
     profile: Annotated[list[str] | None, typer.Option("--profile", help="trt: NAME=min:opt:max (batch, text); forms one profile.")] = None,

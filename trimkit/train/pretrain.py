@@ -3,8 +3,8 @@
 VLMs start from pretrained image encoders and a fusion pretrained on image-text matching (METER and BLIP both
 use ITM); a model built on the spot has neither, and a VQA loss alone teaches both slowly: on easy-VQA the
 whole model stalls on naming shapes while the vision encoder alone learns them in a few hundred steps
-(benchmarks/results/backbone_probe.md), and with the vision encoder pre-trained it stalls again on yes/no
-questions, answering them from the question's wording alone (benchmarks/results/smarttrim_easyvqa_vp.md).
+(the backbone_probe benchmark), and with the vision encoder pre-trained it stalls again on yes/no
+questions, answering them from the question's wording alone (the answer_breakdown benchmark).
 
 - `--task tokens`: the image stem, embeddings and vision layers learn, with a linear head on every patch
   token, what lies under the token: background, or the colour x shape of the object covering most of it.
