@@ -183,13 +183,7 @@ def token_targets(spec: str, model, seed: int = 0) -> TokenTargets:
 
 def _token_logits(model, head: torch.nn.Linear, pixel_values: Tensor) -> Tensor:
     """(B, P, classes): the head on every patch token of the vision encoder's output ([CLS] excluded)."""
-    h = model.embed_image(pixel_values)
-    keep = torch.ones(h.shape[:2])
-    for layer in model.vision_layers:
-        h = layer(h, keep)
-    if model.vision_final_norm is not None:
-        h = model.vision_final_norm(h)
-    return head(h[:, 1:])
+    return head(model.encode_vision(pixel_values)[:, 1:])  # (B, 1 + P, D) -> (B, P, classes)
 
 
 def check_pretrain_seed(meta: dict | None, data: str, seed: int, where: str) -> None:
