@@ -122,7 +122,7 @@ def bench(ckpt: str | os.PathLike, out: str | os.PathLike, *, data: str = "easyv
 def _accuracy_sweep(model, task, targets, samples, calib_samples, static, seed, result, tick) -> dict[str, Any]:
     """Accuracy, FLOPs ratio and kept tokens per target; returns {label: TrimConfig} for export."""
     from .calibration import match_adaptive_budget, match_static_budget
-    from .evaluate import evaluate
+    from .evaluate import evaluate, using_trim
 
     native = model.trim
     full = evaluate(model, task.test, modes=("off",), samples=samples, seed=seed)["off"]
@@ -138,18 +138,17 @@ def _accuracy_sweep(model, task, targets, samples, calib_samples, static, seed, 
             trim, _ = match_adaptive_budget(model, task.val, target, samples=calib_samples, seed=seed)
             offset = trim.token_threshold - native.token_threshold
         tick(f"calibrated {label}", 1)
-        model.trim = trim
-        r = evaluate(model, task.test, modes=("prune",), samples=samples, seed=seed)["prune"]
-        point = {"target": target, "label": label, "threshold_offset": offset, "accuracy": r["accuracy"],
-                 "flops_ratio": r["flops_ratio"]["mean"], "flops_p10": r["flops_ratio"]["p10"],
-                 "flops_p90": r["flops_ratio"]["p90"], "keep_per_layer": r["keep_per_layer"]}
-        if static:
-            static_trim, _ = match_static_budget(model, task.val, point["flops_ratio"], samples=calib_samples,
-                                                 seed=seed)
-            model.trim = static_trim
-            s = evaluate(model, task.test, modes=("static",), samples=samples, seed=seed)["static"]
-            point["static"] = {"accuracy": s["accuracy"], "flops_ratio": s["flops_ratio"]["mean"]}
-        model.trim = native
+        with using_trim(model, trim):
+            r = evaluate(model, task.test, modes=("prune",), samples=samples, seed=seed)["prune"]
+            point = {"target": target, "label": label, "threshold_offset": offset, "accuracy": r["accuracy"],
+                     "flops_ratio": r["flops_ratio"]["mean"], "flops_p10": r["flops_ratio"]["p10"],
+                     "flops_p90": r["flops_ratio"]["p90"], "keep_per_layer": r["keep_per_layer"]}
+            if static:  # static keep ratios matched to this target's adaptive cost
+                static_trim, _ = match_static_budget(model, task.val, point["flops_ratio"], samples=calib_samples,
+                                                     seed=seed)
+                model.trim = static_trim
+                s = evaluate(model, task.test, modes=("static",), samples=samples, seed=seed)["static"]
+                point["static"] = {"accuracy": s["accuracy"], "flops_ratio": s["flops_ratio"]["mean"]}
         configs[label] = trim
         result["points"].append(point)
         tick(f"evaluated {label}", 1)
@@ -158,6 +157,7 @@ def _accuracy_sweep(model, task, targets, samples, calib_samples, static, seed, 
 
 def _latency_sweep(model, task, configs, batch_sizes, lens, repeats, threads, seed, work, result, tick) -> None:
     from .contract import INPUT_NAMES
+    from .evaluate import using_trim
     from .export.onnx import to_onnx
     from .runtime import load_runner
     from .runtime.timing import latency_summary, time_interleaved
@@ -169,16 +169,15 @@ def _latency_sweep(model, task, configs, batch_sizes, lens, repeats, threads, se
                                         threads=threads)}
     tick("exported full", 1)
     for label, trim in configs.items():
-        model.trim = trim
-        path = to_onnx(model, work / f"adaptive-{label}.onnx", mode="adaptive").path
-        model.trim = native
+        with using_trim(model, trim):
+            path = to_onnx(model, work / f"adaptive-{label}.onnx", mode="adaptive").path
         runners[f"onnxruntime adaptive@{label}"] = load_runner("onnxruntime", path, threads=threads)
         tick(f"exported adaptive@{label}", 1)
     runners["pytorch off"] = TorchRunner(model, "off", trim=native)
     first = next(iter(configs))
     runners[f"pytorch prune@{first}"] = TorchRunner(model, "prune", trim=configs[first])
     g = torch.Generator().manual_seed(seed)
-    try:
+    with using_trim(model):  # the torch runners set their TrimConfig before every call
         for b in batch_sizes:
             idx = torch.randperm(len(task.test), generator=g)[:b]
             for n in lens:
@@ -187,8 +186,6 @@ def _latency_sweep(model, task, configs, batch_sizes, lens, repeats, threads, se
                 result["latency"].append({"batch": b, "text_len": n,
                                           **{name: latency_summary(ts, b) for name, ts in times.items()}})
                 tick(f"timed batch {b} text {n}", 1)
-    finally:
-        model.trim = native
     result["runtimes"] = list(runners)
 
 
