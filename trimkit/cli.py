@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from . import __version__
@@ -249,8 +248,9 @@ def train(
                           precision=precision.value)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+    # the options typed on the command line (Typer's bundled click: compare the source by name)
     given = {name for name in cfg.to_dict() if name in ctx.params
-             and ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+             and getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
     result = run_train(ckpt, cfg, resume=resume, given=given, force=force, console=_console(),
                        show_progress=not quiet)
     import os as _os

@@ -170,8 +170,8 @@ def resumed_config(ckpt_path: str | Path, saved: TrainConfig, cfg: TrainConfig, 
     conflicts = [name for name in sorted(given) if name != "out" and getattr(cfg, name) != getattr(saved, name)]
     if conflicts:
         said = ", ".join(f"--{n.replace('_', '-')} {getattr(cfg, n)!r} (saved: {getattr(saved, n)!r})" for n in conflicts)
-        raise BadInputError(f"{ckpt_path}: --resume continues the saved run; {said} differ: drop them, or start a new "
-                            "run from a checkpoint")
+        raise BadInputError(f"{ckpt_path}: --resume continues the saved run as it was; options that differ from it: "
+                            f"{said}; drop them, or start a new run from a checkpoint")
     return TrainConfig.from_dict({**saved.to_dict(), "out": cfg.out or saved.out})
 
 
