@@ -163,7 +163,7 @@ def test_keep_everything_equals_meter_forward(tmp_path, bpe_dir, image_size):
     assert c.image_size == image_size and c.num_patches + 1 == (image_size // 16) ** 2 + 1
     assert c.encoder(0).layers == 2 and c.encoder(1).layers == 3 and c.fusion_layers == 2
     g = torch.Generator().manual_seed(1)
-    batches = [QUESTIONS, QUESTIONS[2:3], QUESTIONS[3:4], QUESTIONS[:2]]  # ragged, short, long, two
+    batches = [QUESTIONS, QUESTIONS[2:3], QUESTIONS[3:4]]  # ragged (5 lengths), short, long
     for texts in batches:
         pix = torch.rand(len(texts), 3, image_size, image_size, generator=g) * 2 - 1
         ids, mask = model.tokenizer.encode(texts)
@@ -245,6 +245,7 @@ def test_bad_checkpoints_are_one_line_exit_2(tmp_path, bpe_dir, capsys):
         import_meter_checkpoint(tmp_path / "ok.ckpt", tokenizer=bpe_dir, labels=ANSWERS, head_dim=64, max_text_len=24)
 
 
+@pytest.mark.slow  # the ONNX export and verify of a 7-layer model: minutes on a shared 2-core machine
 def test_cli_import_then_train_export_verify(tmp_path, bpe_dir, capsys):
     """The imported model trains (trimmers learn, backbone frozen), exports (adaptive) and verifies. Imported at
     64 px from a 224 px checkpoint (positions resampled) with a new answer layer over easy-VQA's answers."""
