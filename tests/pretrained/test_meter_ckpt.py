@@ -179,6 +179,28 @@ def test_keep_everything_equals_meter_forward(tmp_path, bpe_dir, image_size):
         assert (got_prune.keep_counts[:, :, 0] == c.num_patches + 1).all()
 
 
+def test_flops_count_both_fusion_entry_projections(tmp_path, bpe_dir):
+    """METER projects both streams at the fusion entry (equal widths too): the FLOPs model counts what runs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tests.test_cost import counted_layer_flops
+
+    _write(MeterReference(224, _vocab_size(bpe_dir)), tmp_path / "m.ckpt")
+    model = import_meter_checkpoint(tmp_path / "m.ckpt", tokenizer=bpe_dir, labels=ANSWERS, head_dim=HEAD_DIM,
+                                    max_text_len=24)
+    pix = torch.rand(1, 3, 224, 224) * 2 - 1
+    ids, mask = model.tokenizer.encode(QUESTIONS[1:2])
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(pix, ids, mask, mode="prune")
+    counts = counter.get_flop_counts()
+    projections = sum(sum(counts[f"MeterModel.fusion_proj.{m}"].values()) for m in (0, 1))
+    assert projections == 2 * D * (197 * DV + ids.shape[1] * DT)
+    layers, out = counted_layer_flops(model, pix, ids, mask)
+    entry = model.config.encoder_depth
+    for depth, n in enumerate(layers):  # the idling vision stream at depth 2 included
+        assert out.layer_flops[0, depth].item() == pytest.approx(n + (projections if depth == entry else 0), rel=0.01)
+
+
 def test_itm_head(tmp_path, bpe_dir):
     ref = MeterReference(224, _vocab_size(bpe_dir), task="itm", seed=5)
     ckpt = tmp_path / "itm.ckpt"

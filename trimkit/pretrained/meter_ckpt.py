@@ -125,7 +125,14 @@ def meter_layout(state: dict[str, Tensor], task: str, path: str | Path = "<check
     if grid * grid + 1 != n_pos:
         raise BadInputError(f"{path}: {vis}positional_embedding has {n_pos} rows, not a square grid + 1")
     fusion = get("cross_modal_text_transform.weight")  # (D, Dt)
-    head = get("vqa_classifier.3.weight" if task == "vqa" else "itm_score.fc.weight")
+    head_key = "vqa_classifier.3.weight" if task == "vqa" else "itm_score.fc.weight"
+    if head_key not in state:
+        heads = sorted({k.split(".")[0] for k in state if k.split(".")[0].endswith(("_classifier", "_score"))})
+        hint = ("an NLVR2 checkpoint: NLVR2 runs two images through the model per example, trimkit's model "
+                "takes one" if heads == ["nlvr2_classifier"] else
+                f"its heads: {', '.join(heads) or 'none'}; --task vqa reads vqa_classifier, itm reads itm_score")
+        raise BadInputError(f"{path}: no {task} head ({hint})")
+    head = state[head_key]
     return MeterLayout(
         vision=vis, vision_layers=_count(state, re.escape(vis) + r"transformer\.resblocks\.(\d+)\."),
         vision_width=conv.shape[0], vision_mlp=get(vis + "transformer.resblocks.0.mlp.c_fc.weight").shape[0],
