@@ -290,3 +290,30 @@ def test_cli_import_then_train_export_verify(tmp_path, bpe_dir, capsys):
     assert main(["export", str(trained), "--format", "onnx", "--out", str(tmp_path / "t.onnx")]) == 0
     assert main(["verify", str(trained), str(tmp_path / "t.onnx"), "--samples", "16", "--batch-sizes", "1,3",
                  "--text-lens", "6,12", "--repeats", "1"]) == 0
+
+
+def test_meter_options_default_to_the_existing_model():
+    """The METER options are off by default (existing checkpoints build the same modules); on, they build
+    METER's pieces; QuickGELU is transformers' function."""
+    from trimkit.config import EncoderSpec, ModelConfig, preset_config
+    from trimkit.models import build_model
+    from trimkit.models.layers import Mlp
+
+    old = build_model(preset_config("tiny"))
+    assert isinstance(old.vision_norm, nn.LayerNorm) and isinstance(old.fusion_proj[0], nn.Identity)
+    assert len(old.classifier) == 4 and old.classifier[1].eps == old.config.layer_norm_eps
+    assert ModelConfig.from_dict({k: v for k, v in old.config.to_dict().items()
+                                  if k not in ("fusion_proj_always", "pool_norm", "classifier_norm_eps",
+                                               "classifier_head")}) == old.config
+    new = build_model(preset_config("tiny", fusion_proj_always=True, pool_norm=False, classifier_norm_eps=1e-5,
+                                    classifier_head="linear"))
+    assert isinstance(new.vision_norm, nn.Identity) and isinstance(new.fusion_proj[1], nn.Linear)
+    assert len(new.classifier) == 1 and new.classifier[0].out_features == new.config.num_labels
+    with pytest.raises(ValueError, match="activation"):
+        EncoderSpec(1, 8, 2, 16, activation="relu")
+    mlp = Mlp(8, 16, act="quick_gelu")
+    x = torch.randn(4, 8)
+    ref = mlp.fc2(transformers.activations.QuickGELUActivation()(mlp.fc1(x)))
+    exact = Mlp(8, 16)
+    exact.load_state_dict(mlp.state_dict())  # same weights, exact GELU: a different function
+    assert torch.equal(mlp(x), ref) and not torch.allclose(exact(x), ref, atol=1e-4)
