@@ -179,6 +179,29 @@ def test_keep_everything_equals_meter_forward(tmp_path, bpe_dir, image_size):
         assert (got_prune.keep_counts[:, :, 0] == c.num_patches + 1).all()
 
 
+def test_image_size_resamples_positions_as_meter_does(tmp_path, bpe_dir):
+    """--image-size 224 on a 288 px checkpoint equals METER at 224: its positions resampled bicubically on the
+    patch grid, the [CLS] row kept (METER's adapt_position_encoding)."""
+    ref = MeterReference(288, _vocab_size(bpe_dir), seed=7)
+    _write(ref, tmp_path / "m.ckpt")
+    model = import_meter_checkpoint(tmp_path / "m.ckpt", tokenizer=bpe_dir, labels=ANSWERS, head_dim=HEAD_DIM,
+                                    max_text_len=24, image_size=224)
+    small = MeterReference(224, _vocab_size(bpe_dir))
+    state, own = ref.state_dict(), small.state_dict()
+    key = next(k for k in state if k.endswith("position_embedding.weight"))
+    pos = state[key]  # (1 + 18*18, DV)
+    grid = pos[1:].reshape(18, 18, DV).permute(2, 0, 1)[None]  # (1, DV, 18, 18)
+    grid = nn.functional.interpolate(grid, size=(14, 14), mode="bicubic")  # (1, DV, 14, 14)
+    state[key] = torch.cat([pos[:1], grid[0].permute(1, 2, 0).reshape(14 * 14, DV)])  # (1 + 14*14, DV)
+    small.load_state_dict({k: own[k] if k.endswith("position_ids") else v for k, v in state.items()})
+    pix = torch.rand(3, 3, 224, 224) * 2 - 1
+    ids, mask = model.tokenizer.encode(QUESTIONS[:3])
+    with torch.no_grad():
+        want = small(_hf_pixels(pix), ids, mask)
+        assert (model(pix, ids, mask, mode="prune").logits - want).abs().max() <= TOL
+    assert model.config.num_patches == 14 * 14 and (want - want.mean(dim=0)).abs().max() > 0.02
+
+
 def test_flops_count_both_fusion_entry_projections(tmp_path, bpe_dir):
     """METER projects both streams at the fusion entry (equal widths too): the FLOPs model counts what runs."""
     from torch.utils.flop_counter import FlopCounterMode
