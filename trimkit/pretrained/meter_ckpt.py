@@ -40,7 +40,7 @@ from .compose import _fold_normalization
 from .hf import interpolate_positions
 
 __all__ = ["METER_TASKS", "CLIP_MEAN", "CLIP_STD", "MeterLayout", "read_meter_state", "meter_layout",
-           "meter_shapes", "import_meter_checkpoint", "read_bpe_tokenizer"]
+           "meter_shapes", "check_layout", "meter_config", "import_meter_checkpoint", "read_bpe_tokenizer"]
 
 METER_TASKS = ("vqa", "itm")
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -147,13 +147,12 @@ def meter_layout(state: dict[str, Tensor], task: str, path: str | Path = "<check
         token_types=get("token_type_embeddings.weight").shape[0], task=task, answers=head.shape[0])
 
 
-def _bert_layer(prefix: str, d: int, mlp: int, *, cross: bool = False, kv: int | None = None) -> dict[str, tuple]:
+def _bert_layer(prefix: str, d: int, mlp: int, *, cross: bool = False) -> dict[str, tuple]:
     """Key -> shape of one Hugging Face BERT/RoBERTa layer (with cross-attention: METER's BertCrossLayer)."""
     out: dict[str, tuple] = {}
     for att in ("attention", "crossattention") if cross else ("attention",):
-        src = (kv or d) if att == "crossattention" else d
-        for p, n_in in (("query", d), ("key", src), ("value", src)):
-            out[f"{prefix}{att}.self.{p}.weight"], out[f"{prefix}{att}.self.{p}.bias"] = (d, n_in), (d,)
+        for p in ("query", "key", "value"):  # METER's streams meet at the fusion width: keys/values are d wide
+            out[f"{prefix}{att}.self.{p}.weight"], out[f"{prefix}{att}.self.{p}.bias"] = (d, d), (d,)
         out[f"{prefix}{att}.output.dense.weight"], out[f"{prefix}{att}.output.dense.bias"] = (d, d), (d,)
         out[f"{prefix}{att}.output.LayerNorm.weight"] = out[f"{prefix}{att}.output.LayerNorm.bias"] = (d,)
     out[f"{prefix}intermediate.dense.weight"], out[f"{prefix}intermediate.dense.bias"] = (mlp, d), (mlp,)
@@ -333,6 +332,8 @@ def _trimkit_state(state: dict[str, Tensor], lay: MeterLayout, config: ModelConf
 def meter_config(lay: MeterLayout, *, image_size: int, max_text_len: int, num_labels: int, vocab_size: int,
                  head_dim: int = 64) -> ModelConfig:
     """The trimkit backbone that computes METER's forward for a state dict of this layout."""
+    if head_dim < 1:
+        raise BadInputError(f"--head-dim {head_dim} must be >= 1")
     for name, width in (("image encoder", lay.vision_width), ("text encoder", lay.text_width),
                         ("fusion", lay.fusion_width)):
         if width % head_dim:
