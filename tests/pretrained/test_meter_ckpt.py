@@ -202,6 +202,22 @@ def test_image_size_resamples_positions_as_meter_does(tmp_path, bpe_dir):
     assert model.config.num_patches == 14 * 14 and (want - want.mean(dim=0)).abs().max() > 0.02
 
 
+def test_vision_keys_without_the_visual_prefix(tmp_path, bpe_dir):
+    """CLIP's visual transformer stored directly under vit_model.* (no CLIP text-tower leftovers) imports too."""
+    ref = MeterReference(224, _vocab_size(bpe_dir), seed=11)
+    leftovers = {"vit_model.token_embedding.weight", "vit_model.positional_embedding", "vit_model.ln_final.weight",
+                 "vit_model.ln_final.bias"}
+    state = {k.replace("vit_model.visual.", "vit_model."): v for k, v in ref.meter_state().items()
+             if k not in leftovers}
+    torch.save({"state_dict": state}, tmp_path / "m.ckpt")
+    model = import_meter_checkpoint(tmp_path / "m.ckpt", tokenizer=bpe_dir, labels=ANSWERS, head_dim=HEAD_DIM,
+                                    max_text_len=24)
+    pix = torch.rand(2, 3, 224, 224) * 2 - 1
+    ids, mask = model.tokenizer.encode(QUESTIONS[:2])
+    with torch.no_grad():
+        assert (model(pix, ids, mask, mode="prune").logits - ref(_hf_pixels(pix), ids, mask)).abs().max() <= TOL
+
+
 def test_flops_count_both_fusion_entry_projections(tmp_path, bpe_dir):
     """METER projects both streams at the fusion entry (equal widths too): the FLOPs model counts what runs."""
     from torch.utils.flop_counter import FlopCounterMode
