@@ -317,7 +317,7 @@ def test_cli_import_then_train_export_verify(tmp_path, bpe_dir, capsys):
                  "--data", "easyvqa", "--image-size", "64", "--max-text-len", "24", "--out", str(ckpt)]) == 0
     printed = capsys.readouterr().out
     assert "clip (2 layers, 32 wide, 64px / 16)" in printed and "roberta (3 layers" in printed
-    assert "answers: data" in printed
+    assert "answers: a new answer layer over easyvqa's 13" in printed
     trained = tmp_path / "trimmed.pt"
     assert main(["train", str(ckpt), "--data", "easyvqa", "--steps", "3", "--batch-size", "8", "--target-ratio", "0.5",
                  "--freeze", "both", "--lr", "1e-2", "--eval-samples", "16", "--out", str(trained), "--quiet"]) == 0

@@ -438,7 +438,10 @@ def import_meter_checkpoint(path: str | Path, *, tokenizer: str | Path | None, t
         "text": {"path": str(p), "family": "roberta", "tokenizer": "bpe", "tokenizer_dir": str(tokenizer)},
         "fusion_layers": lay.fusion_layers,
         "meter": {"path": str(p), "task": task, "checkpoint_image_size": lay.grid * lay.patch,
-                  "answers": answers_from if answers_from != "checkpoint" else "checkpoint (--labels)",
+                  "answers": {"checkpoint": f"the checkpoint's {lay.answers} (--labels)",
+                              "data": f"a new answer layer over {data}'s {len(answers)} (the checkpoint's "
+                                      f"{lay.answers}-answer layer is not used; --labels FILE keeps it)",
+                              "itm": "mismatch, match"}[answers_from],
                   "checkpoint_answers": lay.answers, "unused_keys": len(unused), "head_dim": head_dim}},
         "data": data, "seed": seed}
     return model.eval()
