@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["HeadChoice", "masked_softmax", "quick_gelu", "Attention", "Mlp", "EncoderBlock", "FusionBlock", "ConvStem"]
+__all__ = ["HeadChoice", "masked_softmax", "Attention", "Mlp", "EncoderBlock", "FusionBlock", "ConvStem"]
 
 
 @dataclass
