@@ -63,6 +63,7 @@ Int8Method = _choices("Int8Method", *INT8_METHODS)
 Int8Scope = _choices("Int8Scope", *INT8_SCOPES)
 SmoothWhere = _choices("SmoothWhere", *SMOOTH_WHERE)
 Stem = _choices("Stem", "patch", "conv")
+MeterTask = _choices("MeterTask", "vqa", "itm", "nlvr2")  # nlvr2 is refused with the reason, not hidden
 
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Where to write (atomic; see --force).")]
@@ -134,7 +135,8 @@ def init(
 def import_cmd(
     out: OutOpt,
     source: Annotated[Path | None, typer.Argument(
-        help="A BLIP directory (BlipForQuestionAnswering / BlipForImageTextRetrieval); or use --vision/--text.")] = None,
+        help="A BLIP directory (BlipForQuestionAnswering / BlipForImageTextRetrieval), or a METER checkpoint file "
+             "(.ckpt); or use --vision/--text.")] = None,
     vision: Annotated[Path | None, typer.Option(
         "--vision", help="Image encoder: a Hugging Face ViT or DINOv2 directory, or a DINOv2 .onnx export.")] = None,
     text: Annotated[Path | None, typer.Option("--text", help="Text encoder: a Hugging Face BERT-family directory.")] = None,
@@ -148,11 +150,18 @@ def import_cmd(
     fusion_heads: Annotated[int | None, typer.Option(
         "--fusion-heads", help="Fusion heads; default: the image encoder's.")] = None,
     pool_product: PoolProductOpt = False,
+    tokenizer: Annotated[Path | None, typer.Option(
+        "--tokenizer", help="METER: RoBERTa's tokenizer directory (vocab.json + merges.txt).")] = None,
+    labels: Annotated[Path | None, typer.Option(
+        "--labels", help="METER VQA: the checkpoint's answers, one per line (without it: a new answer layer over "
+                         "--data's answers).")] = None,
+    task: Annotated[MeterTask, typer.Option("--task", help="METER: which head to import.")] = MeterTask.vqa,
+    head_dim: Annotated[int, typer.Option("--head-dim", help="METER: attention head size (heads = width / it).")] = 64,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
 ) -> None:
     """Pretrained backbone -> trimkit checkpoint with trimmers attached (all keeping): BLIP from one directory,
-    or METER-style: an image encoder + a text encoder + new co-attention fusion layers."""
+    a METER checkpoint file, or METER-style: an image encoder + a text encoder + new co-attention fusion layers."""
     from .checkpoint import save_checkpoint
     from .fileio import check_writable
     from .pretrained import import_model
@@ -160,7 +169,8 @@ def import_cmd(
     check_writable(out, force=force)
     model = import_model(source, vision=vision, text=text, data=data, fusion_layers=fusion_layers,
                          image_size=image_size, max_text_len=max_text_len, fusion_hidden=fusion_hidden,
-                         fusion_heads=fusion_heads, pool_product=pool_product, seed=seed)
+                         fusion_heads=fusion_heads, pool_product=pool_product, seed=seed, tokenizer=tokenizer,
+                         task=task.value, labels=labels, head_dim=head_dim)
     save_checkpoint(model, out, force=force)
     c = model.config
     v, t = c.encoder(0), c.encoder(1)
@@ -169,6 +179,9 @@ def import_cmd(
                f"{c.image_size}px / {c.patch_size}) + {model.meta['imported']['text']['family']} ({t.layers} layers, "
                f"{t.hidden_size} wide, {model.meta['imported']['text']['tokenizer']} tokenizer) + {c.fusion_layers} "
                f"fusion layers; {n:,} parameters, {c.num_labels} labels")
+    if "meter" in model.meta["imported"]:
+        m = model.meta["imported"]["meter"]
+        typer.echo(f"  METER {m['task']} head; answers: {m['answers']}; {m['unused_keys']} unused checkpoint tensors")
 
 
 @app.command()

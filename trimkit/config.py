@@ -14,7 +14,9 @@ __all__ = ["EncoderSpec", "ModelConfig", "TrimConfig", "TrainConfig", "PRESETS",
 
 VISION, TEXT = 0, 1
 NORM_STYLES = ("pre", "post")
+ACTIVATIONS = ("gelu", "quick_gelu")  # FFN activation: exact GELU, or CLIP's x * sigmoid(1.702 x)
 FUSION_STYLES = ("coattn", "text")
+CLASSIFIER_HEADS = ("mlp", "linear")
 TOKEN_MODALITIES = ("both", "vision", "text")
 FREEZE_CHOICES = ("none", "vision", "text", "both")  # which pretrained encoders stay fixed in training
 PRETRAIN_TASKS = ("tokens", "match")  # `trimkit pretrain --task`: vision tokens, image-text matching
@@ -43,6 +45,7 @@ class EncoderSpec:
     layer_norm_eps: float = 1e-6
     embed_norm: bool = False  # BERT: LayerNorm over the summed embeddings
     final_norm: bool = False  # ViT/DINOv2: LayerNorm on the encoder's output
+    activation: str = "gelu"  # FFN activation (ACTIVATIONS); CLIP's image encoder uses "quick_gelu"
 
     def __post_init__(self) -> None:
         if self.layers < 0 or self.hidden_size < 1 or self.num_heads < 1 or self.intermediate_size < 1:
@@ -51,6 +54,8 @@ class EncoderSpec:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.norm not in NORM_STYLES:
             raise ValueError(f"unknown norm style {self.norm!r}; choose pre or post")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; choose {' or '.join(ACTIVATIONS)}")
 
     @property
     def head_dim(self) -> int:
@@ -95,6 +100,16 @@ class ModelConfig:
     # attribute with the image's: a sum of products, linear in the product term, but a slow thing for a
     # concatenation + MLP head (or the fusion) to learn -- backbones stall answering from the words alone.
     pool_product: bool = False
+    # METER's own head (imported METER checkpoints): both streams always pass a Linear at the fusion entry,
+    # even at the fusion width (False: only an encoder of another width is projected); the poolers read the
+    # last layer's [CLS] as it is (False: a LayerNorm first); the classifier's LayerNorm has its own epsilon
+    # (None: layer_norm_eps) -- METER's BERT-style fusion layers use 1e-12, its head PyTorch's default 1e-5.
+    fusion_proj_always: bool = False
+    pool_norm: bool = True
+    classifier_norm_eps: float | None = None
+    # "mlp": Linear, LayerNorm, GELU, Linear over the pooled states (METER's VQA head); "linear": one Linear
+    # (METER's image-text matching head)
+    classifier_head: str = "mlp"
 
     def __post_init__(self) -> None:
         for name in ("vision_encoder", "text_encoder"):
@@ -124,6 +139,8 @@ class ModelConfig:
         if self.pool_product and self.final_width(VISION) != self.final_width(TEXT):
             raise ValueError(f"pool_product needs final states of equal widths, not {self.final_width(VISION)} "
                              f"and {self.final_width(TEXT)}")
+        if self.classifier_head not in CLASSIFIER_HEADS:
+            raise ValueError(f"unknown classifier_head {self.classifier_head!r}; choose {' or '.join(CLASSIFIER_HEADS)}")
         if self.max_text_len < 2:
             raise ValueError("max_text_len must leave room for [CLS] and one word")
 

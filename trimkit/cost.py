@@ -98,12 +98,13 @@ def head_trimmer_flops(dim: int, other_dim: int, heads: int) -> Number:
 
 
 def projection_flops(cfg: ModelConfig, n: list[Number]) -> Number:
-    """The METER fusion entry: encoders of another width are projected to the fusion width (n tokens each)."""
+    """The METER fusion entry: encoders of another width (every encoder, with `fusion_proj_always`) are projected
+    to the fusion width (n tokens each)."""
     if cfg.fusion_style != "coattn" or not cfg.fusion_layers:
         return 0
     total: Number = 0
     for m in (VISION, TEXT):
         w = cfg.encoder(m).hidden_size
-        if w != cfg.hidden_size:
+        if w != cfg.hidden_size or cfg.fusion_proj_always:
             total = total + 2 * n[m] * w * cfg.hidden_size
     return total

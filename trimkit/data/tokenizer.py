@@ -1,5 +1,6 @@
-"""Tokenizers stored inside the checkpoint: a word-level one built from the training questions, and
-BERT's WordPiece (for imported text encoders that bring their own `vocab.txt`)."""
+"""Tokenizers stored inside the checkpoint: a word-level one built from the training questions, BERT's
+WordPiece (for imported text encoders that bring their own `vocab.txt`) and RoBERTa's byte-level BPE
+(imported METER checkpoints, from a tokenizer's `vocab.json` + `merges.txt`)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import abc
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 import torch
 from torch import Tensor
 
 from ..errors import BadInputError
 
-__all__ = ["WordTokenizer", "WordPieceTokenizer", "tokenizer_from_dict", "PAD", "UNK", "CLS", "SEP"]
+__all__ = ["WordTokenizer", "WordPieceTokenizer", "ByteBPETokenizer", "tokenizer_from_dict", "PAD", "UNK", "CLS", "SEP"]
 
 PAD, UNK, CLS, SEP = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
 _WORD = re.compile(r"[a-z0-9]+")
@@ -190,9 +192,121 @@ class WordPieceTokenizer(_Padder):
                    strip_accents=d.get("strip_accents"))
 
 
-def tokenizer_from_dict(d: dict) -> WordTokenizer | WordPieceTokenizer:
+# GPT-2 / RoBERTa pre-tokenization: contractions, letter runs, digit runs, other symbols, each with at most one
+# leading space; whitespace runs keep their last space for the next word
+_BPE_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+@lru_cache(maxsize=1)
+def _byte_chars() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table (printable Latin-1 bytes map to themselves)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), ord("\xff") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+class ByteBPETokenizer(_Padder):
+    """RoBERTa's tokenizer: byte-level BPE over GPT-2's pre-tokenized pieces (no prefix space); texts are
+    `<s> pieces </s>`, padded with `<pad>`. Same ids as the Hugging Face RoBERTa tokenizer of the same
+    `vocab.json` + `merges.txt`. `vocab` lists the tokens in id order (ids past the file's tokens, if the
+    embedding table is larger, are unreachable placeholders)."""
+
+    specials = ("<s>", "<pad>", "</s>", "<unk>")
+
+    def __init__(self, vocab: Sequence[str], merges: Sequence[str], max_len: int) -> None:
+        self.vocab = list(vocab)
+        self.merges = list(merges)
+        self.max_len = max_len
+        self.index = {w: i for i, w in enumerate(self.vocab)}
+        missing = [t for t in self.specials if t not in self.index]
+        if missing:
+            raise BadInputError(f"BPE vocabulary lacks {', '.join(missing)}")
+        if max_len < 3:
+            raise BadInputError("tokenizer max_len must be >= 3 (<s>, a word, </s>)")
+        pairs = [tuple(m.split(" ")) for m in self.merges]
+        bad = [m for m, p in zip(self.merges, pairs) if len(p) != 2]
+        if bad:
+            raise BadInputError(f"BPE merge {bad[0]!r} is not two symbols separated by one space")
+        self.ranks = {p: i for i, p in enumerate(pairs)}
+        self.cls_id, self.sep_id, self.unk_id = self.index["<s>"], self.index["</s>"], self.index["<unk>"]
+        self.first_word_id = 1 + max(self.index[t] for t in self.specials)  # random export inputs start here
+        self._cache: dict[str, list[str]] = {}
+        self._split = None
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def pad_id(self) -> int:
+        return self.index["<pad>"]
+
+    def _bpe(self, piece: str) -> list[str]:
+        """Merge the byte characters of one pre-tokenized piece by rank, lowest first."""
+        hit = self._cache.get(piece)
+        if hit is not None:
+            return hit
+        word = list(piece)
+        while len(word) > 1:
+            ranked = [(self.ranks.get((a, b)), i) for i, (a, b) in enumerate(zip(word, word[1:]))]
+            ranked = [(r, i) for r, i in ranked if r is not None]
+            if not ranked:
+                break
+            best = min(ranked)[0]
+            first, second = self.merges[best].split(" ")
+            out, i = [], 0
+            while i < len(word):  # merge every occurrence of the best pair, left to right
+                if i + 1 < len(word) and word[i] == first and word[i + 1] == second:
+                    out.append(first + second)
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            word = out
+        self._cache[piece] = word
+        return word
+
+    def words(self, text: str) -> list[str]:
+        """The BPE tokens after <s> (then </s>)."""
+        if self._split is None:
+            try:
+                import regex  # \p{L} / \p{N} classes: the standard library's re has none
+            except ImportError:
+                from ..errors import MissingDependencyError
+
+                raise MissingDependencyError("RoBERTa's tokenizer needs the regex package: pip install regex") from None
+            self._split = regex.compile(_BPE_SPLIT)
+        table = _byte_chars()
+        out: list[str] = []
+        for piece in self._split.findall(text):
+            out += self._bpe("".join(table[b] for b in piece.encode("utf-8")))
+        return out + ["</s>"]
+
+    def encode_one(self, text: str) -> list[int]:
+        pieces = self.words(text)
+        if len(pieces) == 1 or not text.strip():
+            raise BadInputError(f"empty text: {text!r} has no words")
+        ids = [self.cls_id] + [self.index.get(p, self.unk_id) for p in pieces]
+        if len(ids) > self.max_len:  # truncated, </s> kept last
+            ids = ids[: self.max_len - 1] + [self.sep_id]
+        return ids
+
+    def to_dict(self) -> dict:
+        return {"type": "bpe", "vocab": list(self.vocab), "merges": list(self.merges), "max_len": self.max_len}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ByteBPETokenizer:
+        return cls(d["vocab"], d["merges"], int(d["max_len"]))
+
+
+def tokenizer_from_dict(d: dict) -> WordTokenizer | WordPieceTokenizer | ByteBPETokenizer:
     """The tokenizer a checkpoint or an ONNX file stores."""
-    kinds = {"word": WordTokenizer, "wordpiece": WordPieceTokenizer}
+    kinds = {"word": WordTokenizer, "wordpiece": WordPieceTokenizer, "bpe": ByteBPETokenizer}
     if d.get("type") not in kinds:
         raise BadInputError(f"unknown tokenizer type {d.get('type')!r}; known: {', '.join(kinds)}")
     return kinds[d["type"]].from_dict(d)

@@ -17,7 +17,9 @@ def sample_inputs(config: ModelConfig, batch: int, text_len: int, *, seed: int =
     word ids above its special tokens."""
     cls_id, pad_id, low = 2, 0, 3
     index = getattr(tokenizer, "index", None)
-    if index is not None:
+    if hasattr(tokenizer, "first_word_id"):  # byte-level BPE: <s>, <pad>, </s>, <unk> first
+        cls_id, pad_id, low = tokenizer.cls_id, tokenizer.pad_id, tokenizer.first_word_id
+    elif index is not None:
         cls_id, pad_id = index["[CLS]"], tokenizer.pad_id
         low = 1 + max(index[t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t in index)
     g = torch.Generator().manual_seed(seed)

@@ -113,15 +113,21 @@ class Attention(nn.Module):
         return merged @ wo + self.out_proj.bias  # (B, Nq, D)
 
 
+def quick_gelu(x: Tensor) -> Tensor:
+    """CLIP's GELU approximation, x * sigmoid(1.702 x): CLIP-trained weights expect exactly this function."""
+    return x * torch.sigmoid(1.702 * x)
+
+
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, *, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, hidden: int, *, dropout: float = 0.0, act: str = "gelu") -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(dropout)
+        self.act = quick_gelu if act == "quick_gelu" else F.gelu
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(F.gelu(self.fc1(x))))
+        return self.drop(self.fc2(self.act(self.fc1(x))))
 
 
 class ConvStem(nn.Sequential):
@@ -153,13 +159,13 @@ class EncoderBlock(nn.Module):
     """Transformer encoder layer of one modality: pre-LN (ViT; with `layer_scale`, DINOv2) or post-LN (BERT)."""
 
     def __init__(self, dim: int, num_heads: int, hidden: int, *, eps: float, dropout: float = 0.0,
-                 norm: str = "pre", layer_scale: bool = False) -> None:
+                 norm: str = "pre", layer_scale: bool = False, act: str = "gelu") -> None:
         super().__init__()
         self.post_norm = norm == "post"
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads, dropout=dropout)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, hidden, dropout=dropout)
+        self.mlp = Mlp(dim, hidden, dropout=dropout, act=act)
         if layer_scale:
             self.ls1 = nn.Parameter(torch.ones(dim))
             self.ls2 = nn.Parameter(torch.ones(dim))

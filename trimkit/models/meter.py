@@ -136,10 +136,10 @@ class MeterModel(nn.Module):
         blk = dict(dropout=c.dropout)
         self.vision_layers = nn.ModuleList([EncoderBlock(
             dv, ev.num_heads, ev.intermediate_size, eps=ev.layer_norm_eps, norm=ev.norm, layer_scale=ev.layer_scale,
-            **blk) for _ in range(ev.layers)])
+            act=ev.activation, **blk) for _ in range(ev.layers)])
         self.text_layers = nn.ModuleList([EncoderBlock(
             dt, et.num_heads, et.intermediate_size, eps=et.layer_norm_eps, norm=et.norm, layer_scale=et.layer_scale,
-            **blk) for _ in range(et.layers)])
+            act=et.activation, **blk) for _ in range(et.layers)])
         self.vision_final_norm = nn.LayerNorm(dv, eps=ev.layer_norm_eps) if ev.final_norm else None
         self.text_final_norm = nn.LayerNorm(dt, eps=et.layer_norm_eps) if et.final_norm else None
         blk.update(eps=c.layer_norm_eps, norm=c.fusion_norm)
@@ -150,15 +150,18 @@ class MeterModel(nn.Module):
              for _ in range(c.fusion_layers)])
         # an encoder of another width is projected to the fusion width as it enters the co-attention (METER)
         self.fusion_proj = nn.ModuleList(
-            [nn.Linear(w, d) if c.fusion_layers and coattn and w != d else nn.Identity() for w in (dv, dt)])
+            [nn.Linear(w, d) if c.fusion_layers and coattn and (w != d or c.fusion_proj_always) else nn.Identity()
+             for w in (dv, dt)])
         wv, wt = c.final_width(VISION), c.final_width(TEXT)  # widths of the final states
-        self.vision_norm = nn.LayerNorm(wv, eps=c.layer_norm_eps)
-        self.text_norm = nn.LayerNorm(wt, eps=c.layer_norm_eps)
+        self.vision_norm = nn.LayerNorm(wv, eps=c.layer_norm_eps) if c.pool_norm else nn.Identity()
+        self.text_norm = nn.LayerNorm(wt, eps=c.layer_norm_eps) if c.pool_norm else nn.Identity()
         self.vision_pool = nn.Linear(wv, wv)
         self.text_pool = nn.Linear(wt, wt)
+        n_in = wv + wt + (wv if c.pool_product else 0)
         self.classifier = nn.Sequential(
-            nn.Linear(wv + wt + (wv if c.pool_product else 0), 2 * d), nn.LayerNorm(2 * d, eps=c.layer_norm_eps), nn.GELU(),
-            nn.Linear(2 * d, c.num_labels))
+            nn.Linear(n_in, 2 * d),
+            nn.LayerNorm(2 * d, eps=c.layer_norm_eps if c.classifier_norm_eps is None else c.classifier_norm_eps), nn.GELU(),
+            nn.Linear(2 * d, c.num_labels)) if c.classifier_head == "mlp" else nn.Sequential(nn.Linear(n_in, c.num_labels))
         # trimmers, one set per trimmed depth; a stream idling at that depth gets `Idle` (no trimmer)
         tok = dict(hidden_ratio=t.score_hidden_ratio, proj_ratio=t.proj_ratio, local_only=t.local_only,
                    init_keep_logit=t.init_keep_logit, eps=c.layer_norm_eps)

@@ -1,7 +1,8 @@
 """`trimkit import`: which pretrained source a command line names, and the model it becomes.
 
-One dispatch, so that a new source kind is one more entry here: a single directory (SOURCE) is read
-by its Hugging Face `model_type`; a pair of encoders (--vision/--text) is composed METER-style.
+One dispatch, so that a new source kind is one more entry here: a file (SOURCE) is a METER checkpoint;
+a single directory (SOURCE) is read by its Hugging Face `model_type`; a pair of encoders
+(--vision/--text) is composed METER-style.
 """
 
 from __future__ import annotations
@@ -20,13 +21,22 @@ SOURCE_KINDS = {"blip": "BLIP (BlipForQuestionAnswering, BlipForImageTextRetriev
 def import_model(source: str | Path | None = None, *, vision: str | Path | None = None,
                  text: str | Path | None = None, data: str, fusion_layers: int = 2, image_size: int | None = None,
                  max_text_len: int = 40, fusion_hidden: int | None = None, fusion_heads: int | None = None,
-                 pool_product: bool = False, seed: int = 0) -> MeterModel:
-    """A trimkit model (trimmers attached, all keeping) from a pretrained SOURCE directory or a
-    --vision/--text encoder pair; bad combinations are one-line BadInputErrors."""
+                 pool_product: bool = False, seed: int = 0, tokenizer: str | Path | None = None,
+                 task: str = "vqa", labels: str | Path | None = None, head_dim: int = 64) -> MeterModel:
+    """A trimkit model (trimmers attached, all keeping) from a METER checkpoint file, a pretrained SOURCE
+    directory or a --vision/--text encoder pair; bad combinations are one-line BadInputErrors. `tokenizer`,
+    `task`, `labels` and `head_dim` are for METER checkpoints."""
     from .compose import import_blip, import_meter
 
     if fusion_layers < 0:
         raise BadInputError("--fusion-layers must be >= 0")
+    if source is not None and Path(source).is_file():  # a METER checkpoint (BLIP and encoders are directories)
+        from .meter_ckpt import import_meter_checkpoint
+
+        if vision is not None or text is not None:
+            raise BadInputError("give either a METER checkpoint or --vision and --text, not both")
+        return import_meter_checkpoint(source, tokenizer=tokenizer, task=task, image_size=image_size, labels=labels,
+                                       data=data, max_text_len=max_text_len, head_dim=head_dim, seed=seed)
     if source is not None:
         if vision is not None or text is not None:
             raise BadInputError("give either a BLIP SOURCE directory or --vision and --text, not both")
@@ -39,7 +49,7 @@ def import_model(source: str | Path | None = None, *, vision: str | Path | None 
         return import_blip(source, data=data, image_size=image_size, max_text_len=max_text_len,
                            pool_product=pool_product, seed=seed)
     if vision is None or text is None:
-        raise BadInputError("import needs a BLIP SOURCE directory, or both --vision DIR and --text DIR; supported: "
+        raise BadInputError("import needs a METER checkpoint file or a BLIP SOURCE directory, or both --vision DIR and --text DIR; supported: "
                             "blip (BlipForQuestionAnswering, BlipForImageTextRetrieval), vit, dinov2 (--vision), "
                             "bert (--text)")
     return import_meter(vision, text, data=data, fusion_layers=fusion_layers, image_size=image_size,
