@@ -31,6 +31,7 @@ from ..checkpoint import load_checkpoint, weights_digest
 from ..errors import BadInputError, CheckFailedError
 from ..fileio import atomic_path, check_writable, sha256_file
 from ..models import MeterModel
+from ..models.meter import LAYOUTS
 from . import DEFAULT_OPSET, EXPORT_MODES
 from .inputs import sample_inputs
 
@@ -96,28 +97,38 @@ def parse_keep_ratios(text: str, n_layers: int) -> list[list[float]]:
 def onnx_metadata(model: MeterModel, mode: str, precision: str, extra: dict | None = None) -> dict[str, str]:
     cfg = {"model_config": model.config.to_dict(), "trim_config": model.trim.to_dict(), "mode": mode,
            "trim_mode": TRIM_MODE_OF[mode], "precision": precision, "head_impl": model.head_impl,
+           "layout": graph_layout(model, mode),
            "dynamic_axes": {"batch": "all inputs/outputs", "text_len": "input_ids, attention_mask"},
            "image_size": model.config.image_size, **(extra or {})}
     meta = {"trimkit_version": __version__, "trimkit_mode": mode, "trimkit_config": json.dumps(cfg),
-            "labels": json.dumps(list(model.labels or [])), "trimkit_weights_sha256": weights_digest(model)}
+            "labels": json.dumps(list(model.labels or [])), "trimkit_weights_sha256": weights_digest(model),
+            "trimkit_layout": graph_layout(model, mode)}
     if getattr(model, "tokenizer", None) is not None:
         meta["trimkit_tokenizer"] = json.dumps(model.tokenizer.to_dict())
     return meta
 
 
+def graph_layout(model: MeterModel, mode: str) -> str:
+    """The token layout a graph of this mode runs: the model's for `adaptive`; `static` and `full` are padded."""
+    return model.layout if mode == "adaptive" else "padded"
+
+
 def _prepare_model(source: str | os.PathLike | MeterModel, mode: str, keep_ratios, head_impl: str,
-                   precision: str) -> MeterModel:
+                   precision: str, layout: str = "packed") -> MeterModel:
     if mode not in EXPORT_MODES:
         raise BadInputError(f"unknown export mode {mode!r}; choose {', '.join(EXPORT_MODES)}")
     if precision not in TOLERANCE:
         raise BadInputError(f"unknown precision {precision!r}; choose fp32 or fp16")
     if head_impl not in ("gather", "mask"):
         raise BadInputError(f"unknown head pruning {head_impl!r}; choose gather or mask")
+    if layout not in LAYOUTS:
+        raise BadInputError(f"unknown layout {layout!r}; choose {' or '.join(LAYOUTS)}")
     model = load_checkpoint(source) if not isinstance(source, nn.Module) else source
     model = copy.deepcopy(model).eval()
     for attr in ("labels", "tokenizer", "meta"):
         setattr(model, attr, getattr(source, attr, getattr(model, attr, None)))
     model.head_impl = head_impl
+    model.layout = layout
     if mode == "static":
         n = len(model.token_trimmers)
         if keep_ratios is not None:
@@ -230,14 +241,15 @@ def check_onnx(model: MeterModel, path: str | os.PathLike, mode: str, *, precisi
 
 def to_onnx(source: str | os.PathLike | MeterModel, out: str | os.PathLike, *, mode: str = "adaptive",
             opset: int = DEFAULT_OPSET, precision: str = "fp32", keep_ratios: str | list | None = None,
-            head_impl: str = "mask", ort_optimize: bool = False, force: bool = False,
+            head_impl: str = "mask", layout: str = "packed", ort_optimize: bool = False, force: bool = False,
             check: bool = True, log=None) -> OnnxExport:
-    """Export a checkpoint (or model) to one ONNX file; checked, atomic, never overwriting without force."""
+    """Export a checkpoint (or model) to one ONNX file; checked, atomic, never overwriting without force.
+    `layout` ("packed" | "padded"): how the adaptive graph lays out kept tokens (`MeterModel.layout`)."""
     say = log or (lambda msg: None)
     out = check_writable(out, force=force)
     t = {}
     t0 = time.perf_counter()
-    model = _prepare_model(source, mode, keep_ratios, head_impl, precision)
+    model = _prepare_model(source, mode, keep_ratios, head_impl, precision, layout)
     proto = _export_proto(model, mode, opset, precision)
     t["export"] = time.perf_counter() - t0
     say(f"exported {mode} graph in {t['export']:.1f} s")
