@@ -102,6 +102,7 @@ def describe_onnx(path: str | os.PathLike) -> dict[str, Any]:
     ops: dict[str, int] = {}
     for n in model.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    meta = {m.key: m.value for m in model.metadata_props}
     return {
         "kind": "onnx",
         "path": str(p),
@@ -110,7 +111,9 @@ def describe_onnx(path: str | os.PathLike) -> dict[str, Any]:
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
         "inputs": io(model.graph.input),
         "outputs": io(model.graph.output),
-        "metadata": {m.key: m.value for m in model.metadata_props},
+        "metadata": meta,
+        # exports older than the packed layout carry no key and are padded; None: not a trimkit graph
+        "layout": meta.get("trimkit_layout", "padded" if "trimkit_mode" in meta else None),
         "ops": dict(sorted(ops.items())),
         "nodes": len(model.graph.node),
     }

@@ -245,7 +245,7 @@ class TokenTrimmer(nn.Module):
         g = self._cls_vector(cls_self, cls_other)  # (B, d_p)
         if sample is None:
             return self.proj(x) @ g.unsqueeze(-1)  # (B, N, d_p) @ (B, d_p, 1) -> (B, N, 1); a MatMul, not an Einsum
-        return (self.proj(x) * g[sample]).sum(dim=-1, keepdim=True)  # (T, d_p) . (T, d_p) -> (T, 1)
+        return (self.proj(x) * g.index_select(0, sample)).sum(dim=-1, keepdim=True)  # (T, d_p) . (T, d_p) -> (T, 1)
 
     def _cls_vector(self, cls_self: Tensor, cls_other: Tensor) -> Tensor:
         # 1/sqrt(d_p) scales the weight, not the activation: a constant ONNX Runtime folds away
@@ -266,7 +266,7 @@ class TokenTrimmer(nn.Module):
                 logits = logits + p @ g.unsqueeze(-1)
                 scale = scale + p.detach().abs() @ g.detach().abs().unsqueeze(-1)
             else:
-                g = g[sample]  # (T, d_p)
+                g = g.index_select(0, sample)  # (T, d_p)
                 logits = logits + (p * g).sum(dim=-1, keepdim=True)
                 scale = scale + (p.detach().abs() * g.detach().abs()).sum(dim=-1, keepdim=True)
         return logits.squeeze(-1), scale.squeeze(-1)

@@ -67,7 +67,7 @@ class Packing:
 
     def to_rows(self, g: Tensor) -> Tensor:
         """(B, k, C) padded view -> (T, C) packed rows."""
-        return g.reshape(-1, g.shape[-1])[self.rows]  # (T, C)
+        return g.reshape(-1, g.shape[-1]).index_select(0, self.rows)  # (T, C)
 
 
 def _grid(x: Tensor, pack: Packing | None) -> Tensor:
@@ -142,7 +142,7 @@ class Attention(nn.Module):
             w = torch.cat([self.q_proj.weight.view(1, h, dh, d), self.kv_proj.weight.view(2, h, dh, d)])  # (3, H, dh, D)
             bias = torch.cat([self.q_proj.bias.view(1, h, dh), self.kv_proj.bias.view(2, h, dh)])  # (3, H, dh)
             if kept is not None:
-                w, bias = w[:, kept], bias[:, kept]  # (3, kh, dh, D), (3, kh, dh)
+                w, bias = w.index_select(1, kept), bias.index_select(1, kept)  # (3, kh, dh, D), (3, kh, dh)
             qkv = _grid(F.linear(x, w.reshape(-1, d), bias.reshape(-1)), x_pack)  # (B, N, 3*kh*dh)
             b, n = qkv.shape[:2]
             qkv = qkv.view(b, n, 3, -1, dh).permute(2, 0, 3, 1, 4)  # (3, B, kh, N, dh)
@@ -150,10 +150,10 @@ class Attention(nn.Module):
         else:
             wq, bq, wkv, bkv = self.q_proj.weight, self.q_proj.bias, self.kv_proj.weight, self.kv_proj.bias
             if kept is not None:
-                wq = wq.view(h, dh, d)[kept].reshape(-1, d)  # (kh*dh, D)
-                bq = bq.view(h, dh)[kept].reshape(-1)  # (kh*dh,)
-                wkv = wkv.view(2, h, dh, dk)[:, kept].reshape(-1, dk)  # (2*kh*dh, Dk)
-                bkv = bkv.view(2, h, dh)[:, kept].reshape(-1)  # (2*kh*dh,)
+                wq = wq.view(h, dh, d).index_select(0, kept).reshape(-1, d)  # (kh*dh, D)
+                bq = bq.view(h, dh).index_select(0, kept).reshape(-1)  # (kh*dh,)
+                wkv = wkv.view(2, h, dh, dk).index_select(1, kept).reshape(-1, dk)  # (2*kh*dh, Dk)
+                bkv = bkv.view(2, h, dh).index_select(1, kept).reshape(-1)  # (2*kh*dh,)
             q = _grid(F.linear(x, wq, bq), x_pack)  # (B, Nq, kh*dh)
             kv = _grid(F.linear(y, wkv, bkv), y_pack)  # (B, Nk, 2*kh*dh)
             b = q.shape[0]
@@ -162,7 +162,7 @@ class Attention(nn.Module):
             k, v = kv[0], kv[1]
         wo = self.out_proj.weight
         if kept is not None:
-            wo = wo.view(-1, h, dh)[:, kept].reshape(wo.shape[0], -1)  # (D, kh*dh)
+            wo = wo.view(-1, h, dh).index_select(1, kept).reshape(wo.shape[0], -1)  # (D, kh*dh)
         scores = (q @ k.transpose(-1, -2)) * self.scale  # (B, kh, Nq, Nk)
         attn = masked_softmax(scores, key_weight[:, None, None, :].to(scores.dtype))
         ctx = attn @ v  # (B, kh, Nq, dh)

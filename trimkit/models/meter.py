@@ -127,7 +127,7 @@ class _Stream:
 
     def cls(self) -> Tensor:
         """(B, D) the [CLS] states (grid slot 0: [CLS] is never pruned)."""
-        return self.x[:, 0] if self.pack is None else self.x[self.cls_rows]
+        return self.x[:, 0] if self.pack is None else self.x.index_select(0, self.cls_rows)
 
     def grid(self) -> Tensor:
         """(B, N, D) hidden states on the grid (packed fillers are zeros)."""
@@ -442,7 +442,7 @@ class MeterModel(nn.Module):
     def _pack(s: _Stream) -> None:
         """Padded (B, N, D) -> packed rows (T, D) of the live tokens (weight > 0)."""
         rows = torch.nonzero(s.weight.reshape(-1) > 0).squeeze(1)  # (T,) ascending: sample-major
-        s.x = s.x.reshape(-1, s.x.shape[-1])[rows]  # (T, D)
+        s.x = s.x.reshape(-1, s.x.shape[-1]).index_select(0, rows)  # (T, D)
         MeterModel._set_pack(s, rows, s.weight)
 
     @staticmethod
@@ -487,10 +487,10 @@ class MeterModel(nn.Module):
             return
         b, n = s.weight.shape
         rows = torch.nonzero(alive.reshape(-1) > 0).squeeze(1)  # (T',) kept slots of the new (B, k) grid
-        src = (idx + torch.arange(b, device=idx.device)[:, None] * n).reshape(-1)[rows]  # (T',) slots of the old grid
+        src = (idx + torch.arange(b, device=idx.device)[:, None] * n).reshape(-1).index_select(0, rows)  # (T',) slots of the old grid
         if s.pack is not None:  # old grid slot -> old packed row: the live slots before it
-            src = (s.weight.reshape(-1).cumsum(dim=0) - 1).to(torch.int64)[src]  # (T',)
-        s.x = s.x.reshape(-1, s.x.shape[-1])[src]  # (T', D)
+            src = (s.weight.reshape(-1).cumsum(dim=0) - 1).to(torch.int64).index_select(0, src)  # (T',)
+        s.x = s.x.reshape(-1, s.x.shape[-1]).index_select(0, src)  # (T', D)
         s.weight = alive
         self._set_pack(s, rows, alive)
 
@@ -520,7 +520,7 @@ class MeterModel(nn.Module):
             return HeadChoice(gate=gate)
         if self.layout == "packed":  # packed rows mix samples in one matmul: one weight set for the batch
             kept = torch.nonzero(gate.amax(dim=0) > 0).squeeze(1)  # (kh,) union over the batch, ascending
-            return HeadChoice(gate=gate[:, kept], kept=kept)  # (B, kh): each sample's own choice among them
+            return HeadChoice(gate=gate.index_select(1, kept), kept=kept)  # (B, kh): each sample's own choice among them
         idx, alive = select_topk_sorted(gate, logits)  # (B, kh), float alive flags
         return HeadChoice(gate=alive, idx=idx)
 
