@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import statistics
 import sys
 
@@ -40,6 +41,7 @@ from rich.console import Console
 
 import trimkit
 from trimkit.calibration.budget import match_adaptive_budget
+from trimkit.config import TrimConfig
 from trimkit.cost import depth_flops, graph_node_counts, projection_flops
 from trimkit.data import load_dataset
 from trimkit.export.onnx import ort_feed, ort_session, to_onnx
@@ -149,6 +151,8 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--openvino", action="store_true", help="also time OpenVINO (full, packed, dense)")
     ap.add_argument("--results", default="realized_speed", help="result file stem under benchmarks/results/")
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse the workdir's calibrated thresholds and exports from an earlier run of this code")
     timing_args(ap, batches=4, repeats=3, workdir="realized")
     args = ap.parse_args()
     args.ratios = [float(r) for r in args.ratios.split(",")]
@@ -163,24 +167,29 @@ def main() -> None:
         c = model.config
         data = load_dataset("easyvqa", tokenizer=model.tokenizer, labels=model.labels, image_size=c.image_size,
                             splits=("val", "test"))
-        if ratio is not None:
-            console.print(f"{name}: calibrating the random trimmers' thresholds to FLOPs ratio {ratio} ...")
-            model.trim, m = match_adaptive_budget(model.eval(), data.val, ratio, samples=args.calib_samples, tol=0.02,
-                                                  max_iter=14)
-            console.print(f"  decided FLOPs ratio {m['flops_ratio']:.3f} on {args.calib_samples} questions")
-        g = torch.Generator().manual_seed(0)
         slug = name.replace(" ", "_")
+        if ratio is not None:
+            cached = args.workdir / f"{slug}.trim.json"
+            if args.reuse and cached.exists():
+                model.trim = TrimConfig.from_dict(json.loads(cached.read_text()))
+            else:
+                console.print(f"{name}: calibrating the random trimmers' thresholds to FLOPs ratio {ratio} ...")
+                model.trim, m = match_adaptive_budget(model.eval(), data.val, ratio, samples=args.calib_samples,
+                                                      tol=0.02, max_iter=14)
+                console.print(f"  decided FLOPs ratio {m['flops_ratio']:.3f} on {args.calib_samples} questions")
+                cached.write_text(json.dumps(model.trim.to_dict()))
+        g = torch.Generator().manual_seed(0)
         files = {}
         for variant, (heads, layout) in ADAPTIVE.items():
-            files[variant] = export(model, args.workdir / f"{slug}.{variant}.onnx", console, mode="adaptive",
-                                    head_impl=heads, layout=layout)
+            files[variant] = export(model, args.workdir / f"{slug}.{variant}.onnx", console, args.reuse,
+                                    mode="adaptive", head_impl=heads, layout=layout)
         saved = model.trim
         model.trim = dataclasses.replace(saved, token_threshold=-1e4, head_threshold=-1e4)
-        files["keep-all"] = export(model, args.workdir / f"{slug}.keep-all.onnx", console, mode="adaptive",
-                                   head_impl="gather", layout="packed")
+        files["keep-all"] = export(model, args.workdir / f"{slug}.keep-all.onnx", console, args.reuse,
+                                   mode="adaptive", head_impl="gather", layout="packed")
         model.trim = saved
-        files["full"] = export(model, args.workdir / f"{slug}.full.onnx", console, mode="full")
-        files["full-opt"] = export(model, args.workdir / f"{slug}.full-opt.onnx", console, mode="full",
+        files["full"] = export(model, args.workdir / f"{slug}.full.onnx", console, args.reuse, mode="full")
+        files["full-opt"] = export(model, args.workdir / f"{slug}.full-opt.onnx", console, args.reuse, mode="full",
                                    ort_optimize=True)
         for bs in [int(b) for b in args.batch_sizes.split(",")]:
             rows = torch.randperm(len(data.test), generator=g)[: args.batches * bs].view(args.batches, bs)
@@ -191,8 +200,8 @@ def main() -> None:
             key = f"{slug}.dense{size}"
             if key not in files:
                 dm = dense_model(model, size)
-                files[key] = export(dm, args.workdir / f"{key}.onnx", console, mode="full")
-                files[key + "-opt"] = export(dm, args.workdir / f"{key}-opt.onnx", console, mode="full",
+                files[key] = export(dm, args.workdir / f"{key}.onnx", console, args.reuse, mode="full")
+                files[key + "-opt"] = export(dm, args.workdir / f"{key}-opt.onnx", console, args.reuse, mode="full",
                                              ort_optimize=True)
             feeds = [ort_feed(*b) for b in batches]
             dense_feeds = [ort_feed(torch.rand(pv.shape[0], 3, size, size, generator=g) * 2 - 1, ids, mask)
@@ -215,8 +224,11 @@ def main() -> None:
     write_markdown(rec)
 
 
-def export(model, path, console, **kw):
-    console.print(f"exporting {path.name} ...")  # always: a graph from older code would mislead
+def export(model, path, console, reuse: bool, **kw):
+    """Export (always, unless `reuse`: a graph from older code would mislead)."""
+    if reuse and path.exists():
+        return path
+    console.print(f"exporting {path.name} ...")
     return to_onnx(model, path, force=True, **kw).path
 
 
