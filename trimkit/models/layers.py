@@ -59,6 +59,12 @@ class Packing:
     rows: Tensor
     weight: Tensor
 
+    @property
+    def sample(self) -> Tensor:
+        """(T,) int64 the sample of each row (rows are non-negative: a truncating Div, one graph node, where
+        floor division costs ten)."""
+        return torch.div(self.rows, self.weight.shape[1], rounding_mode="trunc")
+
     def to_grid(self, x: Tensor) -> Tensor:
         """(T, C) packed rows -> (B, k, C) padded view, fillers zero; (T,) -> (B, k)."""
         b, k = self.weight.shape

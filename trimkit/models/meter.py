@@ -399,7 +399,7 @@ class MeterModel(nn.Module):
                 trimmer = self.token_trimmers[trim_index][m]
                 if isinstance(trimmer, Idle):
                     continue
-                sample = None if s.pack is None else s.pack.rows // s.weight.shape[1]  # (T,) sample of each row
+                sample = None if s.pack is None else s.pack.sample  # (T,) sample of each row
                 if decisions is not None:  # decisions on tokens alive here; [CLS] is always kept
                     logits, scale = trimmer.scored(s.x, cls[m], cls[1 - m], sample)  # (B, N) or (T,) each
                     if s.pack is not None:
