@@ -343,7 +343,8 @@ def export(
     keep_ratios: Annotated[str | None, typer.Option("--keep-ratios", help="static mode: 'v,t;v,t;...' per trimmed layer (default: calibrated).")] = None,
     heads: Annotated[HeadImpl, typer.Option("--heads", help="Head pruning: mask pruned heads (default; faster on CPU, "
                                                             "see benchmarks/results/export_speed.md) or gather the kept "
-                                                            "heads' weight slices per sample.")] = HeadImpl.mask,
+                                                            "heads' weight slices (once per batch, the union of its "
+                                                            "choices, when packed; per sample when padded).")] = HeadImpl.mask,
     layout: Annotated[Layout, typer.Option("--layout", help="adaptive: packed (token-wise work on the batch's kept tokens "
                                                             "only; default) or padded (every sample at the batch's "
                                                             "largest keep count; static shapes per layer).")] = Layout.packed,

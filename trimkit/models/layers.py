@@ -6,7 +6,8 @@ One attention implementation serves every trim mode:
 - gathered heads (`prune`, export): the kept heads' weight slices are gathered, so pruned heads
   cost nothing. Per sample (padded layout: each sample's own (B, kh) heads; filler heads of
   samples keeping fewer than the batch max are zeroed by their gate) or once for the whole batch
-  (`HeadChoice.kept`, the union over the batch; each sample's gate zeroes the heads it dropped);
+  (`HeadChoice.kept`, the union over the batch; each sample's gate zeroes the heads it dropped).
+
 Token layouts: padded (B, N, D) tensors, or packed rows (T, D) of the batch's kept tokens with a
 `Packing` that maps them to the (B, k) grid: token-wise work (norms, projections, MLP) runs on the
 T rows, only the attention products run per sample on the padded (B, k) view.
@@ -40,12 +41,6 @@ class HeadChoice:
     gate: Tensor | None = None
     idx: Tensor | None = None
     kept: Tensor | None = None
-
-    def executed(self, num_heads: int) -> int:
-        """Heads whose projections the module runs (per sample; padded to the batch's widest choice)."""
-        if self.kept is not None:
-            return self.kept.shape[0]
-        return num_heads if self.idx is None else self.idx.shape[1]
 
 
 @dataclass
