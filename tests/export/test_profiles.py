@@ -1,8 +1,9 @@
 import pytest
 
 from trimkit.config import preset_config
+from trimkit.contract import TOPK_MAX_K
 from trimkit.errors import BadInputError
-from trimkit.export.profiles import TOPK_MAX_K, Profile, max_topk_k, parse_profiles
+from trimkit.export.profiles import Profile, max_topk_k, parse_profiles
 
 
 @pytest.fixture

@@ -6,12 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["to_onnx", "build_engine", "parse_profiles", "EXPORT_MODES", "DEFAULT_OPSET"]
-
-EXPORT_MODES = ("adaptive", "static", "full")
-# Opset 20 has a Gelu operator: one node where opset 18 spells out Div/Erf/Add/Mul/Mul (26 GELUs in the
-# `small` adaptive graph). ONNX Runtime runs it as one kernel; TensorRT 10 parses opsets 9-20, TensorRT 11 up to 25.
-DEFAULT_OPSET = 20
+__all__ = ["to_onnx", "build_engine", "parse_profiles"]
 
 
 def to_onnx(*args: Any, **kwargs: Any):

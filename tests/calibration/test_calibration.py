@@ -1,0 +1,251 @@
+"""Budget calibration (threshold offset + static keep ratios) and INT8 Q/DQ quantization."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import trimkit
+from trimkit.calibration.int8 import _scopes, quantizable_matmuls, trimmer_nodes
+from trimkit.cli import main
+from trimkit.export.inputs import sample_inputs
+from trimkit.export.onnx import to_onnx
+from trimkit.runtime.onnxruntime import ort_session
+
+
+def topk_k_reads_data(model: onnx.ModelProto) -> list[bool]:
+    """For each TopK: does its K depend on input *values* (not only on input shapes)?"""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inputs = {i.name for i in model.graph.input}
+    result = []
+    for node in model.graph.node:
+        if node.op_type != "TopK":
+            continue
+        stack, seen, dep = [node.input[1]], set(), False
+        while stack and not dep:
+            t = stack.pop()
+            if t in seen or not t:
+                continue
+            seen.add(t)
+            if t in inputs:
+                dep = True
+            elif t in producer and producer[t].op_type != "Shape":  # a Shape reads shapes, not values
+                stack.extend(producer[t].input)
+        result.append(dep)
+    return result
+
+
+@pytest.fixture(scope="module")
+def calibrated(exported, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cal") / "cal.pt"
+    rc = main(["calibrate", "budget", str(exported["ckpt"]), "--target", "0.5", "--out", str(out), "--samples", "200",
+               "--holdout", "300"])
+    assert rc == 0
+    return out
+
+
+def test_budget_calibration_hits_the_target_and_stores_static_ratios(calibrated):
+    model = trimkit.load_checkpoint(calibrated)
+    rec = model.meta["calibration"]
+    assert rec["data"] == "easyvqa" and rec["samples"] == 200 and rec["seed"] == 0 and rec["target"] == 0.5
+    assert abs(rec["validation"]["adaptive"]["flops_ratio"] - 0.5) <= 0.01
+    assert abs(rec["holdout"]["adaptive"]["flops_ratio"] - 0.5) <= 0.05  # held-out questions
+    assert abs(rec["holdout"]["static"]["flops_ratio"] - rec["holdout"]["adaptive"]["flops_ratio"]) <= 0.05
+    assert model.trim.static_keep_ratios and len(model.trim.static_keep_ratios) == len(model.token_trimmers)
+    assert model.trim.token_threshold == pytest.approx(rec["threshold_offset"])  # base thresholds were 0
+
+
+def test_static_export_of_a_calibrated_model_has_shape_only_k(calibrated, exported, tmp_path):
+    static = to_onnx(calibrated, tmp_path / "static.onnx", mode="static")
+    assert static.check["passed"]
+    flags = topk_k_reads_data(onnx.load(str(static.path)))
+    assert flags and not any(flags)
+    assert any(topk_k_reads_data(onnx.load(str(exported["adaptive"]))))  # the adaptive K does read data
+
+
+def test_budget_refuses_bad_targets(exported, tmp_path, capsys):
+    assert main(["calibrate", "budget", str(exported["ckpt"]), "--target", "0", "--out", str(tmp_path / "x.pt")]) == 2
+    assert "outside (0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def int8(exported, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "model.int8.onnx"
+    rc = main(["calibrate", "int8", str(exported["adaptive"]), "--ckpt", str(exported["ckpt"]), "--out", str(out),
+               "--samples", "64", "--method", "minmax", "--per-channel"])
+    assert rc == 0
+    return out
+
+
+def test_int8_graph_has_qdq_around_matmuls_and_none_in_the_trimmers(int8):
+    m = onnx.load(str(int8))
+    producer = {o: n for n in m.graph.node for o in n.output}
+    matmuls = [n for n in m.graph.node if n.op_type in ("MatMul", "Gemm")]
+    quantized = [n for n in matmuls if all(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
+                                           for i in n.input[:2])]
+    assert len(quantized) >= 5
+    # matmul outputs stay float (no requantization before the bias Add)
+    assert not [n for n in m.graph.node if n.op_type == "QuantizeLinear" and producer.get(n.input[0]) in matmuls]
+    trim = trimmer_nodes(m)
+    assert trim
+    for n in m.graph.node:
+        if n.name in trim:
+            assert n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            assert not any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
+                           for i in n.input), n.name
+    for n in m.graph.node:  # the decision ops read float tensors
+        if n.op_type in ("TopK", "Greater"):
+            assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in n.input)
+    meta = {p.key: p.value for p in m.metadata_props}
+    calib = json.loads(meta["trimkit_calibration"])
+    assert calib["data"] == "easyvqa" and calib["samples"] == 64 and calib["method"] == "minmax" and calib["per_channel"]
+    assert json.loads(meta["trimkit_config"])["precision"] == "int8"
+
+
+def test_int8_graph_runs_at_unseen_shapes(int8, exported):
+    model = trimkit.load_checkpoint(exported["ckpt"])
+    sess = ort_session(int8)
+    for b, n in ((1, 3), (4, 9), (7, 16)):
+        pv, ids, mask = (t.numpy() for t in sample_inputs(model.config, b, n, seed=b))
+        logits, counts = sess.run(None, {"pixel_values": pv, "input_ids": ids, "attention_mask": mask})
+        assert logits.shape == (b, model.config.num_labels) and np.isfinite(logits).all()
+        assert counts.shape == (b, len(model.token_trimmers), 2)
+
+
+def test_verify_runs_on_int8_with_its_own_tolerances(int8, exported, tmp_path):
+    js = tmp_path / "v.json"
+    rc = main(["verify", str(exported["ckpt"]), str(int8), "--samples", "32", "--batch-sizes", "2", "--text-lens", "8",
+               "--repeats", "2", "--json", str(js)])
+    report = json.loads(js.read_text())
+    assert rc == (0 if report["passed"] else 1)
+    assert report["numerics"]["atol"] == 0.25 and report["numerics"]["rtol"] == 0.1
+    agreement = next(c for c in report["checks"] if c["name"] == "keep_counts_agreement")
+    assert agreement["threshold"] == 0.98
+
+
+def test_uint8_activations_for_onnx_runtime_cpu(exported, tmp_path, capsys):
+    """--activations uint8: asymmetric activations (ONNX Runtime's native x86 form), recorded in the metadata;
+    it runs in ONNX Runtime, and a TensorRT export refuses it before looking for TensorRT."""
+    out = tmp_path / "u8.onnx"
+    assert main(["calibrate", "int8", str(exported["adaptive"]), "--ckpt", str(exported["ckpt"]), "--out", str(out),
+                 "--samples", "32", "--activations", "uint8"]) == 0
+    m = onnx.load(str(out))
+    inits = {i.name: i for i in m.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[2] in inits]
+    assert zero_points and all(z.data_type == onnx.TensorProto.UINT8 for z in zero_points)
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert json.loads(meta["trimkit_calibration"])["activations"] == "uint8 asymmetric"
+    model = trimkit.load_checkpoint(exported["ckpt"])
+    pv, ids, mask = (t.numpy() for t in sample_inputs(model.config, 3, 7, seed=1))
+    logits, _ = ort_session(out).run(None, {"pixel_values": pv, "input_ids": ids, "attention_mask": mask})
+    assert np.isfinite(logits).all()
+    js = tmp_path / "u8.json"  # verify runs it in ONNX Runtime (only TensorRT refuses the form)
+    assert main(["verify", str(exported["ckpt"]), str(out), "--samples", "16", "--batch-sizes", "2", "--text-lens", "8",
+                 "--repeats", "2", "--json", str(js)]) in (0, 1)
+    assert json.loads(js.read_text())["numerics"]["samples"] == 16
+    capsys.readouterr()
+    assert main(["export", str(out), "--format", "trt", "--out", str(tmp_path / "u8.plan"),
+                 "--profile", "batch=1:2:4", "--profile", "text=2:8:16"]) == 2
+    assert "uint8" in capsys.readouterr().err and not (tmp_path / "u8.plan").exists()
+
+
+def test_int8_scope_mlp_quantizes_only_the_feed_forward_matmuls(exported, tmp_path):
+    """--scope mlp: Q/DQ reach exactly the feed-forward fc1/fc2 matmuls; attention projections, pooler and
+    classifier stay float; the scope is recorded."""
+    src = onnx.load(str(exported["adaptive"]))
+    every, _ = quantizable_matmuls(src)
+    mlp, _ = quantizable_matmuls(src, "mlp")
+    attn, _ = quantizable_matmuls(src, "attention")
+    assert mlp and attn and not set(mlp) & set(attn) and set(mlp) | set(attn) < set(every)
+    out = tmp_path / "mlp.onnx"
+    assert main(["calibrate", "int8", str(exported["adaptive"]), "--ckpt", str(exported["ckpt"]), "--out", str(out),
+                 "--samples", "16", "--scope", "mlp"]) == 0
+    m = onnx.load(str(out))
+    producer = {o: n for n in m.graph.node for o in n.output}
+    quantized = [n for n in m.graph.node if n.op_type in ("MatMul", "Gemm")
+                 and producer.get(n.input[0]) is not None and producer[n.input[0]].op_type == "DequantizeLinear"]
+    assert sorted(n.name for n in quantized) == sorted(mlp)
+    assert all("layers.Mlp/" in _scopes(n) for n in quantized)
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert json.loads(meta["trimkit_calibration"])["scope"] == "mlp"
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_int8_histogram_methods_take_data_dependent_shapes(exported, tmp_path, method):
+    """Histogram calibration over batches whose pruned token counts differ (ragged intermediate tensors)."""
+    out = tmp_path / f"{method}.onnx"
+    assert main(["calibrate", "int8", str(exported["adaptive"]), "--ckpt", str(exported["ckpt"]), "--out", str(out),
+                 "--samples", "48", "--batch-size", "8", "--method", method, "--scope", "mlp"]) == 0
+    m = onnx.load(str(out))
+    assert json.loads({p.key: p.value for p in m.metadata_props}["trimkit_calibration"])["method"] == method
+    assert any(n.op_type == "QuantizeLinear" for n in m.graph.node)
+
+
+def test_smoothing_keeps_the_float_function_and_feeds_int8(exported, tmp_path):
+    """SmoothQuant rescaling is exact in float (same logits and keep_counts); LayerNorm-fed matmuls fold, the
+    others get one Mul; the trimmers' nodes are untouched; `--smooth` records alpha and still quantizes."""
+    from trimkit.calibration.int8 import calibration_batches
+    from trimkit.calibration.smooth import smooth_graph
+
+    src = onnx.load(str(exported["adaptive"]))
+    model = trimkit.load_checkpoint(exported["ckpt"])
+    names, _ = quantizable_matmuls(src)
+    batches = calibration_batches(model, "easyvqa", 32, 16, 0)
+    sm = onnx.load(str(exported["adaptive"]))
+    res = smooth_graph(sm, names, batches, 0.8)
+    assert res.folded > 0 and res.inserted > 0 and res.tensors == res.folded + res.inserted
+    onnx.checker.check_model(sm)
+    path = tmp_path / "smoothed.onnx"
+    onnx.save(sm, str(path))
+    changed = {i.name for i in sm.graph.initializer} ^ {i.name for i in src.graph.initializer}
+    trim = trimmer_nodes(src)
+    assert all(n.name not in trim or list(n.input) == list(o.input) for n, o in zip(
+        [n for n in sm.graph.node if not n.name.endswith("_smooth")], src.graph.node))
+    assert changed and all("_smooth" in c for c in changed)
+    a, b = ort_session(exported["adaptive"]), ort_session(path)
+    for bs, tl in ((1, 5), (4, 9), (7, 16)):
+        pv, ids, mask = (t.numpy() for t in sample_inputs(model.config, bs, tl, seed=bs))
+        feed = {"pixel_values": pv, "input_ids": ids, "attention_mask": mask}
+        (la, ka), (lb, kb) = a.run(None, feed), b.run(None, feed)
+        np.testing.assert_allclose(lb, la, atol=1e-4, rtol=1e-4)
+        assert np.array_equal(ka, kb)
+    with pytest.raises(ValueError, match="alpha"):
+        smooth_graph(onnx.load(str(exported["adaptive"])), names, batches, 0.0)
+    ln_only = onnx.load(str(exported["adaptive"]))  # --smooth-where layernorm: the folds alone, no Mul
+    r = smooth_graph(ln_only, names, batches, 0.8, where="layernorm")
+    assert (r.folded, r.inserted) == (res.folded, 0) and len(ln_only.graph.node) == len(src.graph.node)
+    out = tmp_path / "sq.onnx"
+    assert main(["calibrate", "int8", str(exported["adaptive"]), "--ckpt", str(exported["ckpt"]), "--out", str(out),
+                 "--samples", "32", "--smooth", "0.8", "--smooth-where", "all"]) == 0
+    q = onnx.load(str(out))
+    calib = json.loads({p.key: p.value for p in q.metadata_props}["trimkit_calibration"])
+    assert calib["smooth_alpha"] == 0.8 and calib["smooth_where"] == "all"
+    assert calib["smoothed"]["tensors"] == res.tensors
+    assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) >= len(names)
+    assert main(["calibrate", "int8", str(exported["adaptive"]), "--ckpt", str(exported["ckpt"]), "--out",
+                 str(tmp_path / "bad.onnx"), "--smooth", "1.5"]) == 2
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_int8_refuses_bad_input(exported, tmp_path, capsys):
+    out = tmp_path / "q.onnx"
+    assert main(["calibrate", "int8", str(exported["adaptive"]), "--ckpt", str(exported["ckpt"]), "--out", str(out),
+                 "--samples", "0"]) == 2
+    assert main(["calibrate", "int8", str(exported["ckpt"]), "--ckpt", str(exported["ckpt"]), "--out", str(out)]) == 2
+    assert "expected a trimkit .onnx" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_per_layer_offsets_hit_the_target_and_export(exported, tmp_path):
+    out = tmp_path / "per_layer.pt"
+    assert main(["calibrate", "budget", str(exported["ckpt"]), "--target", "0.5", "--out", str(out), "--samples", "200",
+                 "--holdout", "300", "--per-layer"]) == 0
+    model = trimkit.load_checkpoint(out)
+    rec = model.meta["calibration"]
+    assert rec["method"] == "per-layer threshold offsets" and rec["threshold_offset"] is None
+    offsets = model.trim.layer_threshold_offsets
+    assert len(offsets) == len(model.token_trimmers) == len(rec["layer_offsets"]) and len(set(offsets)) > 1
+    assert abs(rec["validation"]["adaptive"]["flops_ratio"] - 0.5) <= 0.01
+    assert to_onnx(out, tmp_path / "per_layer.onnx").check["passed"]  # per-layer thresholds survive export

@@ -1,0 +1,61 @@
+"""`trimkit show` draws what each layer keeps."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import trimkit
+from trimkit.cli import main
+from trimkit.data import easyvqa
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def is_png(path) -> bool:
+    return path.exists() and path.stat().st_size > 2000 and path.read_bytes()[:8] == PNG
+
+
+@pytest.fixture(scope="module")
+def image():
+    return easyvqa.image_paths("test")[0]
+
+
+def test_show_draws_the_kept_tokens(exported, tmp_path, image):
+    from trimkit.report.show import explain
+
+    out = tmp_path / "show.png"
+    question = "what color is the shape in the image"
+    assert main(["show", str(exported["ckpt"]), image, question, "--out", str(out)]) == 0
+    assert is_png(out)
+    model = trimkit.load_checkpoint(exported["ckpt"])
+    ex = explain(model, image, question)
+    assert len(ex["layers"]) == len(model.token_trimmers)
+    assert ex["answer"] in model.labels and 0 < ex["probability"] <= 1
+    # the drawn masks are the model's own decisions: they add up to keep_counts (CLS always kept)
+    from trimkit.data.dataset import _open_image, _resize
+
+    pix = torch.from_numpy(_resize(_open_image(Path(image), "t"), model.config.image_size).copy())
+    pix = pix.permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
+    ids, mask = model.tokenizer.encode([question])
+    with torch.no_grad():
+        counts = model(pix, ids, mask, mode="prune").keep_counts[0]
+    for ti, layer in enumerate(ex["layers"]):
+        assert int(layer["patches"].sum()) + 1 == int(counts[ti, 0])
+        assert int(layer["words"].sum()) == int(counts[ti, 1])
+    # this model prunes: some patch, word or head is gone somewhere
+    assert any(not layer["patches"].all() or not layer["words"].all() or min(layer["heads"]) < ex["num_heads"]
+               for layer in ex["layers"])
+    assert main(["show", str(exported["ckpt"]), image, question, "--out", str(out)]) == 2  # no overwrite
+
+
+@pytest.mark.parametrize("img,question,message", [
+    ("missing.png", "what shape", "does not exist"),
+    (None, "   ", "empty"),
+])
+def test_show_bad_input(exported, tmp_path, image, img, question, message, capsys):
+    path = str(tmp_path / img) if img else image
+    assert main(["show", str(exported["ckpt"]), path, question, "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "x.png").exists()
