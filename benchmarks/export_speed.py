@@ -29,32 +29,12 @@ from rich.console import Console
 from rich.table import Table
 
 import trimkit
-from trimkit.cost import depth_flops
+from trimkit.cost import executed_ratio
 from trimkit.data import load_dataset
 from trimkit.export.onnx import ort_feed, ort_session, to_onnx
 
 DEFAULT = {"t0.5": ROOT / "build/bench/easyvqa-conv-t2/smarttrim-0.5.pt",
            "t0.33": ROOT / "build/bench/easyvqa-conv-t2/smarttrim-0.33.pt"}
-
-
-def executed_ratio(model, out) -> float:
-    """FLOPs actually executed by a batch (batch-max tokens and heads per layer) / full FLOPs."""
-    c, t = model.config, model.trim
-    b = out.logits.shape[0]
-    full = float(out.full_layer_flops.sum())
-    nv_full = out.token_masks[0][0].shape[1]
-    nt_pad = out.token_masks[0][1].shape[1]
-    total = 0.0
-    for depth in range(c.num_layers):
-        ti = depth - t.first_trimmed_layer
-        if ti < 0:
-            n = [nv_full, nt_pad]
-            heads = [c.layer_spec(depth, m).num_heads for m, _ in c.attention_modules(depth)]
-        else:
-            n = [float(m.sum(1).max()) for m in out.token_masks[ti]]
-            heads = [float(h.sum(1).max()) for h in out.head_masks[ti]]
-        total += b * float(depth_flops(c, depth, n, heads))
-    return total / full
 
 
 def measured_ratios(model, data, rows) -> tuple[list[dict], float, float]:
@@ -64,9 +44,9 @@ def measured_ratios(model, data, rows) -> tuple[list[dict], float, float]:
     for row in rows:
         pv, ids, mask, _ = data.batch(row, trim_padding=True)
         with torch.no_grad():
-            out = model(pv, ids, mask, mode="prune", details=True)
+            out = model(pv, ids, mask, mode="prune")
         sample.append(float(out.flops_ratio.mean()))
-        executed.append(executed_ratio(model, out))
+        executed.append(executed_ratio(out))
         feeds.append(ort_feed(pv, ids, mask))
     return feeds, statistics.mean(sample), statistics.mean(executed)
 

@@ -53,6 +53,7 @@ ExportFormat = _choices("ExportFormat", "onnx", "trt")
 ExportMode = _choices("ExportMode", "adaptive", "static", "full")
 ExportPrecision = _choices("ExportPrecision", "fp32", "fp16")
 HeadImpl = _choices("HeadImpl", "gather", "mask")
+Layout = _choices("Layout", "packed", "padded")
 Preset = _choices("Preset", "tiny", "small", "base")
 TrimTokens = _choices("TrimTokens", *TOKEN_MODALITIES)
 Freeze = _choices("Freeze", *FREEZE_CHOICES)
@@ -343,7 +344,11 @@ def export(
     keep_ratios: Annotated[str | None, typer.Option("--keep-ratios", help="static mode: 'v,t;v,t;...' per trimmed layer (default: calibrated).")] = None,
     heads: Annotated[HeadImpl, typer.Option("--heads", help="Head pruning: mask pruned heads (default; faster on CPU, "
                                                             "see the export_speed benchmark) or gather the kept "
-                                                            "heads' weight slices per sample.")] = HeadImpl.mask,
+                                                            "heads' weight slices (once per batch, the union of its "
+                                                            "choices, when packed; per sample when padded).")] = HeadImpl.mask,
+    layout: Annotated[Layout, typer.Option("--layout", help="adaptive: packed (token-wise work on the batch's kept tokens "
+                                                            "only; default) or padded (every sample at the batch's "
+                                                            "largest keep count; static shapes per layer).")] = Layout.packed,
     ort_optimize: Annotated[bool, typer.Option("--ort-optimize", help="Write an ONNX Runtime-optimized graph (CPU).")] = False,
     profile: Annotated[list[str] | None, typer.Option("--profile", help="trt: NAME=min:opt:max (batch, text); forms one profile.")] = None,
     profile_set: Annotated[list[str] | None, typer.Option("--profile-set", help="trt: one more profile, 'batch=1:1:1,text=2:8:16'.")] = None,
@@ -364,7 +369,7 @@ def export(
         if profile or profile_set or timing_cache or onnx_out:
             raise typer.BadParameter("--profile/--profile-set/--timing-cache/--onnx-out go with --format trt")
         res = to_onnx(source, out, mode=mode.value, opset=opset, precision=precision.value, keep_ratios=keep_ratios,
-                      head_impl=heads.value, ort_optimize=ort_optimize, force=force, log=log)
+                      head_impl=heads.value, layout=layout.value, ort_optimize=ort_optimize, force=force, log=log)
         typer.echo(f"wrote {res.path} ({res.size_bytes / 2**20:.1f} MiB, {res.mode}, opset {res.opset}, "
                    f"{res.precision}), sha256 {res.sha256[:16]}…")
         return

@@ -87,13 +87,20 @@ def export_metadata(model: MeterModel, mode: str, precision: str, extra: dict | 
 
     cfg = {"model_config": model.config.to_dict(), "trim_config": model.trim.to_dict(), "mode": mode,
            "trim_mode": TRIM_MODE_OF[mode], "precision": precision, "head_impl": model.head_impl,
+           "layout": graph_layout(model, mode),
            "dynamic_axes": {"batch": "all inputs/outputs", "text_len": "input_ids, attention_mask"},
            "image_size": model.config.image_size, **(extra or {})}
     meta = {META_VERSION: __version__, META_MODE: mode, META_CONFIG: json.dumps(cfg),
-            META_LABELS: json.dumps(list(model.labels or [])), META_WEIGHTS: weights_digest(model)}
+            META_LABELS: json.dumps(list(model.labels or [])), META_WEIGHTS: weights_digest(model),
+            META_LAYOUT: graph_layout(model, mode)}
     if getattr(model, "tokenizer", None) is not None:
         meta[META_TOKENIZER] = json.dumps(model.tokenizer.to_dict())
     return meta
+
+
+def graph_layout(model: MeterModel, mode: str) -> str:
+    """The token layout a graph of this mode runs: the model's for `adaptive`; `static` and `full` are padded."""
+    return getattr(model, "layout", "padded") if mode == "adaptive" else "padded"
 
 
 def stamp_metadata(proto, meta: dict[str, str]) -> None:

@@ -6,6 +6,13 @@ counted: layer norms, softmax, activations, embeddings (incl. a conv stem), the 
 themselves (reported separately by `token_trimmer_flops` / `head_trimmer_flops`). Every function is plain arithmetic,
 so it works on Python numbers and on tensors alike: with straight-through soft counts from
 `mask` mode the ratio is differentiable.
+
+Two quantities per input: *decided* FLOPs (`depth_flops` on the tokens and heads the trimmers keep
+for that sample: what the method promises) and *executed* FLOPs (`executed_depth_flops`: what the
+artifact runs, the sample's share of its batch's work). They differ by layout: the padded layout
+runs every sample at the batch's largest keep count, the packed one runs token-wise work on each
+sample's own tokens and only the attention products on the padded (B, k_max) view; and by head
+pruning: masked heads still run, heads gathered for the batch run the union of its choices.
 """
 
 from __future__ import annotations
@@ -28,18 +35,24 @@ __all__ = [
     "head_trimmer_flops",
     "projection_flops",
     "depth_flops",
+    "executed_depth_flops",
+    "executed_ratio",
+    "graph_node_counts",
 ]
 
 
-def attention_flops(n_q: Number, n_kv: Number, heads: Number, cfg: Dims, kv_dim: int | None = None) -> Number:
+def attention_flops(n_q: Number, n_kv: Number, heads: Number, cfg: Dims, kv_dim: int | None = None,
+                    grid: tuple[Number, Number] | None = None) -> Number:
     """One attention module: n_q queries over n_kv keys with `heads` heads kept; keys/values are projected
-    from `kv_dim`-wide states (default: the module's width)."""
+    from `kv_dim`-wide states (default: the module's width). `grid` (queries, keys): the lengths the
+    attention products run at when they differ from the projected rows (a padded view of packed rows)."""
     d, dh = cfg.hidden_size, cfg.head_dim
     width = heads * dh  # kept projection width
+    gq, gkv = (n_q, n_kv) if grid is None else grid
     q_proj = 2 * n_q * d * width
     kv_proj = 2 * 2 * n_kv * (d if kv_dim is None else kv_dim) * width
-    scores = 2 * n_q * n_kv * width  # q k^T
-    values = 2 * n_q * n_kv * width  # a v
+    scores = 2 * gq * gkv * width  # q k^T
+    values = 2 * gq * gkv * width  # a v
     out_proj = 2 * n_q * width * d
     return q_proj + kv_proj + scores + values + out_proj
 
@@ -56,31 +69,75 @@ def encoder_layer_flops(n: Number, heads: Number, cfg: Dims) -> Number:
 
 def fusion_stream_flops(
     n_self: Number, n_other: Number, heads_self: Number, heads_cross: Number, cfg: Dims,
-    other_dim: int | None = None,
+    other_dim: int | None = None, grid: tuple[Number, Number] | None = None,
 ) -> Number:
-    """One co-attention layer of one stream: self-attn, cross-attn to the other stream, FFN."""
+    """One co-attention layer of one stream: self-attn, cross-attn to the other stream, FFN
+    (`grid`: attention-product lengths of this stream and the other, as in `attention_flops`)."""
+    g_self, g_cross = (None, None) if grid is None else ((grid[0], grid[0]), grid)
     return (
-        attention_flops(n_self, n_self, heads_self, cfg)
-        + attention_flops(n_self, n_other, heads_cross, cfg, kv_dim=other_dim)
+        attention_flops(n_self, n_self, heads_self, cfg, grid=g_self)
+        + attention_flops(n_self, n_other, heads_cross, cfg, kv_dim=other_dim, grid=g_cross)
         + ffn_flops(n_self, cfg)
     )
 
 
-def depth_flops(cfg: ModelConfig, depth: int, n: list[Number], heads: list[Number]) -> Number:
+def depth_flops(cfg: ModelConfig, depth: int, n: list[Number], heads: list[Number],
+                grid: list[Number] | None = None) -> Number:
     """All layers at lockstep `depth`: n = [vision, text] token counts entering it, heads = kept heads per
     attention module in `ModelConfig.attention_modules` order. An idle stream costs nothing. (The fusion
-    entry's projections, on the tokens before that depth's trimming: `projection_flops`.)"""
+    entry's projections, on the tokens before that depth's trimming: `projection_flops`.) `grid` = [vision,
+    text] lengths the attention products run at, when they differ from n (`executed_depth_flops`)."""
+    g = grid if grid is not None else n
     if cfg.is_fusion(depth):
         f = cfg.fusion
-        text = fusion_stream_flops(n[TEXT], n[VISION], heads[2], heads[3], f, other_dim=cfg.stream_width(depth, VISION))
+        gv, gt = ((g[VISION], g[TEXT]), (g[TEXT], g[VISION])) if grid is not None else (None, None)
+        text = fusion_stream_flops(n[TEXT], n[VISION], heads[2], heads[3], f, other_dim=cfg.stream_width(depth, VISION),
+                                   grid=gt)
         if cfg.fusion_style == "text":  # BLIP: only the text stream runs
             return text
-        return fusion_stream_flops(n[VISION], n[TEXT], heads[0], heads[1], f) + text
+        return fusion_stream_flops(n[VISION], n[TEXT], heads[0], heads[1], f, grid=gv) + text
     total: Number = 0
     for m in (VISION, TEXT):
         if cfg.active(depth, m):
-            total = total + encoder_layer_flops(n[m], heads[m], cfg.encoder(m))
+            spec = cfg.encoder(m)
+            if grid is None:
+                total = total + encoder_layer_flops(n[m], heads[m], spec)
+            else:
+                total = total + attention_flops(n[m], n[m], heads[m], spec, grid=(g[m], g[m])) + ffn_flops(n[m], spec)
     return total
+
+
+def executed_depth_flops(cfg: ModelConfig, depth: int, rows: list[Number], grid: list[Number],
+                         heads: list[Number]) -> Number:
+    """One sample's share of the work its batch executes at `depth`.
+
+    rows = [vision, text] tokens the token-wise work (projections, FFN) runs on for this sample: its own
+    kept count in the packed layout, the batch's grid width (largest keep count, or the padded text length
+    before any trimming) in the padded one; grid = [vision, text] grid widths, where the attention products
+    run; heads = heads each attention module projects (all of them when heads are masked, the batch's
+    union when gathered for the batch, the batch's widest choice when gathered per sample). Summed over a
+    batch's samples this is the batch's executed work.
+    """
+    return depth_flops(cfg, depth, rows, heads, grid=grid)
+
+
+def executed_ratio(out) -> float:
+    """FLOPs a batch executed / the untrimmed model's FLOPs on the same inputs, from a `TrimOutput`
+    (its `executed_layer_flops` and `full_layer_flops`): 1.0 for the full model on unpadded text, above
+    `flops_ratio` (decided) by the padding and the heads that run although pruned."""
+    return float(out.executed_layer_flops.sum() / out.full_layer_flops.sum())
+
+
+def graph_node_counts(model) -> dict[str, int]:
+    """Node count per op type of an ONNX graph (a ModelProto or a path), "total" included: each node costs a
+    dispatch at run time, which dominates small inputs. Lazy onnx import."""
+    import onnx
+
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    counts: dict[str, int] = {}
+    for node in proto.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return {"total": len(proto.graph.node), **dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
 
 
 def token_trimmer_flops(n: Number, dim: int, other_dim: int, *, hidden_ratio: int = 4, proj_ratio: int = 16,

@@ -8,7 +8,7 @@ from typing import Any
 
 from .checkpoint import model_from_checkpoint, read_checkpoint
 from .config import TEXT, VISION
-from .contract import read_metadata
+from .contract import META_LAYOUT, META_MODE, read_metadata
 from .cost import depth_flops, head_trimmer_flops, projection_flops, token_trimmer_flops
 from .errors import BadInputError
 from .trimmers import Idle
@@ -103,6 +103,7 @@ def describe_onnx(path: str | os.PathLike) -> dict[str, Any]:
     ops: dict[str, int] = {}
     for n in model.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    meta = read_metadata(model)
     return {
         "kind": "onnx",
         "path": str(p),
@@ -111,7 +112,9 @@ def describe_onnx(path: str | os.PathLike) -> dict[str, Any]:
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
         "inputs": io(model.graph.input),
         "outputs": io(model.graph.output),
-        "metadata": read_metadata(model),
+        "metadata": meta,
+        # exports older than the packed layout carry no key and are padded; None: not a trimkit graph
+        "layout": meta.get(META_LAYOUT, "padded" if META_MODE in meta else None),
         "ops": dict(sorted(ops.items())),
         "nodes": len(model.graph.node),
     }

@@ -233,21 +233,27 @@ class TokenTrimmer(nn.Module):
         if not self.local_only:
             self.cls_proj.weight.zero_()
 
-    def forward(self, x: Tensor, cls_self: Tensor, cls_other: Tensor) -> Tensor:
-        """x: (B, N, D); cls_self: (B, D), cls_other: (B, D') -> logits (B, N)."""
-        local = self.fc2(F.gelu(self.fc1(self.norm(x))))  # (B, N, 1)
+    def forward(self, x: Tensor, cls_self: Tensor, cls_other: Tensor, sample: Tensor | None = None) -> Tensor:
+        """x: (B, N, D); cls_self: (B, D), cls_other: (B, D') -> logits (B, N).
+        Packed rows: x (T, D) and `sample` (T,) int64, the sample of each row -> logits (T,)."""
+        local = self.fc2(F.gelu(self.fc1(self.norm(x))))  # (B, N, 1) or (T, 1)
         if self.local_only:
             return local.squeeze(-1)
-        g = self._cls_vector(cls_self, cls_other)
-        glob = self.proj(x) @ g.unsqueeze(-1)  # (B, N, d_p) @ (B, d_p, 1) -> (B, N, 1); a MatMul, not an Einsum
-        return (local + glob).squeeze(-1)  # (B, N)
+        return (local + self._global(x, cls_self, cls_other, sample)).squeeze(-1)  # (B, N) or (T,)
+
+    def _global(self, x: Tensor, cls_self: Tensor, cls_other: Tensor, sample: Tensor | None) -> Tensor:
+        g = self._cls_vector(cls_self, cls_other)  # (B, d_p)
+        if sample is None:
+            return self.proj(x) @ g.unsqueeze(-1)  # (B, N, d_p) @ (B, d_p, 1) -> (B, N, 1); a MatMul, not an Einsum
+        return (self.proj(x) * g.index_select(0, sample)).sum(dim=-1, keepdim=True)  # (T, d_p) . (T, d_p) -> (T, 1)
 
     def _cls_vector(self, cls_self: Tensor, cls_other: Tensor) -> Tensor:
         # 1/sqrt(d_p) scales the weight, not the activation: a constant ONNX Runtime folds away
         return F.linear(torch.cat([cls_self, cls_other], dim=-1), self.cls_proj.weight / math.sqrt(self.proj_dim))
 
-    def scored(self, x: Tensor, cls_self: Tensor, cls_other: Tensor) -> tuple[Tensor, Tensor]:
-        """(logits, scale), (B, N) each: the logits `forward` computes and, detached, the sum of the absolute
+    def scored(self, x: Tensor, cls_self: Tensor, cls_other: Tensor,
+               sample: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(logits, scale), (B, N) each ((T,) for packed rows with `sample`, as in `forward`): the logits `forward` computes and, detached, the sum of the absolute
         values of the terms its two final dot products add up (fc2's and (P x) . g's, biases included).
         Rounding errors in the inputs move a logit in proportion to that sum, not to the logit, which
         can be a small difference of large terms."""
@@ -256,8 +262,13 @@ class TokenTrimmer(nn.Module):
         scale = h.detach().abs() @ self.fc2.weight.detach().abs().t() + self.fc2.bias.detach().abs()
         if not self.local_only:
             g, p = self._cls_vector(cls_self, cls_other), self.proj(x)
-            logits = logits + p @ g.unsqueeze(-1)
-            scale = scale + p.detach().abs() @ g.detach().abs().unsqueeze(-1)
+            if sample is None:
+                logits = logits + p @ g.unsqueeze(-1)
+                scale = scale + p.detach().abs() @ g.detach().abs().unsqueeze(-1)
+            else:
+                g = g.index_select(0, sample)  # (T, d_p)
+                logits = logits + (p * g).sum(dim=-1, keepdim=True)
+                scale = scale + (p.detach().abs() * g.detach().abs()).sum(dim=-1, keepdim=True)
         return logits.squeeze(-1), scale.squeeze(-1)
 
 

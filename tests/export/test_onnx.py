@@ -62,7 +62,9 @@ def test_default_opset_has_one_gelu_node(exported):
 def test_gathered_heads_export_matches_pytorch(exported, tmp_path):
     res = to_onnx(exported["ckpt"], tmp_path / "gather.onnx", mode="adaptive", head_impl="gather")
     assert res.check["passed"]
-    assert "GatherND" in ops(res.path) and "GatherND" not in ops(exported["adaptive"])  # weight slices gathered
+    # packed layout: the kept heads (union over the batch) are picked by NonZero and their weight slices gathered
+    nonzero = [sum(n.op_type == "NonZero" for n in onnx.load(str(p)).graph.node) for p in (res.path, exported["adaptive"])]
+    assert nonzero[0] > nonzero[1]
     assert json.loads(dict((p.key, p.value) for p in onnx.load(str(res.path)).metadata_props)["trimkit_config"])[
         "head_impl"] == "gather"
 
@@ -171,7 +173,10 @@ def test_trimmer_node_budget(exported):
     n_tok = 2 * len(model.token_trimmers)
     n_head = sum(len(h) for h in model.head_trimmers)
     extra = len(onnx.load(str(exported["adaptive"])).graph.node) - len(onnx.load(str(exported["full"])).graph.node)
-    assert 0 < extra <= 40 * n_tok + 12 * n_head, (extra, n_tok, n_head)
+    # the packed layout adds its own per-stream (rows, [CLS] rows, grid scores) and per-module (scatter to the
+    # padded grid, gather back) nodes: they buy the padding-free token-wise work at batch > 1
+    packing = 12 * n_tok + 16 * n_head
+    assert 0 < extra <= 40 * n_tok + 12 * n_head + packing, (extra, n_tok, n_head)
 
 
 def test_conv_stem_exports_and_matches(tmp_path):

@@ -30,6 +30,7 @@ from ..contract import (
     DEFAULT_OPSET,
     EXPORT_MODES,
     INPUT_NAMES,
+    LAYOUTS,
     MAX_BATCH,
     MAX_PROTO_BYTES,
     OUTPUT_NAMES,
@@ -92,18 +93,21 @@ def parse_keep_ratios(text: str, n_layers: int) -> list[list[float]]:
 
 
 def _prepare_model(source: str | os.PathLike | MeterModel, mode: str, keep_ratios, head_impl: str,
-                   precision: str) -> MeterModel:
+                   precision: str, layout: str = "packed") -> MeterModel:
     if mode not in EXPORT_MODES:
         raise BadInputError(f"unknown export mode {mode!r}; choose {', '.join(EXPORT_MODES)}")
     if precision not in PRECISIONS:
         raise BadInputError(f"unknown precision {precision!r}; choose {' or '.join(PRECISIONS)}")
     if head_impl not in ("gather", "mask"):
         raise BadInputError(f"unknown head pruning {head_impl!r}; choose gather or mask")
+    if layout not in LAYOUTS:
+        raise BadInputError(f"unknown layout {layout!r}; choose {' or '.join(LAYOUTS)}")
     model = load_checkpoint(source) if not isinstance(source, nn.Module) else source
     model = copy.deepcopy(model).eval()
     for attr in ("labels", "tokenizer", "meta"):
         setattr(model, attr, getattr(source, attr, getattr(model, attr, None)))
     model.head_impl = head_impl
+    model.layout = layout
     if mode == "static":
         n = len(model.token_trimmers)
         if keep_ratios is not None:
@@ -194,14 +198,15 @@ def check_onnx(model: MeterModel, path: str | os.PathLike, mode: str, *, precisi
 
 def to_onnx(source: str | os.PathLike | MeterModel, out: str | os.PathLike, *, mode: str = "adaptive",
             opset: int = DEFAULT_OPSET, precision: str = "fp32", keep_ratios: str | list | None = None,
-            head_impl: str = "mask", ort_optimize: bool = False, force: bool = False,
+            head_impl: str = "mask", layout: str = "packed", ort_optimize: bool = False, force: bool = False,
             check: bool = True, log=None) -> OnnxExport:
-    """Export a checkpoint (or model) to one ONNX file; checked, atomic, never overwriting without force."""
+    """Export a checkpoint (or model) to one ONNX file; checked, atomic, never overwriting without force.
+    `layout` ("packed" | "padded"): how the adaptive graph lays out kept tokens (`MeterModel.layout`)."""
     say = log or (lambda msg: None)
     out = check_writable(out, force=force)
     t = {}
     t0 = time.perf_counter()
-    model = _prepare_model(source, mode, keep_ratios, head_impl, precision)
+    model = _prepare_model(source, mode, keep_ratios, head_impl, precision, layout)
     proto = _export_proto(model, mode, opset, precision)
     t["export"] = time.perf_counter() - t0
     say(f"exported {mode} graph in {t['export']:.1f} s")

@@ -3,9 +3,14 @@
 One attention implementation serves every trim mode:
 - dense heads (`off`, `mask`): full projections; in `mask` mode a (B, H) gate multiplies
   each head's output (straight-through in training);
-- gathered heads (`prune`, export): the kept heads' weight slices are gathered per sample,
-  so pruned heads cost nothing; filler heads (samples keeping fewer than the batch max) are
-  zeroed by their gate.
+- gathered heads (`prune`, export): the kept heads' weight slices are gathered, so pruned heads
+  cost nothing. Per sample (padded layout: each sample's own (B, kh) heads; filler heads of
+  samples keeping fewer than the batch max are zeroed by their gate) or once for the whole batch
+  (`HeadChoice.kept`, the union over the batch; each sample's gate zeroes the heads it dropped).
+
+Token layouts: padded (B, N, D) tensors, or packed rows (T, D) of the batch's kept tokens with a
+`Packing` that maps them to the (B, k) grid: token-wise work (norms, projections, MLP) runs on the
+T rows, only the attention products run per sample on the padded (B, k) view.
 Keys are weighted by a (B, Nk) key weight in {0, 1}: pruned tokens and text padding are
 removed from attention. The softmax is written out (no SDPA) because it must export with a
 data-dependent key length.
@@ -20,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["HeadChoice", "masked_softmax", "Attention", "Mlp", "EncoderBlock", "FusionBlock", "ConvStem"]
+__all__ = ["HeadChoice", "Packing", "masked_softmax", "Attention", "Mlp", "EncoderBlock", "FusionBlock", "ConvStem"]
 
 
 @dataclass
@@ -28,11 +33,46 @@ class HeadChoice:
     """Which heads an attention module runs for each sample.
 
     gate: (B, H) keep gate in {0, 1} (dense heads), or (B, kh) alive flags of gathered heads.
-    idx: None (dense heads), or (B, kh) int64 head indices (sorted) to gather.
+    idx: None (dense heads), or (B, kh) int64 head indices (sorted) to gather per sample.
+    kept: None, or (kh,) int64 head indices (sorted) gathered once for the whole batch; `gate` is then
+          (B, kh): each sample's own choice among them.
     """
 
     gate: Tensor | None = None
     idx: Tensor | None = None
+    kept: Tensor | None = None
+
+
+@dataclass
+class Packing:
+    """Where the packed rows (T, C) of a stream sit in its padded (B, k) grid.
+
+    rows: (T,) int64 flat grid positions b * k + j of the kept tokens, ascending (sample-major);
+    weight: (B, k) key weights of the grid in {0, 1} (1 exactly at `rows`; fillers 0).
+    """
+
+    rows: Tensor
+    weight: Tensor
+
+    @property
+    def sample(self) -> Tensor:
+        """(T,) int64 the sample of each row (rows are non-negative: a truncating Div, one graph node, where
+        floor division costs ten)."""
+        return torch.div(self.rows, self.weight.shape[1], rounding_mode="trunc")
+
+    def to_grid(self, x: Tensor) -> Tensor:
+        """(T, C) packed rows -> (B, k, C) padded view, fillers zero; (T,) -> (B, k)."""
+        b, k = self.weight.shape
+        rest = x.shape[1:]
+        return x.new_zeros((b * k, *rest)).index_copy(0, self.rows, x).view(b, k, *rest)  # (B, k[, C])
+
+    def to_rows(self, g: Tensor) -> Tensor:
+        """(B, k, C) padded view -> (T, C) packed rows."""
+        return g.reshape(-1, g.shape[-1]).index_select(0, self.rows)  # (T, C)
+
+
+def _grid(x: Tensor, pack: Packing | None) -> Tensor:
+    return x if pack is None else pack.to_grid(x)
 
 
 def masked_softmax(scores: Tensor, key_weight: Tensor) -> Tensor:
@@ -66,8 +106,14 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, y: Tensor, key_weight: Tensor, heads: HeadChoice | None = None) -> Tensor:
-        """x: (B, Nq, D), y: (B, Nk, D), key_weight: (B, Nk) -> (B, Nq, D)."""
+    def forward(self, x: Tensor, y: Tensor, key_weight: Tensor, heads: HeadChoice | None = None,
+                x_pack: Packing | None = None, y_pack: Packing | None = None) -> Tensor:
+        """x: (B, Nq, D) or packed (Tq, D) with `x_pack`; y: (B, Nk, Dk) or packed (Tk, Dk) with `y_pack`;
+        key_weight: (B, Nk) (the grid's weights when y is packed) -> the shape of x."""
+        if x_pack is not None or y_pack is not None or (heads is not None and heads.kept is not None):
+            if heads is not None and heads.idx is not None:
+                raise ValueError("packed tokens need dense heads or heads gathered for the whole batch (HeadChoice.kept)")
+            return self.drop(self._forward_shared(x, y, key_weight, heads, x_pack, y_pack))
         if heads is not None and heads.idx is not None:
             q, k, v = self._project_gathered(x, y, heads.idx)
         else:
@@ -83,6 +129,50 @@ class Attention(nn.Module):
             b, h, _, dh = ctx.shape  # -1 for lengths: one shared shape tensor in a graph, not one per module
             out = self.out_proj(ctx.transpose(1, 2).reshape(b, -1, h * dh))  # (B, Nq, D)
         return self.drop(out)
+
+    def _forward_shared(self, x: Tensor, y: Tensor, key_weight: Tensor, heads: HeadChoice | None,
+                        x_pack: Packing | None, y_pack: Packing | None) -> Tensor:
+        """One weight set for the whole batch (the kept heads' slices, or all heads): projections on the rows
+        as they come (packed or padded), attention products per sample on the padded grids."""
+        kept = None if heads is None else heads.kept
+        h, dh = self.num_heads, self.head_dim
+        d, dk = self.q_proj.weight.shape[1], self.kv_proj.weight.shape[1]  # query and key/value input widths
+        if y is x and d == dk:
+            # self-attention: one (T, 3*kh*dh) projection and one scatter to the grid, not two of each (the weight
+            # Concat is of constants, which ONNX Runtime folds)
+            w = torch.cat([self.q_proj.weight.view(1, h, dh, d), self.kv_proj.weight.view(2, h, dh, d)])  # (3, H, dh, D)
+            bias = torch.cat([self.q_proj.bias.view(1, h, dh), self.kv_proj.bias.view(2, h, dh)])  # (3, H, dh)
+            if kept is not None:
+                w, bias = w.index_select(1, kept), bias.index_select(1, kept)  # (3, kh, dh, D), (3, kh, dh)
+            qkv = _grid(F.linear(x, w.reshape(-1, d), bias.reshape(-1)), x_pack)  # (B, N, 3*kh*dh)
+            b, n = qkv.shape[:2]
+            qkv = qkv.view(b, n, 3, -1, dh).permute(2, 0, 3, 1, 4)  # (3, B, kh, N, dh)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+        else:
+            wq, bq, wkv, bkv = self.q_proj.weight, self.q_proj.bias, self.kv_proj.weight, self.kv_proj.bias
+            if kept is not None:
+                wq = wq.view(h, dh, d).index_select(0, kept).reshape(-1, d)  # (kh*dh, D)
+                bq = bq.view(h, dh).index_select(0, kept).reshape(-1)  # (kh*dh,)
+                wkv = wkv.view(2, h, dh, dk).index_select(1, kept).reshape(-1, dk)  # (2*kh*dh, Dk)
+                bkv = bkv.view(2, h, dh).index_select(1, kept).reshape(-1)  # (2*kh*dh,)
+            q = _grid(F.linear(x, wq, bq), x_pack)  # (B, Nq, kh*dh)
+            kv = _grid(F.linear(y, wkv, bkv), y_pack)  # (B, Nk, 2*kh*dh)
+            b = q.shape[0]
+            q = q.view(b, q.shape[1], -1, dh).transpose(1, 2)  # (B, kh, Nq, dh)
+            kv = kv.view(b, kv.shape[1], 2, -1, dh).permute(2, 0, 3, 1, 4)  # (2, B, kh, Nk, dh)
+            k, v = kv[0], kv[1]
+        wo = self.out_proj.weight
+        if kept is not None:
+            wo = wo.view(-1, h, dh).index_select(1, kept).reshape(wo.shape[0], -1)  # (D, kh*dh)
+        scores = (q @ k.transpose(-1, -2)) * self.scale  # (B, kh, Nq, Nk)
+        attn = masked_softmax(scores, key_weight[:, None, None, :].to(scores.dtype))
+        ctx = attn @ v  # (B, kh, Nq, dh)
+        if heads is not None and heads.gate is not None:
+            ctx = ctx * heads.gate[:, :, None, None].to(ctx.dtype)  # heads this sample dropped -> 0
+        ctx = ctx.transpose(1, 2).reshape(b, ctx.shape[2], -1)  # (B, Nq, kh*dh)
+        if x_pack is not None:
+            ctx = x_pack.to_rows(ctx)  # (Tq, kh*dh)
+        return F.linear(ctx, wo, self.out_proj.bias)  # (Tq, D) or (B, Nq, D)
 
     def _project_dense(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, h, dh = x.shape[0], self.num_heads, self.head_dim
@@ -172,13 +262,14 @@ class EncoderBlock(nn.Module):
         else:
             self.ls1 = self.ls2 = None
 
-    def forward(self, x: Tensor, key_weight: Tensor, heads: HeadChoice | None = None) -> Tensor:
-        """x: (B, N, D), key_weight: (B, N) -> (B, N, D)."""
+    def forward(self, x: Tensor, key_weight: Tensor, heads: HeadChoice | None = None,
+                pack: Packing | None = None) -> Tensor:
+        """x: (B, N, D), key_weight: (B, N) -> (B, N, D); or packed rows x: (T, D) with `pack`."""
         if self.post_norm:
-            x = self.norm1(x + self.attn(x, x, key_weight, heads))
+            x = self.norm1(x + self.attn(x, x, key_weight, heads, pack, pack))
             return self.norm2(x + self.mlp(x))
         h = self.norm1(x)
-        a = self.attn(h, h, key_weight, heads)
+        a = self.attn(h, h, key_weight, heads, pack, pack)
         x = x + (a if self.ls1 is None else a * self.ls1)
         f = self.mlp(self.norm2(x))
         return x + (f if self.ls2 is None else f * self.ls2)
@@ -209,13 +300,16 @@ class FusionBlock(nn.Module):
         other_weight: Tensor,
         heads_self: HeadChoice | None = None,
         heads_cross: HeadChoice | None = None,
+        pack: Packing | None = None,
+        other_pack: Packing | None = None,
     ) -> Tensor:
-        """x: (B, N, D) this stream; other: (B, M, D') the other stream's layer input -> (B, N, D)."""
+        """x: (B, N, D) this stream; other: (B, M, D') the other stream's layer input -> (B, N, D).
+        Packed rows (T, D) / (T', D') with `pack` / `other_pack`."""
         if self.post_norm:
-            x = self.norm1(x + self.self_attn(x, x, key_weight, heads_self))
-            x = self.norm2(x + self.cross_attn(x, other, other_weight, heads_cross))
+            x = self.norm1(x + self.self_attn(x, x, key_weight, heads_self, pack, pack))
+            x = self.norm2(x + self.cross_attn(x, other, other_weight, heads_cross, pack, other_pack))
             return self.norm3(x + self.mlp(x))
         h = self.norm1(x)
-        x = x + self.self_attn(h, h, key_weight, heads_self)
-        x = x + self.cross_attn(self.norm2(x), self.norm_other(other), other_weight, heads_cross)
+        x = x + self.self_attn(h, h, key_weight, heads_self, pack, pack)
+        x = x + self.cross_attn(self.norm2(x), self.norm_other(other), other_weight, heads_cross, pack, other_pack)
         return x + self.mlp(self.norm3(x))

@@ -12,9 +12,13 @@ Trim modes, all on the same weights:
            training, deterministic thresholds in eval); pruned tokens stay in the tensors but
            are removed as keys, pruned heads are zeroed;
 - `prune`: tokens and heads physically removed per instance (TopK -> sort -> Gather), with
-           batch-invariant filler slots; the path the ONNX export traces;
+           batch-invariant filler slots; the path the ONNX export traces. Two token layouts
+           (`model.layout`): "packed" (default) runs the token-wise work after the first trimmed layer
+           on the batch's kept tokens as one (sum_b k_b, D) matrix and only the attention products per
+           sample on the padded (B, k_max) view; "padded" runs everything on (B, k_max, D);
 - `static`: calibrated per-layer keep ratios (`TrimConfig.static_keep_ratios`) and head counts:
-           the k highest-scoring tokens/heads, k derived from input shapes only.
+           the k highest-scoring tokens/heads, k derived from input shapes only (always padded: k is
+           the same for every sample, so there is no padding to remove).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import TEXT, VISION, ModelConfig, TrimConfig
-from ..cost import depth_flops, projection_flops
+from ..cost import depth_flops, executed_depth_flops, projection_flops
 from ..trimmers import (
     Decisions,
     HeadTrimmer,
@@ -41,12 +45,14 @@ from ..trimmers import (
     static_count,
     token_gate,
 )
-from .layers import ConvStem, EncoderBlock, FusionBlock, HeadChoice
+from .layers import ConvStem, EncoderBlock, FusionBlock, HeadChoice, Packing
 
-__all__ = ["MeterModel", "TrimOutput", "TRIM_MODES"]
+__all__ = ["MeterModel", "TrimOutput", "TRIM_MODES", "LAYOUTS", "HEAD_IMPLS"]
 
 TrimMode = Literal["off", "mask", "prune", "static"]
 TRIM_MODES: tuple[str, ...] = ("off", "mask", "prune", "static")
+LAYOUTS: tuple[str, ...] = ("packed", "padded")
+HEAD_IMPLS: tuple[str, ...] = ("gather", "mask")
 
 
 @dataclass
@@ -55,9 +61,13 @@ class TrimOutput:
 
     logits:           (B, num_labels)
     keep_counts:      (B, T, 2) int64, tokens kept entering each trimmed layer (vision, text)
-    layer_flops:      (B, L) analytic FLOPs per lockstep layer for this instance (differentiable
-                      through the straight-through masks in `mask` training)
+    layer_flops:      (B, L) analytic FLOPs per lockstep layer for this instance on the tokens and heads
+                      the trimmers *decided* to keep (differentiable through the straight-through masks in
+                      `mask` training)
     full_layer_flops: (B, L) the same for the untrimmed model on the same input
+    executed_layer_flops: (B, L) this instance's share of the FLOPs the batch *executes* in this
+                      mode and layout (`cost.executed_depth_flops`): batch padding, masked heads and the
+                      union of gathered heads included; text padding too, where it runs
     token_masks:      details only: per trimmed layer, ((B, Nv), (B, Nt)) keep masks over the
                       original token positions
     head_masks:       details only: per trimmed layer, list of (B, H) head keep masks, one per
@@ -75,6 +85,7 @@ class TrimOutput:
     keep_counts: Tensor
     layer_flops: Tensor
     full_layer_flops: Tensor
+    executed_layer_flops: Tensor | None = None
     token_masks: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     head_masks: list[list[Tensor]] = field(default_factory=list)
     encoder_states: tuple[Tensor, Tensor] | None = None
@@ -88,8 +99,14 @@ class TrimOutput:
 
     @property
     def flops_ratio(self) -> Tensor:
-        """(B,) FLOPs(trimmed) / FLOPs(full) per instance."""
+        """(B,) *decided* FLOPs(trimmed) / FLOPs(full) per instance: the tokens and heads the trimmers keep."""
         return self.layer_flops.sum(dim=1) / self.full_layer_flops.sum(dim=1)
+
+    @property
+    def executed_flops_ratio(self) -> Tensor:
+        """(B,) *executed* FLOPs / FLOPs(full) per instance: its share of what the batch ran (at batch 1, what
+        the artifact runs for it alone; masked heads count as run)."""
+        return self.executed_layer_flops.sum(dim=1) / self.full_layer_flops.sum(dim=1)
 
     @property
     def margin_penalty(self) -> Tensor | None:
@@ -101,10 +118,20 @@ class TrimOutput:
 class _Stream:
     """State of one modality through the lockstep stack."""
 
-    x: Tensor  # (B, N, D) hidden states (N shrinks in prune mode)
+    x: Tensor  # (B, N, D) hidden states (N shrinks in prune mode), or packed rows (T, D) with `pack`
     weight: Tensor  # (B, N) key weight / keep mask in {0, 1} (straight-through in mask training)
-    pos: Tensor  # (B, N) int64 original positions of the rows of x
+    pos: Tensor  # (B, N) int64 original positions of the grid's slots
     n_orig: int  # token count before any pruning
+    pack: Packing | None = None  # packed layout: where the rows of x sit in the (B, N) grid
+    cls_rows: Tensor | None = None  # packed layout: (B,) int64 row of each sample's [CLS]
+
+    def cls(self) -> Tensor:
+        """(B, D) the [CLS] states (grid slot 0: [CLS] is never pruned)."""
+        return self.x[:, 0] if self.pack is None else self.x.index_select(0, self.cls_rows)
+
+    def grid(self) -> Tensor:
+        """(B, N, D) hidden states on the grid (packed fillers are zeros)."""
+        return self.x if self.pack is None else self.pack.to_grid(self.x)
 
 
 class MeterModel(nn.Module):
@@ -176,9 +203,12 @@ class MeterModel(nn.Module):
                 HeadTrimmer(w[m], c.layer_spec(depth, m).num_heads, init_keep_logit=t.init_keep_logit,
                             other_dim=w[1 - m]) if c.active(depth, m) else Idle()
                 for m, _ in c.attention_modules(depth)]))
-        # How `prune` mode drops heads: "gather" the kept heads' weight slices per sample (saves the
-        # work), or "mask" them (dense projections, pruned heads zeroed); an export-time choice.
+        # How `prune` mode drops heads: "gather" the kept heads' weight slices (saves the work: once for the
+        # batch, the union of its choices, in the packed layout; per sample in the padded one), or "mask" them
+        # (dense projections, pruned heads zeroed); and how it lays out tokens: "packed" or "padded" (module
+        # docstring). Export-time choices, not weights.
         self.head_impl = "gather"
+        self.layout = "packed"
         self._init_weights()
 
     # ------------------------------------------------------------------ init
@@ -290,9 +320,12 @@ class MeterModel(nn.Module):
             _Stream(xt, wt, torch.arange(xt.shape[1], device=xt.device).expand(b, -1), xt.shape[1]),
         ]
         n_full = [torch.full((b,), float(xv.shape[1]), device=xv.device), wt.sum(dim=1).detach()]
+        if mode == "prune" and self.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {self.layout!r}; choose from {', '.join(LAYOUTS)}")
         counts: list[Tensor] = []
         flops: list[Tensor] = []
         full_flops: list[Tensor] = []
+        executed: list[Tensor] = []
         token_masks: list[tuple[Tensor, Tensor]] = []
         head_masks: list[list[Tensor]] = []
         encoder_states = None
@@ -302,51 +335,19 @@ class MeterModel(nn.Module):
 
         for depth in range(c.num_layers):
             trim_index = depth - t.first_trimmed_layer
-            trimmed = trim_index >= 0 and mode != "off"
             modules = c.attention_modules(depth)
             heads: list[HeadChoice | None] = [None] * len(modules)
-            entry = entry_full = 0.0
+            entry = entry_full = entry_run = 0.0
             if depth == c.encoder_depth and self.type_embed is not None:
                 # co-attention entry: project to the fusion width (counted on the tokens that reach it), add the type
                 entry = projection_flops(c, [s.weight.sum(dim=1) for s in streams])
                 entry_full = projection_flops(c, n_full)
+                entry_run = projection_flops(c, [self._rows_run(s) for s in streams])
                 for m, s in enumerate(streams):
                     s.x = self.fusion_proj[m](s.x) + self.type_embed[m]
-            if trimmed:
-                cls = [s.x[:, 0] for s in streams]  # (B, D_m) each, layer input
-                if t.token_trimming:
-                    for m, s in enumerate(streams):
-                        trimmer = self.token_trimmers[trim_index][m]
-                        if isinstance(trimmer, Idle):
-                            continue
-                        if track:  # decisions on tokens alive here; [CLS] is always kept
-                            logits, scale = trimmer.scored(s.x, cls[m], cls[1 - m])  # (B, N) each
-                            alive = s.weight.detach() > 0
-                            alive[:, 0] = False
-                            decisions.append(Decisions(logits - t.thresholds(trim_index)[0], alive, scale,
-                                                       trim_index, "tokens", m))
-                        else:
-                            logits = trimmer(s.x, cls[m], cls[1 - m])  # (B, N)
-                        if mode == "static":
-                            self._static_tokens(s, logits, t.static_keep_ratios[trim_index][m])
-                        else:
-                            self._trim_tokens(s, logits, mode, noise, trim_index)
-                if t.head_trimming:
-                    for j, (m, _) in enumerate(modules):
-                        trimmer = self.head_trimmers[trim_index][j]
-                        if isinstance(trimmer, Idle):
-                            continue
-                        if track:
-                            logits, scale = trimmer.scored(cls[m], cls[1 - m])  # (B, H) each
-                            decisions.append(Decisions(logits - t.thresholds(trim_index)[1],
-                                                       torch.ones_like(logits, dtype=torch.bool), scale,
-                                                       trim_index, "heads", m))
-                        else:
-                            logits = trimmer(cls[m], cls[1 - m])  # (B, H)
-                        if mode == "static":
-                            heads[j] = self._static_heads(logits, trim_index, j)
-                        else:
-                            heads[j] = self._choose_heads(logits, mode, noise, trim_index)
+            if trim_index >= 0 and mode != "off":
+                heads = self.trim_layer(depth, streams, mode=mode, noise=noise,
+                                        decisions=decisions if track else None)
                 if details:
                     token_masks.append(tuple(self._orig_mask(s) for s in streams))
                     head_masks.append([self._head_mask(h, b, xv, c.layer_spec(depth, m).num_heads)
@@ -355,13 +356,14 @@ class MeterModel(nn.Module):
                 counts += [s.weight.detach().sum(dim=1, keepdim=True) for s in streams]  # (B, 1) each
             flops.append(self._layer_flops(depth, [s.weight.sum(dim=1) for s in streams], heads) + entry)
             full_flops.append(self._layer_flops(depth, n_full, [None] * len(modules)) + entry_full)
+            executed.append(self._executed_flops(depth, streams, heads) + entry_run)
             self._run_layer(depth, streams, heads, vision_done=shared)
             if details and depth == c.encoder_depth - 1:
-                encoder_states = (streams[VISION].x, streams[TEXT].x)
+                encoder_states = (streams[VISION].grid(), streams[TEXT].grid())
 
         vis, txt = streams
-        pv = torch.tanh(self.vision_pool(self.vision_norm(vis.x[:, 0])))
-        pt = torch.tanh(self.text_pool(self.text_norm(txt.x[:, 0])))
+        pv = torch.tanh(self.vision_pool(self.vision_norm(vis.cls())))
+        pt = torch.tanh(self.text_pool(self.text_norm(txt.cls())))
         pooled = torch.cat([pv, pt, pv * pt] if c.pool_product else [pv, pt], dim=-1)  # (B, Dv + Dt [+ Dv])
         logits = self.classifier(pooled)  # (B, num_labels)
         keep_counts = (torch.cat(counts, dim=1).view(b, -1, 2) if counts  # one Concat + Reshape in a graph
@@ -371,16 +373,86 @@ class MeterModel(nn.Module):
             keep_counts=keep_counts.to(torch.int64),  # exact: sums of 1.0s
             layer_flops=torch.stack(flops, dim=1),
             full_layer_flops=torch.stack(full_flops, dim=1),
+            executed_layer_flops=torch.stack(executed, dim=1).detach(),
             token_masks=token_masks,
             head_masks=head_masks,
             encoder_states=encoder_states,
-            final_states=(vis.x, txt.x) if details else None,
+            final_states=(vis.grid(), txt.grid()) if details else None,
             pooled=pooled if details else None,
             decisions=decisions if details else [],
             margin_terms=margin_terms(decisions, margin, relative_margin) if margin > 0 and decisions else None,
         )
 
     # ------------------------------------------------------------------ pieces
+
+    def trim_layer(self, depth: int, streams: list[_Stream], *, mode: str, noise=None,
+                   decisions: list[Decisions] | None = None) -> list[HeadChoice | None]:
+        """The trimmers of one trimmed depth, on the layer's input: token selection of each stream (in place:
+        `mask` multiplies the weights, `prune` gathers the kept tokens, `static` the calibrated count) and the
+        heads each attention module runs, returned in `ModelConfig.attention_modules` order. `decisions`
+        (a list) collects every gate decision. In the packed layout every stream leaves packed."""
+        c, t = self.config, self.trim
+        trim_index = depth - t.first_trimmed_layer
+        modules = c.attention_modules(depth)
+        heads: list[HeadChoice | None] = [None] * len(modules)
+        cls = [s.cls() for s in streams]  # (B, D_m) each, layer input
+        packed = mode == "prune" and self.layout == "packed"
+        if t.token_trimming:
+            for m, s in enumerate(streams):
+                trimmer = self.token_trimmers[trim_index][m]
+                if isinstance(trimmer, Idle):
+                    continue
+                sample = None if s.pack is None else s.pack.sample  # (T,) sample of each row
+                if decisions is not None:  # decisions on tokens alive here; [CLS] is always kept
+                    logits, scale = trimmer.scored(s.x, cls[m], cls[1 - m], sample)  # (B, N) or (T,) each
+                    if s.pack is not None:
+                        logits, scale = s.pack.to_grid(logits), s.pack.to_grid(scale)  # (B, N) each
+                    alive = s.weight.detach() > 0
+                    alive[:, 0] = False
+                    decisions.append(Decisions(logits - t.thresholds(trim_index)[0], alive, scale,
+                                               trim_index, "tokens", m))
+                else:
+                    logits = trimmer(s.x, cls[m], cls[1 - m], sample)  # (B, N), or (T,) for packed rows
+                    if s.pack is not None:
+                        logits = s.pack.to_grid(logits)  # (B, N); fillers 0, never kept (weight 0)
+                if mode == "static":
+                    self._static_tokens(s, logits, t.static_keep_ratios[trim_index][m])
+                else:
+                    self._trim_tokens(s, logits, mode, noise, trim_index, packed=packed)
+        if packed:  # streams this depth does not trim (idle, or not token-trimmed) leave packed too
+            for s in streams:
+                if s.pack is None:
+                    self._pack(s)
+        if t.head_trimming:
+            for j, (m, _) in enumerate(modules):
+                trimmer = self.head_trimmers[trim_index][j]
+                if isinstance(trimmer, Idle):
+                    continue
+                if decisions is not None:
+                    logits, scale = trimmer.scored(cls[m], cls[1 - m])  # (B, H) each
+                    decisions.append(Decisions(logits - t.thresholds(trim_index)[1],
+                                               torch.ones_like(logits, dtype=torch.bool), scale,
+                                               trim_index, "heads", m))
+                else:
+                    logits = trimmer(cls[m], cls[1 - m])  # (B, H)
+                if mode == "static":
+                    heads[j] = self._static_heads(logits, trim_index, j)
+                else:
+                    heads[j] = self._choose_heads(logits, mode, noise, trim_index)
+        return heads
+
+    @staticmethod
+    def _pack(s: _Stream) -> None:
+        """Padded (B, N, D) -> packed rows (T, D) of the live tokens (weight > 0)."""
+        rows = torch.nonzero(s.weight.reshape(-1) > 0).squeeze(1)  # (T,) ascending: sample-major
+        s.x = s.x.reshape(-1, s.x.shape[-1]).index_select(0, rows)  # (T, D)
+        MeterModel._set_pack(s, rows, s.weight)
+
+    @staticmethod
+    def _set_pack(s: _Stream, rows: Tensor, weight: Tensor) -> None:
+        s.pack = Packing(rows, weight)
+        n = weight.sum(dim=1)  # (B,) rows per sample; [CLS] (grid slot 0) is each sample's first
+        s.cls_rows = (n.cumsum(dim=0) - n).to(torch.int64)  # (B,)
 
     def encode_vision(self, pixel_values: Tensor) -> Tensor:
         """Embedding + the untrimmed vision encoder (+ its final norm): (B, 3, H, W) -> (B, 1 + P, D)."""
@@ -402,7 +474,9 @@ class MeterModel(nn.Module):
         first = first.scatter_reduce(0, inverse, rows, reduce="amin")  # (U,) a row of each group
         return self.encode_vision(pixel_values[first])[inverse]  # (U, 1 + P, D) -> (B, 1 + P, D)
 
-    def _trim_tokens(self, s: _Stream, logits: Tensor, mode: str, noise, trim_index: int) -> None:
+    def _trim_tokens(self, s: _Stream, logits: Tensor, mode: str, noise, trim_index: int, *,
+                     packed: bool = False) -> None:
+        """logits (B, N) on the stream's grid."""
         t = self.trim
         training = self.training and mode == "mask"
         gate = token_gate(logits, training=training, tau=t.tau, threshold=t.thresholds(trim_index)[0],
@@ -412,9 +486,20 @@ class MeterModel(nn.Module):
             return
         # weights and gate are {0, 1} floats: their product is the keep mask, and `alive` comes back as
         # the next weights (fillers 0, pruned from here on) without bool round trips in the graph
-        idx, s.weight = select_topk_sorted(s.weight * gate, logits)  # (B, k), (B, k)
-        s.x = gather_tokens(s.x, idx)  # (B, k, D)
+        idx, alive = select_topk_sorted(s.weight * gate, logits)  # (B, k), (B, k)
         s.pos = torch.gather(s.pos, 1, idx)  # (B, k)
+        if not packed:
+            s.x = gather_tokens(s.x, idx)  # (B, k, D)
+            s.weight = alive
+            return
+        b, n = s.weight.shape
+        rows = torch.nonzero(alive.reshape(-1) > 0).squeeze(1)  # (T',) kept slots of the new (B, k) grid
+        src = (idx + torch.arange(b, device=idx.device)[:, None] * n).reshape(-1).index_select(0, rows)  # (T',) slots of the old grid
+        if s.pack is not None:  # old grid slot -> old packed row: the live slots before it
+            src = (s.weight.reshape(-1).cumsum(dim=0) - 1).to(torch.int64).index_select(0, src)  # (T',)
+        s.x = s.x.reshape(-1, s.x.shape[-1]).index_select(0, src)  # (T', D)
+        s.weight = alive
+        self._set_pack(s, rows, alive)
 
     def _static_tokens(self, s: _Stream, logits: Tensor, ratio: float) -> None:
         k = torch.sym_min(static_count(s.n_orig, ratio), s.x.shape[1])  # from input shapes only
@@ -440,13 +525,16 @@ class MeterModel(nn.Module):
                          uniform=noise(logits.shape) if training and noise else None)  # (B, H)
         if mode == "mask" or self.head_impl == "mask":
             return HeadChoice(gate=gate)
+        if self.layout == "packed":  # packed rows mix samples in one matmul: one weight set for the batch
+            kept = torch.nonzero(gate.amax(dim=0) > 0).squeeze(1)  # (kh,) union over the batch, ascending
+            return HeadChoice(gate=gate.index_select(1, kept), kept=kept)  # (B, kh): each sample's own choice among them
         idx, alive = select_topk_sorted(gate, logits)  # (B, kh), float alive flags
         return HeadChoice(gate=alive, idx=idx)
 
     @staticmethod
     def _orig_mask(s: _Stream) -> Tensor:
         """Keep mask over the original positions, (B, N_orig)."""
-        out = torch.zeros(s.x.shape[0], s.n_orig, dtype=s.weight.dtype, device=s.weight.device)
+        out = torch.zeros(s.weight.shape[0], s.n_orig, dtype=s.weight.dtype, device=s.weight.device)
         return out.scatter(1, s.pos, s.weight)
 
     @staticmethod
@@ -454,6 +542,8 @@ class MeterModel(nn.Module):
         """(B, H) keep mask of one attention module with n heads."""
         if h is None:
             return torch.ones(b, n, dtype=ref.dtype, device=ref.device)
+        if h.kept is not None:
+            return torch.zeros(b, n, dtype=h.gate.dtype, device=h.gate.device).index_copy(1, h.kept, h.gate)
         if h.idx is None:
             return h.gate
         return torch.zeros(b, n, dtype=h.gate.dtype, device=h.gate.device).scatter(1, h.idx, h.gate)
@@ -464,6 +554,20 @@ class MeterModel(nn.Module):
                 for h, (m, _) in zip(heads, c.attention_modules(depth))]
         return depth_flops(c, depth, n, kept)
 
+    def _executed_flops(self, depth: int, streams: list[_Stream], heads: list[HeadChoice | None]) -> Tensor:
+        """(B,) each sample's share of what the batch runs at `depth` (`cost.executed_depth_flops`)."""
+        c = self.config
+        grid = [torch.ones_like(s.weight).sum(dim=1) for s in streams]  # (B,) grid width k, as a tensor (k is symbolic)
+        rows = [self._rows_run(s) for s in streams]
+        run = [c.layer_spec(depth, m).num_heads if h is None else torch.ones_like(h.gate).sum(dim=1)  # projected heads
+               for h, (m, _) in zip(heads, c.attention_modules(depth))]
+        return executed_depth_flops(c, depth, rows, grid, run)
+
+    @staticmethod
+    def _rows_run(s: _Stream) -> Tensor:
+        """(B,) tokens the token-wise work runs on per sample: its live ones when packed, the grid width otherwise."""
+        return s.weight.detach().sum(dim=1) if s.pack is not None else torch.ones_like(s.weight).sum(dim=1)
+
     def _run_layer(self, depth: int, streams: list[_Stream], heads: list[HeadChoice | None], *,
                    vision_done: bool = False) -> None:
         """One lockstep depth; `vision_done`: the vision encoder already ran (`_shared_vision`)."""
@@ -473,12 +577,12 @@ class MeterModel(nn.Module):
             for m, s, layers, final in ((VISION, vis, self.vision_layers, self.vision_final_norm),
                                         (TEXT, txt, self.text_layers, self.text_final_norm)):
                 if depth < len(layers) and not (m == VISION and vision_done):
-                    s.x = layers[depth](s.x, s.weight, heads[m])
+                    s.x = layers[depth](s.x, s.weight, heads[m], s.pack)
                     if final is not None and depth == len(layers) - 1:
                         s.x = final(s.x)
             return
         f = depth - c.encoder_depth
         xv, xt = vis.x, txt.x  # both streams attend to the other's layer input
         if c.active(depth, VISION):  # co-attention; BLIP-style fusion runs the text stream only
-            vis.x = self.vision_fusion[f](xv, xt, vis.weight, txt.weight, heads[0], heads[1])
-        txt.x = self.text_fusion[f](xt, xv, txt.weight, vis.weight, heads[2], heads[3])
+            vis.x = self.vision_fusion[f](xv, xt, vis.weight, txt.weight, heads[0], heads[1], vis.pack, txt.pack)
+        txt.x = self.text_fusion[f](xt, xv, txt.weight, vis.weight, heads[2], heads[3], txt.pack, vis.pack)

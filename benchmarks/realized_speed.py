@@ -1,0 +1,306 @@
+"""Realized speed of the adaptive export (issue 27): how much of the FLOPs the trimmers save becomes time.
+
+One interleaved ONNX Runtime run (CPU, 2 threads, medians) per model and batch size (1 and 8) times:
+  - `full`       the untrimmed export;  `full-opt`: the same after ONNX Runtime's extended graph
+                 optimizations, saved (`to_onnx(ort_optimize=True)`; the transformer fusions of
+                 `onnxruntime.transformers` target BERT/ViT attention subgraphs this exporter does not emit);
+  - `padded`     adaptive export, padded layout, heads masked (the export before the packed layout);
+  - `packed`     adaptive export, packed layout, heads gathered once per batch (the default);
+  - `packed-mask` adaptive export, packed layout, heads masked;
+  - `keep-all`   `packed-mask` (the default export) with every trimmer keeping everything (thresholds -1e4):
+                 the trimmers' and the layout's overhead;
+  - `dense`, `dense-opt`  the dense ceiling: the untrimmed model at the image size whose full FLOPs come
+                 closest to r x the full model's (fewer image tokens, same questions): what a model doing
+                 the same work costs on this runtime, which bounds what any pruning can reach.
+Models: presets (`--preset base`: METER-sized, 224 px / 16 -> 197 image tokens, 40 text tokens, 12 + 6
+layers, width 768) and checkpoints given with `--random-ckpt NAME=PATH` (e.g. an imported BLIP-base at
+384 px) get *untrained* random trimmers whose thresholds `calibrate budget`'s bisection
+(`match_adaptive_budget`) sets to each `--ratios` FLOPs ratio on easy-VQA validation questions: only speed
+is measured there, not accuracy. Trained checkpoints (`--ckpt NAME=PATH`) run as they are.
+
+Per row: r = mean per-sample FLOPs ratio counting only executed work (each sample alone through the
+`packed` artifact: its kept tokens, its kept heads since they are gathered), the decided ratio beside it,
+executed / per-sample FLOPs of the batch for `packed` and `padded` (padding overhead), speedups vs `full`
+and vs `full-opt`, 1/r, the dense ceiling, and the issue's targets. `--openvino` adds OpenVINO (f32,
+same threads) for full / packed / dense. Results: benchmarks/results/<--results>.{json,md}.
+
+    python benchmarks/realized_speed.py --preset base --ratios 0.5,0.33 [--ckpt small-t0.5=PATH ...]
+        [--random-ckpt blip=PATH] [--batches 4] [--repeats 3] [--openvino]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+
+import torch
+from _common import RESULTS, ort_pass, save_json, time_interleaved, timing_args
+from rich.console import Console
+
+import trimkit
+from trimkit.calibration.budget import match_adaptive_budget
+from trimkit.config import TrimConfig
+from trimkit.cost import depth_flops, graph_node_counts, projection_flops
+from trimkit.data import load_dataset
+from trimkit.export.onnx import ort_feed, ort_session, to_onnx
+from trimkit.factory import new_model
+from trimkit.models import build_model
+from trimkit.train.loop import randomize_trimmers
+
+ADAPTIVE = {"padded": ("mask", "padded"), "packed": ("gather", "packed"), "packed-mask": ("mask", "packed")}
+# the issue's targets: (b8 x(1/r) vs full, b8 x(1/r) vs full-opt, b1 x ceiling, b1 x ceiling (opt), keep-all)
+UNTRAINED_TARGETS = dict(b8_ideal=0.85, b8_ideal_opt=0.8, b1_ceiling=0.9, b1_ceiling_opt=0.85, keep_all=0.03,
+                         padding=1.05)
+TRAINED_TARGETS = dict(b8_ceiling=0.9, b1_ceiling=0.9, keep_all=0.08)
+
+
+def full_flops(cfg, nv: int, nt: float) -> float:
+    """Untrimmed FLOPs of one input with nv image and nt text tokens."""
+    n = [nv, nt]
+    total = projection_flops(cfg, n)
+    for depth in range(cfg.num_layers):
+        total += depth_flops(cfg, depth, n, [cfg.layer_spec(depth, m).num_heads for m, _ in cfg.attention_modules(depth)])
+    return float(total)
+
+
+def dense_size(cfg, r: float, nt: float) -> tuple[int, float]:
+    """The image size (a multiple of the patch) whose untrimmed FLOPs ratio to the full model is closest to r."""
+    ref = full_flops(cfg, cfg.num_patches + 1, nt)
+    best = None
+    for cells in range(1, cfg.image_size // cfg.patch_size + 1):
+        ratio = full_flops(cfg, cells * cells + 1, nt) / ref
+        if best is None or abs(ratio - r) < abs(best[1] - r):
+            best = (cells * cfg.patch_size, ratio)
+    return best
+
+
+def dense_model(model, size: int):
+    """The same architecture at `size` px with fresh weights (a dense graph's time does not depend on them)."""
+    dense = build_model(dataclasses.replace(model.config, image_size=size), model.trim).eval()
+    dense.labels, dense.tokenizer, dense.meta = model.labels, model.tokenizer, {}
+    return dense
+
+
+def alone(pv, ids, mask, i: int):
+    """Sample i of a batch on its own, its text padding dropped (as a serving stack would)."""
+    n = int(mask[i].sum())
+    return pv[i:i + 1], ids[i:i + 1, :n], mask[i:i + 1, :n]
+
+
+@torch.no_grad()
+def flops_of(model, batches) -> dict[str, float]:
+    """r (per sample alone, executed work of the packed artifact), decided ratio, and executed / per-sample
+    FLOPs of the batches in the packed and padded artifacts."""
+    sample_exec, sample_decided, sample_full, sample_mask = [], [], [], []
+    batch_exec = {"packed": 0.0, "padded": 0.0}
+    for pv, ids, mask in batches:
+        for layout, (heads, lay) in (("packed", ADAPTIVE["packed"]), ("padded", ADAPTIVE["padded"])):
+            model.head_impl, model.layout = heads, lay
+            out = model(pv, ids, mask, mode="prune")
+            batch_exec[layout] += float(out.executed_layer_flops.sum())
+        for i in range(pv.shape[0]):
+            model.head_impl, model.layout = ADAPTIVE["packed"]
+            out = model(*alone(pv, ids, mask, i), mode="prune")
+            sample_exec.append(float(out.executed_layer_flops.sum()))
+            sample_decided.append(float(out.layer_flops.sum()))
+            sample_full.append(float(out.full_layer_flops.sum()))
+            model.head_impl, model.layout = ADAPTIVE["packed-mask"]
+            sample_mask.append(float(model(*alone(pv, ids, mask, i), mode="prune").executed_layer_flops.sum()))
+    per_sample = sum(sample_exec)
+    return {"r": statistics.mean(e / f for e, f in zip(sample_exec, sample_full)),
+            "decided": statistics.mean(d / f for d, f in zip(sample_decided, sample_full)),
+            "r_heads_masked": statistics.mean(e / f for e, f in zip(sample_mask, sample_full)),
+            "exec_over_sample_packed": batch_exec["packed"] / per_sample,
+            "exec_over_sample_padded": batch_exec["padded"] / per_sample}
+
+
+def openvino_pass(path, feeds, threads: int):
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                          "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+
+    def run() -> int:
+        for f in feeds:
+            request.infer(f)
+        return len(feeds)
+    return run
+
+
+def models_to_run(args):
+    """(name, (model, ratio), kind) for every row group, one model in memory at a time: kind "untrained"
+    (random trimmers, to be calibrated to `ratio`) or "trained" (ratio None)."""
+    untrained = [(p, lambda p=p: new_model(p, "easyvqa", seed=0)) for p in args.preset]
+    untrained += [(n, lambda p=p: trimkit.load_checkpoint(p)) for n, p in (x.split("=", 1) for x in args.random_ckpt)]
+    for name, make in untrained:
+        for ratio in args.ratios:
+            model = make()
+            randomize_trimmers(model, seed=0)
+            yield f"{name} r{ratio:g}", (model, ratio), "untrained"
+    for n, p in (x.split("=", 1) for x in args.ckpt):
+        yield n, (trimkit.load_checkpoint(p), None), "trained"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", action="append", default=[], help="preset with untrained trimmers (repeatable)")
+    ap.add_argument("--random-ckpt", action="append", default=[], help="NAME=PATH: a checkpoint, random trimmers")
+    ap.add_argument("--ckpt", action="append", default=[], help="NAME=PATH: a trained checkpoint, as it is")
+    ap.add_argument("--ratios", default="0.5,0.33", help="FLOPs ratios for the untrained trimmers")
+    ap.add_argument("--calib-samples", type=int, default=16, help="validation questions for the bisection")
+    ap.add_argument("--batch-sizes", default="1,8")
+    ap.add_argument("--openvino", action="store_true", help="also time OpenVINO (full, packed, dense)")
+    ap.add_argument("--results", default="realized_speed", help="result file stem under benchmarks/results/")
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse the workdir's calibrated thresholds and exports from an earlier run of this code")
+    timing_args(ap, batches=4, repeats=3, workdir="realized")
+    args = ap.parse_args()
+    args.ratios = [float(r) for r in args.ratios.split(",")]
+    if not (args.preset or args.random_ckpt or args.ckpt):
+        args.preset = ["base"]
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    console = Console()
+    rec = {"threads": args.threads, "batches": args.batches, "repeats": args.repeats, "results": args.results,
+           "reproduce": "python benchmarks/realized_speed.py " + " ".join(sys.argv[1:]), "runs": {}, "graph_nodes": {}}
+    for name, (model, ratio), kind in models_to_run(args):
+        c = model.config
+        data = load_dataset("easyvqa", tokenizer=model.tokenizer, labels=model.labels, image_size=c.image_size,
+                            splits=("val", "test"))
+        slug = name.replace(" ", "_")
+        if ratio is not None:
+            cached = args.workdir / f"{slug}.trim.json"
+            if args.reuse and cached.exists():
+                model.trim = TrimConfig.from_dict(json.loads(cached.read_text()))
+            else:
+                console.print(f"{name}: calibrating the random trimmers' thresholds to FLOPs ratio {ratio} ...")
+                model.trim, m = match_adaptive_budget(model.eval(), data.val, ratio, samples=args.calib_samples,
+                                                      tol=0.02, max_iter=14)
+                console.print(f"  decided FLOPs ratio {m['flops_ratio']:.3f} on {args.calib_samples} questions")
+                cached.write_text(json.dumps(model.trim.to_dict()))
+        g = torch.Generator().manual_seed(0)
+        files = {}
+        for variant, (heads, layout) in ADAPTIVE.items():
+            files[variant] = export(model, args.workdir / f"{slug}.{variant}.onnx", console, args.reuse,
+                                    mode="adaptive", head_impl=heads, layout=layout)
+        saved = model.trim
+        model.trim = dataclasses.replace(saved, token_threshold=-1e4, head_threshold=-1e4)
+        files["keep-all"] = export(model, args.workdir / f"{slug}.keep-all.onnx", console, args.reuse,
+                                   mode="adaptive", head_impl="mask", layout="packed")
+        model.trim = saved
+        files["full"] = export(model, args.workdir / f"{slug}.full.onnx", console, args.reuse, mode="full")
+        files["full-opt"] = export(model, args.workdir / f"{slug}.full-opt.onnx", console, args.reuse, mode="full",
+                                   ort_optimize=True)
+        for bs in [int(b) for b in args.batch_sizes.split(",")]:
+            rows = torch.randperm(len(data.test), generator=g)[: args.batches * bs].view(args.batches, bs)
+            batches = [data.test.batch(r, trim_padding=True)[:3] for r in rows]
+            fl = flops_of(model, batches)
+            size, dense_ratio = dense_size(c, fl["r"], statistics.mean(float(m.sum(1).float().mean())
+                                                                       for _, _, m in batches))
+            key = f"{slug}.dense{size}"
+            if key not in files:
+                dm = dense_model(model, size)
+                files[key] = export(dm, args.workdir / f"{key}.onnx", console, args.reuse, mode="full")
+                files[key + "-opt"] = export(dm, args.workdir / f"{key}-opt.onnx", console, args.reuse, mode="full",
+                                             ort_optimize=True)
+            feeds = [ort_feed(*b) for b in batches]
+            dense_feeds = [ort_feed(torch.rand(pv.shape[0], 3, size, size, generator=g) * 2 - 1, ids, mask)
+                           for pv, ids, mask in batches]
+            timed = {v: files[v] for v in ("full", "full-opt", *ADAPTIVE, "keep-all")}
+            timed.update({"dense": files[key], "dense-opt": files[key + "-opt"]})
+            passes = {v: ort_pass(ort_session(f, threads=args.threads), dense_feeds if v.startswith("dense") else feeds)
+                      for v, f in timed.items()}
+            if args.openvino:
+                passes.update({"ov-full": openvino_pass(files["full"], feeds, args.threads),
+                               "ov-packed": openvino_pass(files["packed"], feeds, args.threads),
+                               "ov-dense": openvino_pass(files[key], dense_feeds, args.threads)})
+            med = time_interleaved(passes, args.repeats, console, f"{name} batch {bs}")
+            ms = {v: 1000 * t for v, t in med.items()}
+            rec["runs"][f"{name}/b{bs}"] = row(name, kind, bs, fl, ms, size, dense_ratio)
+            rec["graph_nodes"][name] = {v: graph_node_counts(f)["total"] for v, f in files.items()
+                                        if not v.startswith(f"{slug}.dense")}
+            save_json(RESULTS / f"{args.results}.json", rec)
+            console.print(rec["runs"][f"{name}/b{bs}"])
+    write_markdown(rec)
+
+
+def export(model, path, console, reuse: bool, **kw):
+    """Export (always, unless `reuse`: a graph from older code would mislead)."""
+    if reuse and path.exists():
+        return path
+    console.print(f"exporting {path.name} ...")
+    return to_onnx(model, path, force=True, **kw).path
+
+
+def row(name: str, kind: str, bs: int, fl: dict, ms: dict, size: int, dense_ratio: float) -> dict:
+    r = fl["r"]
+    sp = {v: ms["full"] / ms[v] for v in ms if not v.startswith("ov-")}
+    sp_opt = {v: ms["full-opt"] / ms[v] for v in ("packed", "padded", "dense-opt")}
+    ceiling, ceiling_opt = ms["full"] / ms["dense"], ms["full-opt"] / ms["dense-opt"]
+    keep_all = ms["keep-all"] / ms["full"] - 1
+    checks = {}
+    if kind == "untrained":
+        t = UNTRAINED_TARGETS
+        if bs == 1:
+            checks["b1 >= 0.9 x ceiling"] = sp["packed"] >= t["b1_ceiling"] * ceiling
+            checks["b1 opt >= 0.85 x ceiling"] = sp_opt["packed"] >= t["b1_ceiling_opt"] * ceiling_opt
+        else:
+            checks["b8 >= 0.85/r"] = sp["packed"] >= t["b8_ideal"] / r
+            checks["b8 opt >= 0.8/r"] = sp_opt["packed"] >= t["b8_ideal_opt"] / r
+            checks["exec/sample <= 1.05"] = fl["exec_over_sample_packed"] <= t["padding"]
+        checks["keep-all <= 3%"] = keep_all <= t["keep_all"]
+    else:
+        t = TRAINED_TARGETS
+        checks[f"b{bs} >= 0.9 x ceiling"] = sp["packed"] >= t[f"b{bs}_ceiling" if bs in (1, 8) else "b8_ceiling"] * ceiling
+        if bs == 1:
+            checks["keep-all <= 8%"] = keep_all <= t["keep_all"]
+    out = {"model": name, "kind": kind, "batch": bs, **fl, "latency_ms": ms, "speedup_vs_full": sp,
+           "speedup_vs_full_opt": sp_opt, "ideal": 1 / r, "dense_size": size, "dense_ratio": dense_ratio,
+           "dense_ceiling": ceiling, "dense_ceiling_opt": ceiling_opt, "keep_all_overhead": keep_all, "checks": checks}
+    if "ov-full" in ms:
+        out["openvino"] = {"speedup_packed": ms["ov-full"] / ms["ov-packed"], "ceiling": ms["ov-full"] / ms["ov-dense"],
+                           "ov_full_vs_ort_full": ms["full"] / ms["ov-full"]}
+    return out
+
+
+def write_markdown(rec: dict) -> None:
+    lines = ["# Realized speed of the adaptive export (issue 27)", "",
+             f"ONNX Runtime CPU, {rec['threads']} threads, easy-VQA test questions, {rec['batches']} batches x "
+             f"{rec['repeats']} interleaved repeats per table; medians. Reproduce: `{rec['reproduce']}`.", "",
+             "| model / batch | r | decided | exec/ps packed · padded | full ms | packed ms | ×full | ×opt "
+             "| 1/r | dense× | targets |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, x in rec["runs"].items():
+        ms, sp = x["latency_ms"], x["speedup_vs_full"]
+        fails = [k for k, ok in x["checks"].items() if not ok]
+        verdict = "pass" if not fails else "FAIL: " + ", ".join(fails)
+        lines.append(f"| {key} | {x['r']:.3f} | {x['decided']:.3f} | {x['exec_over_sample_packed']:.2f} · "
+                     f"{x['exec_over_sample_padded']:.2f} | {ms['full']:.1f} | {ms['packed']:.1f} | {sp['packed']:.2f} "
+                     f"| {x['speedup_vs_full_opt']['packed']:.2f} | {x['ideal']:.2f} | {x['dense_ceiling']:.2f} "
+                     f"| {verdict} |")
+    lines += ["", "Other variants, speedup vs `full` (keep-all: overhead of trimmers keeping everything):", ""]
+    for key, x in rec["runs"].items():
+        sp = x["speedup_vs_full"]
+        ov = x.get("openvino")
+        lines.append(f"- {key}: padded {sp['padded']:.2f}×, packed-mask {sp['packed-mask']:.2f}× (its r "
+                     f"{x['r_heads_masked']:.3f}: masked heads run), full-opt "
+                     f"{sp['full-opt']:.2f}×, dense-opt ceiling vs full-opt {x['dense_ceiling_opt']:.2f}× "
+                     f"({x['dense_size']} px, ratio {x['dense_ratio']:.3f}), keep-all {100 * x['keep_all_overhead']:+.1f}%"
+                     + (f"; OpenVINO packed {ov['speedup_packed']:.2f}× (ceiling {ov['ceiling']:.2f}×)" if ov else ""))
+    lines += ["", "ONNX graph nodes per variant:", ""]
+    lines += [f"- {name}: " + ", ".join(f"{v} {n:,}" for v, n in nodes.items()) for name, nodes in rec["graph_nodes"].items()]
+    lines += ["", "Legend: r = mean per-sample FLOPs ratio counting only executed work (each sample alone through "
+              "the packed artifact); decided = what the trimmers keep (masked heads included as saved); exec/ps = "
+              "FLOPs the batch executes / the sum of its samples' r-work (1.00 = no padding); ×full, ×opt = speedup "
+              "of `packed` vs `full` and vs the ORT-optimized `full-opt`; dense× = `full` / a dense model at the "
+              "image size matching r (the ceiling). Untrained rows: random trimmers calibrated to the ratio; only "
+              "speed is measured."]
+    (RESULTS / f"{rec['results']}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""The packed layout in ONNX: same results as PyTorch, batch invariant, and the executed work is per sample."""
+
+import dataclasses
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import trimkit
+from trimkit.cli import main
+from trimkit.export.inputs import sample_inputs
+from trimkit.export.onnx import ort_feed, ort_session, to_onnx
+from trimkit.factory import new_model
+from trimkit.inspect import describe_onnx
+
+from ..conftest import randomize_trimmers
+
+
+def metadata(path):
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def test_default_adaptive_export_is_packed(exported):
+    meta = metadata(exported["adaptive"])
+    assert meta["trimkit_layout"] == "packed" and json.loads(meta["trimkit_config"])["layout"] == "packed"
+    assert metadata(exported["full"])["trimkit_layout"] == "padded"  # nothing to pack without pruning
+    assert describe_onnx(exported["adaptive"])["layout"] == "packed"
+    assert "NonZero" in {n.op_type for n in onnx.load(str(exported["adaptive"])).graph.node}
+
+
+_CACHE = {}
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 10_000), batch=st.integers(2, 7), text_len=st.integers(2, 16))
+def test_packed_graph_matches_pytorch_and_batch_of_one(exported, seed, batch, text_len):
+    """Random batch compositions at batch sizes and text lengths never traced (the export traced batch 2,
+    text length 6): logits and keep counts equal PyTorch's packed and padded `prune` runs, and every sample
+    its batch-of-one run."""
+    if not _CACHE:
+        _CACHE["sess"] = ort_session(exported["adaptive"])
+        _CACHE["model"] = trimkit.load_checkpoint(exported["ckpt"])
+    sess, model = _CACHE["sess"], _CACHE["model"]
+    pv, ids, mask = sample_inputs(model.config, batch, text_len, seed=seed)
+    logits, counts = sess.run(["logits", "keep_counts"], ort_feed(pv, ids, mask))
+    for layout in ("packed", "padded"):
+        model.layout, model.head_impl = layout, "mask"
+        with torch.no_grad():
+            ref = model(pv, ids, mask, mode="prune")
+        np.testing.assert_allclose(logits, ref.logits.numpy(), atol=1e-4, rtol=1e-3)
+        np.testing.assert_array_equal(counts, ref.keep_counts.numpy())
+    for i in range(batch):
+        n = int(mask[i].sum())
+        one_logits, one_counts = sess.run(["logits", "keep_counts"], ort_feed(pv[i:i + 1], ids[i:i + 1, :n],
+                                                                               mask[i:i + 1, :n]))
+        np.testing.assert_allclose(logits[i:i + 1], one_logits, atol=2e-5, rtol=1e-4)
+        np.testing.assert_array_equal(counts[i:i + 1], one_counts)
+
+
+def matmul_flops(path, feeds, tmp_path) -> list[dict[str, float]]:
+    """Per feed, the FLOPs of the graph's MatMul/Gemm nodes from the tensor shapes they really see at run time
+    (every non-constant operand made a graph output): "rows" for products with a 2-D constant weight (the
+    token-wise work: projections, FFN, trimmer and classifier layers), "other" for the rest (attention
+    products, per-sample gathered weights)."""
+    m = onnx.load(str(path))
+    consts = {i.name: tuple(i.dims) for i in m.graph.initializer}
+    consts.update({n.output[0]: tuple(n.attribute[0].t.dims) for n in m.graph.node if n.op_type == "Constant"})
+    nodes = [n for n in m.graph.node if n.op_type in ("MatMul", "Gemm")]
+    have = {o.name for o in m.graph.output}
+    for n in nodes:
+        for name in n.input[:2]:
+            if name not in consts and name not in have:
+                m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+                have.add(name)
+    probe = tmp_path / f"{path.stem}.shapes.onnx"
+    onnx.save(m, str(probe))
+    sess = ort_session(probe)
+    names = [o.name for o in sess.get_outputs()]
+    out = []
+    for feed in feeds:
+        shapes = dict(zip(names, (v.shape for v in sess.run(None, feed))))
+        shapes.update(consts)
+        total = {"rows": 0.0, "other": 0.0}
+        for n in nodes:
+            a, b = shapes[n.input[0]], shapes[n.input[1]]
+            if n.op_type == "Gemm":
+                attrs = {x.name: x.i for x in n.attribute}
+                mm = a[1] if attrs.get("transA") else a[0]
+                kk = a[0] if attrs.get("transA") else a[1]
+                nn = b[0] if attrs.get("transB") else b[1]
+                batch = 1
+            else:
+                mm, kk, nn = a[-2], a[-1], b[-1]
+                batch = int(np.prod(np.broadcast_shapes(a[:-2], b[:-2]))) if len(a) > 2 or len(b) > 2 else 1
+            kind = "rows" if n.input[1] in consts and len(b) == 2 else "other"
+            total[kind] += 2.0 * batch * mm * kk * nn
+        out.append(total)
+    return out
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    """A tiny model whose heads are all kept (so only token counts differ between samples), exported packed
+    and padded."""
+    root = tmp_path_factory.mktemp("layouts")
+    model = randomize_trimmers(new_model("tiny", "easyvqa", seed=7), seed=7)
+    model.trim = dataclasses.replace(model.trim, head_threshold=-1e4)
+    return model, {lay: to_onnx(model, root / f"{lay}.onnx", mode="adaptive", layout=lay, head_impl="gather").path
+                   for lay in ("packed", "padded")}
+
+
+@pytest.mark.slow
+def test_packed_graph_executes_per_sample_work(layouts, tmp_path):
+    """On a batch whose samples keep different counts, the packed graph's token-wise MatMuls do exactly the sum
+    of the samples' batch-of-one work; the padded graph's do more (every sample at the batch's largest count)."""
+    model, paths = layouts
+    pv, ids, mask = sample_inputs(model.config, 5, 12, seed=3, ragged=False)
+    with torch.no_grad():
+        counts = model(pv, ids, mask, mode="prune").keep_counts
+    assert counts[:, -1, 0].unique().numel() > 1  # the samples really keep different numbers of tokens
+    feeds = [ort_feed(pv, ids, mask)] + [ort_feed(pv[i:i + 1], ids[i:i + 1], mask[i:i + 1]) for i in range(5)]
+    packed = matmul_flops(paths["packed"], feeds, tmp_path)
+    padded = matmul_flops(paths["padded"], feeds[:1], tmp_path)
+    alone = sum(f["rows"] for f in packed[1:])
+    assert packed[0]["rows"] == pytest.approx(alone, rel=1e-9)
+    assert padded[0]["rows"] > 1.05 * alone
+    # and the model's accounting agrees on which artifact executes more
+    model.layout = "packed"
+    with torch.no_grad():
+        mine = float(model(pv, ids, mask, mode="prune").executed_layer_flops.sum())
+        model.layout = "padded"
+        theirs = float(model(pv, ids, mask, mode="prune").executed_layer_flops.sum())
+    assert mine < theirs
+
+
+@pytest.mark.slow
+def test_keep_everything_packed_graph_reproduces_full(exported, tmp_path):
+    model = trimkit.load_checkpoint(exported["ckpt"])
+    model.trim = dataclasses.replace(model.trim, token_threshold=-1e4, head_threshold=-1e4)
+    res = to_onnx(model, tmp_path / "keep.onnx", mode="adaptive", head_impl="gather")
+    full, keep = ort_session(exported["full"]), ort_session(res.path)
+    pv, ids, mask = sample_inputs(model.config, 4, 9, seed=5)
+    a = full.run(["logits"], ort_feed(pv, ids, mask))[0]
+    b, counts = keep.run(["logits", "keep_counts"], ort_feed(pv, ids, mask))
+    np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-4)
+    assert (counts[:, :, 0] == 17).all()
+
+
+def test_cli_export_layout_padded(exported, tmp_path):
+    out = tmp_path / "padded.onnx"
+    assert main(["export", str(exported["ckpt"]), "--out", str(out), "--layout", "padded"]) == 0
+    assert metadata(out)["trimkit_layout"] == "padded"
+    assert "NonZero" not in {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert main(["inspect", str(out), "--json", str(tmp_path / "info.json")]) == 0
+    assert json.loads((tmp_path / "info.json").read_text())["layout"] == "padded"
+    assert main(["export", str(exported["ckpt"]), "--out", str(tmp_path / "x.onnx"), "--layout", "ragged"]) == 2

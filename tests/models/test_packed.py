@@ -1,0 +1,96 @@
+"""Packed vs padded token layouts of `prune` mode, and the executed-FLOPs accounting beside the decided one."""
+
+import dataclasses
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trimkit.cost import executed_ratio
+from trimkit.factory import new_model
+
+from ..conftest import make_inputs, randomize_trimmers
+
+VARIANTS = [("packed", "gather"), ("packed", "mask"), ("padded", "gather"), ("padded", "mask")]
+
+
+def run(model, inputs, mode="prune", layout="packed", head_impl="gather"):
+    model.layout, model.head_impl = layout, head_impl
+    with torch.no_grad():
+        return model(*inputs, mode=mode, details=True)
+
+
+def alone(inputs, i):
+    pv, ids, mask = inputs
+    n = int(mask[i].sum())
+    return pv[i:i + 1], ids[i:i + 1, :n], mask[i:i + 1, :n]
+
+
+_MODEL = randomize_trimmers(new_model("tiny", "easyvqa", seed=5), seed=5)
+
+
+@settings(max_examples=5, deadline=None)
+@given(seed=st.integers(0, 10_000), batch=st.integers(1, 5), text_len=st.integers(2, 16))
+def test_layouts_agree_with_mask_mode_and_batch_of_one(seed, batch, text_len):
+    """Every layout x head implementation gives mask mode's logits and keep counts, and each sample its
+    batch-of-one result, on random batch compositions."""
+    inputs = make_inputs(_MODEL, batch, text_len, seed=seed)
+    ref = run(_MODEL, inputs, mode="mask")
+    for layout, heads in VARIANTS:
+        out = run(_MODEL, inputs, layout=layout, head_impl=heads)
+        torch.testing.assert_close(out.logits, ref.logits, atol=1e-5, rtol=1e-5)
+        assert torch.equal(out.keep_counts, ref.keep_counts), (layout, heads)
+        torch.testing.assert_close(out.layer_flops, ref.layer_flops)  # decided FLOPs do not depend on the layout
+        for (mv, mt), (pv, pt) in zip(ref.token_masks, out.token_masks):
+            assert torch.equal(mv, pv) and torch.equal(mt, pt)
+    packed = run(_MODEL, inputs)
+    for i in range(batch):
+        one = run(_MODEL, alone(inputs, i))
+        torch.testing.assert_close(packed.logits[i:i + 1], one.logits, atol=1e-5, rtol=1e-5)
+        assert torch.equal(packed.keep_counts[i:i + 1], one.keep_counts)
+
+
+def test_pruning_happens_and_keep_counts_differ():
+    """The property test above is only worth something if samples keep different counts."""
+    out = run(_MODEL, make_inputs(_MODEL, 6, 12, seed=1))
+    assert out.keep_counts[:, -1, 0].unique().numel() > 1
+    assert float(out.flops_ratio.max()) < 0.9
+
+
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_keep_everything_reproduces_full(layout):
+    model = randomize_trimmers(new_model("tiny", "easyvqa", seed=6), seed=6)
+    model.trim = dataclasses.replace(model.trim, token_threshold=-1e4, head_threshold=-1e4)
+    inputs = make_inputs(model, 5, 11, seed=2)
+    off, out = run(model, inputs, mode="off"), run(model, inputs, layout=layout)
+    torch.testing.assert_close(out.logits, off.logits, atol=1e-5, rtol=0)
+    real = inputs[2].sum(dim=1)  # text tokens kept: all real ones
+    assert torch.equal(out.keep_counts[:, :, 1], real[:, None].expand_as(out.keep_counts[:, :, 1]))
+    assert torch.allclose(out.flops_ratio, torch.ones(5))
+
+
+def test_executed_flops_by_layout():
+    """Batch of one: the packed, gathered-heads artifact executes exactly what was decided; masked heads run
+    and count. In a batch: packed executes less than padded, and its token-wise work is each sample's own."""
+    model = _MODEL
+    inputs = make_inputs(model, 6, 12, seed=4, ragged=False)
+    one = run(model, alone(inputs, 0))
+    torch.testing.assert_close(one.executed_layer_flops, one.layer_flops)
+    masked = run(model, alone(inputs, 0), head_impl="mask")
+    assert float(masked.executed_flops_ratio) > float(masked.flops_ratio)  # masked heads are not saved work
+
+    packed, padded = run(model, inputs), run(model, inputs, layout="padded", head_impl="gather")
+    decided = float(packed.layer_flops.sum())
+    assert decided < float(packed.executed_layer_flops.sum()) < float(padded.executed_layer_flops.sum())
+    assert executed_ratio(packed) < executed_ratio(padded)
+    # with every head kept, packed differs from the per-sample work only by the attention products' padding
+    keep_heads = dataclasses.replace(model.trim, head_threshold=-1e4)
+    model.trim, saved = keep_heads, model.trim
+    try:
+        packed = run(model, inputs)
+        alone_sum = sum(float(run(model, alone(inputs, i)).executed_layer_flops.sum()) for i in range(6))
+    finally:
+        model.trim = saved
+    executed = float(packed.executed_layer_flops.sum())
+    assert alone_sum <= executed <= 1.1 * alone_sum
