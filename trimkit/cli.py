@@ -337,7 +337,7 @@ def export(
     out: OutOpt,
     fmt: Annotated[ExportFormat, typer.Option("--format", help="onnx or trt (TensorRT engine + manifest).")] = ExportFormat.onnx,
     mode: Annotated[ExportMode, typer.Option("--mode", help="adaptive (data-dependent k), static (calibrated k) or full.")] = ExportMode.adaptive,
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (20 and up: one Gelu node).")] = DEFAULT_OPSET,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset, 18-25 (20 and up: one Gelu node).")] = DEFAULT_OPSET,
     precision: Annotated[ExportPrecision, typer.Option("--precision", help="fp16: an fp16 graph with fp32 inputs/outputs.")] = ExportPrecision.fp32,
     keep_ratios: Annotated[str | None, typer.Option("--keep-ratios", help="static mode: 'v,t;v,t;...' per trimmed layer (default: calibrated).")] = None,
     heads: Annotated[HeadImpl, typer.Option("--heads", help="Head pruning: mask pruned heads (default; faster on CPU, "

@@ -104,3 +104,213 @@ def test_engine_build_and_run_matches_onnx_runtime(exported, tmp_path):
     ref_logits, ref_counts = ort_session(exported["adaptive"]).run(None, {k: v.cpu().numpy() for k, v in feeds.items()})
     np.testing.assert_allclose(logits.cpu().numpy(), ref_logits, atol=1e-3, rtol=1e-3)
     np.testing.assert_array_equal(counts.cpu().numpy(), ref_counts)
+
+
+# ----------------------------------------------------------------------------- the builder against a fake TensorRT
+# The fake follows the documented TensorRT 10 Python API (set_timing_cache returns a bool, get_timing_cache may
+# return None, BuilderFlag.TF32 is on by default) so that the builder's handling of each is exercised here.
+
+
+class _Flag:
+    def __init__(self, name):
+        self.name = name
+
+
+class _FakeCache:
+    def __init__(self, data: bytes):
+        self.data = data or b"fresh"
+
+    def serialize(self):
+        return self.data + b"+timed"
+
+
+class _FakeConfig:
+    def __init__(self, owner):
+        self.owner, self.flags, self.cache, self.profiles = owner, {"TF32"}, None, []
+
+    def set_memory_pool_limit(self, pool, size):
+        self.workspace = size
+
+    def clear_flag(self, flag):
+        self.flags.discard(flag.name)
+
+    def get_flag(self, flag):
+        return flag.name in self.flags
+
+    def add_optimization_profile(self, prof):
+        self.profiles.append(prof)
+        return len(self.profiles) - 1
+
+    def create_timing_cache(self, data):
+        return _FakeCache(bytes(data))
+
+    def set_timing_cache(self, cache, ignore_mismatch):
+        if cache.data == b"foreign" and not ignore_mismatch:
+            return False  # a cache from another device: refused, as TensorRT does
+        self.cache = cache
+        return True
+
+    def get_timing_cache(self):
+        return self.owner.get_timing_cache_result(self)
+
+
+class _FakeProfile:
+    def __init__(self):
+        self.shapes = {}
+
+    def set_shape(self, name, lo, opt, hi):
+        self.shapes[name] = (lo, opt, hi)
+
+
+class _FakeEngine:
+    num_io_tensors = 4
+    names = ["pixel_values", "input_ids", "attention_mask", "logits"]
+
+    def get_tensor_name(self, i):
+        return self.names[i]
+
+    def get_tensor_mode(self, name):
+        return "in" if name != "logits" else "out"
+
+    def get_tensor_dtype(self, name):
+        return "DataType.FLOAT"
+
+    def get_tensor_shape(self, name):
+        return [-1, 13]
+
+
+def _fake_trt(*, cache_result="config", fail_serialize=False):
+    import types
+
+    trt = types.SimpleNamespace(__version__="10.13.0")
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+    trt.BuilderFlag = types.SimpleNamespace(TF32=_Flag("TF32"))
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE=0)
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="in")
+    trt.configs = []
+
+    def get_cache(cfg):
+        if fail_serialize:
+            return types.SimpleNamespace(serialize=lambda: (_ for _ in ()).throw(RuntimeError("serialize")))
+        return cfg.cache if cache_result == "config" else None
+
+    class Builder:
+        def __init__(self, logger):
+            self.get_timing_cache_result = get_cache
+
+        def create_network(self, flags):
+            return object()
+
+        def create_builder_config(self):
+            cfg = _FakeConfig(self)
+            trt.configs.append(cfg)
+            return cfg
+
+        def create_optimization_profile(self):
+            return _FakeProfile()
+
+        def build_serialized_network(self, network, cfg):
+            return b"ENGINE"
+
+    trt.Builder = Builder
+    trt.OnnxParser = type("OnnxParser", (), {"__init__": lambda self, n, lg: None,
+                                             "parse_from_file": lambda self, p: True, "num_errors": 0})
+    trt.Runtime = type("Runtime", (), {"__init__": lambda self, lg: None,
+                                       "deserialize_cuda_engine": lambda self, b: _FakeEngine()})
+    return trt
+
+
+@pytest.fixture
+def fake_build(monkeypatch):
+    import trimkit.export.trt as trt_mod
+
+    def install(**kw):
+        trt = _fake_trt(**kw)
+        monkeypatch.setattr(trt_mod, "check_trt_ready", lambda: (trt, {"name": "Fake GPU", "cuda": "12.9"}))
+        return trt
+
+    return install
+
+
+def test_fp32_build_clears_tf32_and_writes_engine_manifest_cache_together(exported, tmp_path, fake_build):
+    from trimkit.export.trt import build_engine
+
+    trt = fake_build()
+    profiles = [Profile((1, 8, 8), (2, 16, 16))]
+    res = build_engine(exported["adaptive"], tmp_path / "m.plan", profiles=profiles,
+                       timing_cache=tmp_path / "cache.bin")
+    assert trt.configs[0].get_flag(trt.BuilderFlag.TF32) is False
+    man = read_manifest(res.path)
+    assert man["tf32"] is False and man["timing_cache_state"] == "new" and man["precision"] == "fp32"
+    assert res.path.read_bytes() == b"ENGINE" and (tmp_path / "cache.bin").read_bytes() == b"fresh+timed"
+    import hashlib
+
+    assert man["engine_sha256"] == hashlib.sha256(b"ENGINE").hexdigest()
+    # the second build reuses (and rewrites) the cache file without --force; the engine needs --force
+    build_engine(exported["adaptive"], tmp_path / "m.plan", profiles=profiles, timing_cache=tmp_path / "cache.bin",
+                 force=True)
+    assert read_manifest(res.path)["timing_cache_state"] == "reused"
+    assert (tmp_path / "cache.bin").read_bytes() == b"fresh+timed+timed"
+
+
+def test_foreign_timing_cache_falls_back_to_a_fresh_one(exported, tmp_path, fake_build):
+    from trimkit.export.trt import build_engine
+
+    fake_build(cache_result=None)  # get_timing_cache() returns None: the builder keeps the cache it set
+    (tmp_path / "cache.bin").write_bytes(b"foreign")
+    said = []
+    res = build_engine(exported["adaptive"], tmp_path / "m.plan", profiles=[Profile((1, 8, 8), (2, 16, 16))],
+                       timing_cache=tmp_path / "cache.bin", log=said.append)
+    assert any("another device" in s for s in said)
+    assert read_manifest(res.path)["timing_cache_state"] == "replaced"
+    assert (tmp_path / "cache.bin").read_bytes() == b"fresh+timed"
+
+
+def test_failed_cache_serialization_leaves_nothing(exported, tmp_path, fake_build):
+    from trimkit.export.trt import build_engine
+
+    fake_build(fail_serialize=True)
+    with pytest.raises(RuntimeError, match="serialize"):
+        build_engine(exported["adaptive"], tmp_path / "m.plan", profiles=[Profile((1, 8, 8), (2, 16, 16))],
+                     timing_cache=tmp_path / "cache.bin")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_group_write_removes_renamed_files_when_a_later_rename_fails(tmp_path, monkeypatch):
+    import os
+
+    from trimkit.fileio import atomic_write_group
+
+    real = os.replace
+    calls = []
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_group({tmp_path / "a.plan": lambda t: t.write_bytes(b"a"),
+                            tmp_path / "a.plan.json": lambda t: t.write_text("{}")})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_opset_range_is_checked():
+    from trimkit.export.onnx import check_opset
+
+    assert [check_opset(o) for o in (18, 20, 25)] == [18, 20, 25]
+    for bad in (5, 17, 26):
+        with pytest.raises(BadInputError, match="supported opsets are 18-25"):
+            check_opset(bad)
+
+
+@pytest.mark.parametrize("opset", ["5", "99"])
+def test_opset_outside_the_supported_range_is_one_line(exported, tmp_path, opset):
+    r = subprocess.run([sys.executable, "-m", "trimkit.cli", "export", str(exported["ckpt"]), "--out",
+                        str(tmp_path / "m.onnx"), "--opset", opset], capture_output=True, text=True, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "supported opsets are 18-25" in lines[0]
+    assert list(tmp_path.iterdir()) == []

@@ -31,11 +31,11 @@ from ..checkpoint import load_checkpoint, weights_digest
 from ..errors import BadInputError, CheckFailedError
 from ..fileio import atomic_path, check_writable, sha256_file
 from ..models import MeterModel
-from . import DEFAULT_OPSET, EXPORT_MODES
+from . import DEFAULT_OPSET, EXPORT_MODES, OPSET_RANGE
 from .inputs import sample_inputs
 
 __all__ = ["to_onnx", "OnnxExport", "ExportWrapper", "check_onnx", "TRIM_MODE_OF", "parse_keep_ratios",
-           "INPUT_NAMES", "OUTPUT_NAMES", "ort_feed", "onnx_metadata", "ort_session"]
+           "INPUT_NAMES", "OUTPUT_NAMES", "ort_feed", "onnx_metadata", "ort_session", "check_opset"]
 
 TRIM_MODE_OF = {"adaptive": "prune", "static": "static", "full": "off"}
 INPUT_NAMES = ["pixel_values", "input_ids", "attention_mask"]
@@ -103,6 +103,14 @@ def onnx_metadata(model: MeterModel, mode: str, precision: str, extra: dict | No
     if getattr(model, "tokenizer", None) is not None:
         meta["trimkit_tokenizer"] = json.dumps(model.tokenizer.to_dict())
     return meta
+
+
+def check_opset(opset: int) -> int:
+    lo, hi = OPSET_RANGE
+    if not lo <= opset <= hi:
+        raise BadInputError(f"--opset {opset}: supported opsets are {lo}-{hi} (torch's exporter writes {lo} and up; "
+                            f"{hi} is the newest ONNX Runtime and TensorRT 11 take)")
+    return opset
 
 
 def _prepare_model(source: str | os.PathLike | MeterModel, mode: str, keep_ratios, head_impl: str,
@@ -235,10 +243,14 @@ def to_onnx(source: str | os.PathLike | MeterModel, out: str | os.PathLike, *, m
     """Export a checkpoint (or model) to one ONNX file; checked, atomic, never overwriting without force."""
     say = log or (lambda msg: None)
     out = check_writable(out, force=force)
+    check_opset(opset)
     t = {}
     t0 = time.perf_counter()
     model = _prepare_model(source, mode, keep_ratios, head_impl, precision)
     proto = _export_proto(model, mode, opset, precision)
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:  # the exporter may raise or lower the opset it was asked for
+        raise CheckFailedError(f"torch.onnx.export wrote opset {written} when asked for {opset}; nothing written")
     t["export"] = time.perf_counter() - t0
     say(f"exported {mode} graph in {t['export']:.1f} s")
     import onnx
