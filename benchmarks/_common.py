@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TypeVar
+
+from trimkit.runtime import timing
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -186,22 +187,14 @@ K = TypeVar("K", bound=Hashable)
 
 
 def time_interleaved(passes: dict[K, Callable[[], int]], repeats: int, console, label: str) -> dict[K, float]:
-    """Median seconds per batch of each variant. A pass runs all of a variant's batches and returns how many;
-    the variants take turns within every repeat, so machine noise hits them alike. One warm-up pass each."""
+    """Median seconds per batch of each variant (`trimkit.runtime.timing.time_interleaved`, with a progress bar).
+    A pass runs all of a variant's batches and returns how many."""
     from rich.progress import Progress
 
-    for run in passes.values():
-        run()
-    times: dict[K, list[float]] = {v: [] for v in passes}
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task(label, total=repeats * len(passes))
-        for _ in range(repeats):
-            for v, run in passes.items():
-                t0 = time.perf_counter()
-                n = run()
-                times[v].append((time.perf_counter() - t0) / n)
-                prog.advance(task)
-    return {v: statistics.median(ts) for v, ts in times.items()}
+        times = timing.time_interleaved(passes, repeats, tick=lambda: prog.advance(task))
+    return timing.median_seconds(times)
 
 
 def ort_pass(session, feeds: list[dict]) -> Callable[[], int]:

@@ -37,8 +37,8 @@ import trimkit
 from trimkit.calibration import adaptive_profile, match_static_budget, measure
 from trimkit.data import load_dataset
 from trimkit.data.shapes import QUESTION_TYPES
+from trimkit.evaluate import evaluate
 from trimkit.fileio import sha256_file
-from trimkit.train.evaluate import evaluate
 
 
 def main() -> None:

@@ -40,7 +40,8 @@ from rich.table import Table
 
 import trimkit
 from trimkit.data import load_dataset
-from trimkit.export.onnx import ort_feed, ort_session, to_onnx
+from trimkit.export.onnx import to_onnx
+from trimkit.runtime.onnxruntime import ort_feed, ort_session
 
 FIT_BATCHES = (1, 2, 4, 8)
 

@@ -44,9 +44,11 @@ from rich.console import Console
 from rich.progress import track
 
 import trimkit
+from trimkit.contract import OUTPUT_NAMES
 from trimkit.data import load_dataset
-from trimkit.export.onnx import OUTPUT_NAMES, ort_feed, ort_session, to_onnx
-from trimkit.train.evaluate import sample_indices
+from trimkit.evaluate import sample_indices
+from trimkit.export.onnx import to_onnx
+from trimkit.runtime.onnxruntime import ort_feed, ort_session
 
 
 def main() -> None:
@@ -140,7 +142,7 @@ def fp32_reference(fp32: Path, test, args, console) -> list[tuple]:
     for start in track(range(0, idx.numel(), 64), description=f"accuracy {fp32.name}", console=console):
         pv, ids, mask, y = test.batch(idx[start: start + 64], trim_padding=True)
         feed = ort_feed(pv, ids, mask)
-        ref.append((feed, y.numpy(), *s32.run(OUTPUT_NAMES, feed)))
+        ref.append((feed, y.numpy(), *s32.run(list(OUTPUT_NAMES), feed)))
     return ref
 
 
@@ -148,7 +150,7 @@ def compare(ref: list[tuple], int8: Path, args, console) -> dict:
     s8 = ort_session(int8, threads=args.threads)
     n = correct32 = correct8 = agree = argmax_agree = counts_equal = counts_total = 0
     for feed, y, l32, k32 in track(ref, description=f"accuracy {int8.name}", console=console):
-        l8, k8 = s8.run(OUTPUT_NAMES, feed)
+        l8, k8 = s8.run(list(OUTPUT_NAMES), feed)
         n += len(y)
         correct32 += int((l32.argmax(1) == y).sum())
         correct8 += int((l8.argmax(1) == y).sum())

@@ -25,8 +25,9 @@ from rich.console import Console
 from rich.table import Table
 
 from trimkit.data import load_dataset
-from trimkit.export.onnx import ort_feed, ort_session, to_onnx
+from trimkit.export.onnx import to_onnx
 from trimkit.factory import new_model
+from trimkit.runtime.onnxruntime import ort_feed, ort_session
 
 RATIOS = (0.5, 0.481, 0.33, 0.285)  # FLOPs ratios of the trained exports in export_speed.md, and the targets
 

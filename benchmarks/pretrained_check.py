@@ -19,9 +19,9 @@ from _common import RESULTS, save_json
 from smarttrim_easyvqa import pretrained_sources
 
 from trimkit.data.easyvqa import questions
-from trimkit.export.onnx import ort_session
 from trimkit.pretrained import compose_meter, read_encoder
 from trimkit.pretrained.hf import IMAGENET_MEAN, IMAGENET_STD
+from trimkit.runtime.onnxruntime import ort_session
 
 
 def main() -> None:

@@ -10,7 +10,8 @@ import trimkit
 from trimkit.calibration.int8 import _scopes, quantizable_matmuls, trimmer_nodes
 from trimkit.cli import main
 from trimkit.export.inputs import sample_inputs
-from trimkit.export.onnx import ort_session, to_onnx
+from trimkit.export.onnx import to_onnx
+from trimkit.runtime.onnxruntime import ort_session
 
 
 def topk_k_reads_data(model: onnx.ModelProto) -> list[bool]:

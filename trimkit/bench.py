@@ -21,13 +21,17 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .errors import BadInputError
+
+if TYPE_CHECKING:
+    from .runtime import Runner
 
 __all__ = ["bench", "parse_targets", "tiled_inputs", "REPORT_FILES"]
 
@@ -123,7 +127,7 @@ def bench(ckpt: str | os.PathLike, out: str | os.PathLike, *, data: str = "easyv
 def _accuracy_sweep(model, task, targets, samples, calib_samples, static, seed, result, tick) -> dict[str, Any]:
     """Accuracy, FLOPs ratio and kept tokens per target; returns {label: TrimConfig} for export."""
     from .calibration import match_adaptive_budget, match_static_budget
-    from .train.evaluate import evaluate
+    from .evaluate import evaluate
 
     native = model.trim
     full = evaluate(model, task.test, modes=("off",), samples=samples, seed=seed)["off"]
@@ -158,18 +162,22 @@ def _accuracy_sweep(model, task, targets, samples, calib_samples, static, seed, 
 
 
 def _latency_sweep(model, task, configs, batch_sizes, lens, repeats, threads, seed, work, result, tick) -> None:
+    from .contract import INPUT_NAMES
     from .export.onnx import to_onnx
-    from .verify import OrtRunner, TorchRunner, latency_summary, time_interleaved
+    from .runtime import load_runner
+    from .runtime.timing import latency_summary, time_interleaved
+    from .runtime.torch import TorchRunner
 
     native = model.trim
-    runners: dict[str, Callable] = {
-        "onnxruntime full": OrtRunner(to_onnx(model, work / "full.onnx", mode="full").path, threads)}
+    runners: dict[str, Runner] = {
+        "onnxruntime full": load_runner("onnxruntime", to_onnx(model, work / "full.onnx", mode="full").path,
+                                        threads=threads)}
     tick("exported full", 1)
     for label, trim in configs.items():
         model.trim = trim
         path = to_onnx(model, work / f"adaptive-{label}.onnx", mode="adaptive").path
         model.trim = native
-        runners[f"onnxruntime adaptive@{label}"] = OrtRunner(path, threads)
+        runners[f"onnxruntime adaptive@{label}"] = load_runner("onnxruntime", path, threads=threads)
         tick(f"exported adaptive@{label}", 1)
     runners["pytorch off"] = TorchRunner(model, "off", trim=native)
     first = next(iter(configs))
@@ -179,7 +187,8 @@ def _latency_sweep(model, task, configs, batch_sizes, lens, repeats, threads, se
         for b in batch_sizes:
             idx = torch.randperm(len(task.test), generator=g)[:b]
             for n in lens:
-                times = time_interleaved(runners, tiled_inputs(task.test, idx, n), repeats)
+                feeds = dict(zip(INPUT_NAMES, tiled_inputs(task.test, idx, n)))
+                times = time_interleaved({name: partial(r.run, feeds) for name, r in runners.items()}, repeats)
                 result["latency"].append({"batch": b, "text_len": n,
                                           **{name: latency_summary(ts, b) for name, ts in times.items()}})
                 tick(f"timed batch {b} text {n}", 1)

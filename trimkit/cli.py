@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 
 from . import __version__
@@ -25,11 +26,14 @@ from .config import (
     SMOOTH_WHERE,
     TOKEN_MODALITIES,
     TRAIN_PRECISIONS,
+    TrainConfig,
 )
+from .contract import DEFAULT_OPSET
 from .errors import TrimkitError
-from .export import DEFAULT_OPSET
 
 __all__ = ["app", "main"]
+
+_TRAIN = TrainConfig()  # `trimkit train` option defaults are the training settings' own
 
 app = typer.Typer(
     name="trimkit",
@@ -152,32 +156,13 @@ def import_cmd(
     """Pretrained backbone -> trimkit checkpoint with trimmers attached (all keeping): BLIP from one directory,
     or METER-style: an image encoder + a text encoder + new co-attention fusion layers."""
     from .checkpoint import save_checkpoint
-    from .errors import BadInputError
     from .fileio import check_writable
-    from .pretrained import import_blip, import_meter
+    from .pretrained import import_model
 
     check_writable(out, force=force)
-    if fusion_layers < 0:
-        raise typer.BadParameter("--fusion-layers must be >= 0")
-    if source is not None:
-        if vision is not None or text is not None:
-            raise BadInputError("give either a BLIP SOURCE directory or --vision and --text, not both")
-        from .pretrained.hf import read_config
-
-        kind = read_config(source).get("model_type")
-        if kind != "blip":
-            raise BadInputError(f"{source}: a {kind!r} model is one encoder: compose it with --vision DIR --text DIR "
-                                "(SOURCE is for BLIP)")
-        model = import_blip(source, data=data, image_size=image_size, max_text_len=max_text_len,
-                            pool_product=pool_product, seed=seed)
-    elif vision is None or text is None:
-        raise BadInputError("import needs a BLIP SOURCE directory, or both --vision DIR and --text DIR; supported: "
-                            "blip (BlipForQuestionAnswering, BlipForImageTextRetrieval), vit, dinov2 (--vision), "
-                            "bert (--text)")
-    else:
-        model = import_meter(vision, text, data=data, fusion_layers=fusion_layers, image_size=image_size,
-                             max_text_len=max_text_len, fusion_hidden=fusion_hidden, fusion_heads=fusion_heads,
-                             pool_product=pool_product, seed=seed)
+    model = import_model(source, vision=vision, text=text, data=data, fusion_layers=fusion_layers,
+                         image_size=image_size, max_text_len=max_text_len, fusion_hidden=fusion_hidden,
+                         fusion_heads=fusion_heads, pool_product=pool_product, seed=seed)
     save_checkpoint(model, out, force=force)
     c = model.config
     v, t = c.encoder(0), c.encoder(1)
@@ -205,50 +190,50 @@ def inspect(
 
 @app.command()
 def train(
+    ctx: typer.Context,
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint to start from (with --resume: a .last.pt).")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Best checkpoint; the latest state goes to <stem>.last.pt.")] = None,
-    data: DataOpt = "easyvqa",
-    no_trim: Annotated[bool, typer.Option("--no-trim", help="Fine-tune the backbone only (trimmers off).")] = False,
-    target_ratio: Annotated[float, typer.Option("--target-ratio", help="Final FLOPs ratio target.")] = 0.5,
-    distill_weight: Annotated[float, typer.Option("--distill-weight", help="lambda_SD: KL(full || trimmed).")] = 1.0,
-    ratio_weight: Annotated[float, typer.Option("--ratio-weight", help="lambda_R: (ratio - target)^2.")] = 5.0,
-    full_task_weight: Annotated[float, typer.Option("--full-task-weight", help="alpha: CE of the untrimmed pass.")] = 1.0,
-    tau: Annotated[float, typer.Option("--tau", help="Gumbel-sigmoid temperature.")] = 1.0,
-    warmup_frac: Annotated[float, typer.Option("--warmup-frac", help="Curriculum ramp 1.0 -> target over this fraction.")] = 0.3,
-    no_distill: Annotated[bool, typer.Option("--no-distill", help="Ablation: no self-distillation.")] = False,
-    no_curriculum: Annotated[bool, typer.Option("--no-curriculum", help="Ablation: no stable init, no linear scheduler.")] = False,
-    local_only: Annotated[bool, typer.Option("--local-only", help="Ablation: local token scores only.")] = False,
+    data: DataOpt = _TRAIN.data,
+    no_trim: Annotated[bool, typer.Option("--no-trim", help="Fine-tune the backbone only (trimmers off).")] = _TRAIN.no_trim,
+    target_ratio: Annotated[float, typer.Option("--target-ratio", help="Final FLOPs ratio target.")] = _TRAIN.target_ratio,
+    distill_weight: Annotated[float, typer.Option("--distill-weight", help="lambda_SD: KL(full || trimmed).")] = _TRAIN.distill_weight,
+    ratio_weight: Annotated[float, typer.Option("--ratio-weight", help="lambda_R: (ratio - target)^2.")] = _TRAIN.ratio_weight,
+    full_task_weight: Annotated[float, typer.Option("--full-task-weight", help="alpha: CE of the untrimmed pass.")] = _TRAIN.full_task_weight,
+    tau: Annotated[float, typer.Option("--tau", help="Gumbel-sigmoid temperature.")] = _TRAIN.tau,
+    warmup_frac: Annotated[float, typer.Option("--warmup-frac", help="Curriculum ramp 1.0 -> target over this fraction.")] = _TRAIN.warmup_frac,
+    no_distill: Annotated[bool, typer.Option("--no-distill", help="Ablation: no self-distillation.")] = _TRAIN.no_distill,
+    no_curriculum: Annotated[bool, typer.Option("--no-curriculum", help="Ablation: no stable init, no linear scheduler.")] = _TRAIN.no_curriculum,
+    local_only: Annotated[bool, typer.Option("--local-only", help="Ablation: local token scores only.")] = _TRAIN.local_only,
     decision_margin: Annotated[float, typer.Option(
         "--decision-margin", help="M > 0: penalize gate decisions within M logits of the threshold (the ones "
-        "int8/fp16 exports flip); 0 = off.")] = 0.0,
-    margin_weight: Annotated[float, typer.Option("--margin-weight", help="Weight of the --decision-margin term.")] = 1.0,
+        "int8/fp16 exports flip); 0 = off.")] = _TRAIN.decision_margin,
+    margin_weight: Annotated[float, typer.Option("--margin-weight", help="Weight of the --decision-margin term.")] = _TRAIN.margin_weight,
     relative_margin: Annotated[float, typer.Option(
         "--relative-margin", help="With --decision-margin: each decision also this fraction of its logit's scale "
-        "(the sum of the absolute values of the terms it adds up) from the threshold.")] = 0.0,
+        "(the sum of the absolute values of the terms it adds up) from the threshold.")] = _TRAIN.relative_margin,
     trim_tokens: Annotated[TrimTokens, typer.Option(
-        "--trim-tokens", help="Whose tokens are trimmed (heads are trimmed in both streams).")] = TrimTokens.both,
+        "--trim-tokens", help="Whose tokens are trimmed (heads are trimmed in both streams).")] = TrimTokens(_TRAIN.trim_tokens),
     freeze: Annotated[Freeze, typer.Option(
-        "--freeze", help="Encoders whose weights stay fixed (e.g. imported pretrained ones): cheaper steps.")] = Freeze.none,
+        "--freeze", help="Encoders whose weights stay fixed (e.g. imported pretrained ones): cheaper steps.")] = Freeze(_TRAIN.freeze),
     precision: Annotated[TrainPrecision, typer.Option(
         "--precision", help="bf16: bfloat16 autocast in the training passes (fp32 weights and losses); "
-        "~1.6x faster on CPUs with AVX512-BF16/AMX, slower without.")] = TrainPrecision.fp32,
-    epochs: Annotated[float, typer.Option("--epochs", help="Epochs (ignored with --steps).")] = 3.0,
-    steps: Annotated[int | None, typer.Option("--steps", help="Total optimizer steps.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Global batch size.")] = 64,
+        "~1.6x faster on CPUs with AVX512-BF16/AMX, slower without.")] = TrainPrecision(_TRAIN.precision),
+    epochs: Annotated[float, typer.Option("--epochs", help="Epochs (ignored with --steps).")] = _TRAIN.epochs,
+    steps: Annotated[int | None, typer.Option("--steps", help="Total optimizer steps.")] = _TRAIN.steps,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Global batch size.")] = _TRAIN.batch_size,
     questions_per_image: Annotated[int, typer.Option(
         "--questions-per-image", help="Batch up to K questions of one image together; the untrimmed passes then "
-        "encode each image once (faster; 1 = plain shuffle).")] = 1,
-    lr: Annotated[float, typer.Option("--lr", help="Backbone peak learning rate.")] = 3e-4,
-    trimmer_lr: Annotated[float, typer.Option("--trimmer-lr", help="Trimmer peak learning rate.")] = 5e-3,
-    eval_every: Annotated[int | None, typer.Option("--eval-every", help="Steps between evaluations (default: each epoch).")] = None,
-    eval_samples: Annotated[int | None, typer.Option("--eval-samples", help="Validation questions per evaluation.")] = 2000,
-    seed: SeedOpt = 0,
+        "encode each image once (faster; 1 = plain shuffle).")] = _TRAIN.questions_per_image,
+    lr: Annotated[float, typer.Option("--lr", help="Backbone peak learning rate.")] = _TRAIN.lr,
+    trimmer_lr: Annotated[float, typer.Option("--trimmer-lr", help="Trimmer peak learning rate.")] = _TRAIN.trimmer_lr,
+    eval_every: Annotated[int | None, typer.Option("--eval-every", help="Steps between evaluations (default: each epoch).")] = _TRAIN.eval_every,
+    eval_samples: Annotated[int | None, typer.Option("--eval-samples", help="Validation questions per evaluation.")] = _TRAIN.eval_samples,
+    seed: SeedOpt = _TRAIN.seed,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a run from its .last.pt, bit for bit.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     force: ForceOpt = False,
 ) -> None:
     """Fine-tune the backbone (--no-trim) or train SmartTrim trimmers with self-distillation and a curriculum."""
-    from .train import TrainConfig
     from .train import train as run_train
     from .train.loop import budget_warning
 
@@ -265,7 +250,10 @@ def train(
                           precision=precision.value)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    result = run_train(ckpt, cfg, resume=resume, force=force, console=_console(), show_progress=not quiet)
+    given = {name for name in cfg.to_dict() if name in ctx.params
+             and ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+    result = run_train(ckpt, cfg, resume=resume, given=given, force=force, console=_console(),
+                       show_progress=not quiet)
     import os as _os
 
     if _os.environ.get("RANK", "0") != "0":
@@ -324,7 +312,7 @@ def eval_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
 ) -> None:
     """Accuracy in each trim mode, FLOPs ratio mean/p10/p90 and kept tokens per layer."""
-    from .evaluation import evaluate_checkpoint
+    from .evaluate import evaluate_checkpoint
     from .render import render_eval
 
     report = evaluate_checkpoint(ckpt, data, split=split, samples=samples, batch_size=batch_size, seed=seed)

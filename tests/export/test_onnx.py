@@ -11,9 +11,11 @@ from hypothesis import strategies as st
 
 import trimkit
 from trimkit.cli import main
+from trimkit.contract import TRIM_MODE_OF
 from trimkit.errors import BadInputError, CheckFailedError
 from trimkit.export.inputs import sample_inputs
-from trimkit.export.onnx import TRIM_MODE_OF, ort_session, parse_keep_ratios, to_onnx
+from trimkit.export.onnx import parse_keep_ratios, to_onnx
+from trimkit.runtime.onnxruntime import ort_session
 
 
 def ops(path):

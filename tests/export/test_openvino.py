@@ -63,7 +63,7 @@ def test_refusals_write_nothing(exported, tmp_path):
 
 def test_int8_graph_runs_on_openvino(exported, tmp_path):
     """A `calibrate int8` Q/DQ graph runs on OpenVINO's CPU plugin and stays near ONNX Runtime."""
-    from trimkit.export.onnx import ort_session
+    from trimkit.runtime.onnxruntime import ort_session
 
     int8 = tmp_path / "m.int8.onnx"
     assert main(["calibrate", "int8", str(exported["adaptive"]), "--ckpt", str(exported["ckpt"]), "--out", str(int8),

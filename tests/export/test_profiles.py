@@ -1,9 +1,9 @@
 import pytest
 
 from trimkit.config import preset_config
+from trimkit.contract import TOPK_MAX_K
 from trimkit.errors import BadInputError
 from trimkit.export.profiles import (
-    TOPK_MAX_K,
     Profile,
     check_shapes_in_profiles,
     max_topk_k,

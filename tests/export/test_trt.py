@@ -75,8 +75,8 @@ def test_engine_build_and_run_matches_onnx_runtime(exported, tmp_path):
     import tensorrt as trt
 
     from trimkit.export.inputs import sample_inputs
-    from trimkit.export.onnx import ort_session
     from trimkit.export.trt import build_engine
+    from trimkit.runtime.onnxruntime import ort_session
 
     profiles = [Profile((1, 2, 4), (2, 8, 16)), Profile((1, 1, 1), (2, 4, 8))]
     res = build_engine(exported["adaptive"], tmp_path / "m.plan", profiles=profiles,

@@ -12,9 +12,11 @@ import torch
 
 import trimkit
 from trimkit.checkpoint import read_checkpoint
+from trimkit.cli import main
+from trimkit.errors import BadInputError
 from trimkit.factory import new_model
 from trimkit.train import SmartTrimObjective, TrainConfig, last_path, train
-from trimkit.train.loop import TrainResult, budget_warning, with_trim_config
+from trimkit.train.loop import TrainResult, budget_warning, resumed_config, with_trim_config
 from trimkit.train.objective import kl_teacher_student
 from trimkit.trimmers import BatchNoise
 
@@ -443,3 +445,24 @@ def test_questions_per_image_trains_with_shared_vision(base_ckpt, jsonl_data, tm
         torch.testing.assert_close(shared.loss, plain.loss, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="questions-per-image"):
         TrainConfig(questions_per_image=0)
+
+
+def test_resume_refuses_options_that_differ_from_the_saved_run():
+    saved = TrainConfig(lr=3e-4, target_ratio=0.4, out="a.pt")
+    asked = TrainConfig(lr=0.1, target_ratio=0.4, out="")
+    with pytest.raises(BadInputError, match=r"--lr 0\.1 \(saved: 0\.0003\)"):
+        resumed_config("x.last.pt", saved, asked, given={"lr"})
+    # the same value given again, a moved --out, or a non-default value not given on purpose: the saved run
+    same = resumed_config("x.last.pt", saved, TrainConfig(target_ratio=0.4, out="b.pt"), given={"target_ratio", "out"})
+    assert same.out == "b.pt" and same.lr == 3e-4
+    assert resumed_config("x.last.pt", saved, asked, given=()).lr == 3e-4
+
+
+def test_cli_resume_with_a_conflicting_option_is_one_line_exit_2(base_ckpt, jsonl_data, tmp_path, capsys):
+    half = train(base_ckpt, cfg_for(jsonl_data, tmp_path / "r.pt", steps=4, eval_every=2), show_progress=False,
+                 stop_at_step=1)
+    before = half.last.read_bytes()
+    assert main(["train", str(half.last), "--resume", "--quiet", "--target-ratio", "0.3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--target-ratio 0.3 (saved: 0.5)" in err[0]
+    assert half.last.read_bytes() == before  # nothing trained, nothing written

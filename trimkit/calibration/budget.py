@@ -16,8 +16,8 @@ import torch
 
 from ..config import TrimConfig
 from ..data import VQASplit
+from ..evaluate import sample_indices
 from ..models import MeterModel
-from ..train.evaluate import sample_indices
 
 __all__ = ["adaptive_profile", "static_trim_config", "match_static_budget", "match_adaptive_budget", "measure",
            "shift_thresholds"]

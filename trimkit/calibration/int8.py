@@ -97,8 +97,8 @@ class _Reader:
 
 def calibration_batches(model, data: str, samples: int, batch_size: int, seed: int) -> list[dict[str, np.ndarray]]:
     from ..data import load_dataset
-    from ..export.onnx import ort_feed
-    from ..train.evaluate import sample_indices
+    from ..evaluate import sample_indices
+    from ..runtime.onnxruntime import ort_feed
 
     task = load_dataset(data, tokenizer=model.tokenizer, labels=model.labels, image_size=model.config.image_size,
                         seed=seed, splits=("train",))
@@ -120,9 +120,10 @@ def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, *, ckpt:
     rescaled into their weights first, from the same calibration batches; `smooth_where` "layernorm":
     only where the rescaling folds into a LayerNorm (no added Mul nodes)."""
     from ..checkpoint import load_checkpoint
-    from ..export.onnx import ort_session, quiet_logs
+    from ..contract import META_CALIBRATION, META_CONFIG, artifact_metadata, check_match, read_metadata, stamp_metadata
+    from ..export.onnx import quiet_logs
     from ..fileio import atomic_path, check_writable, sha256_file
-    from ..verify import artifact_metadata, check_match
+    from ..runtime.onnxruntime import ort_session
 
     say = log or (lambda msg: None)
     t0 = time.perf_counter()
@@ -142,11 +143,10 @@ def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, *, ckpt:
     if onnx_path.suffix != ".onnx":
         raise BadInputError(f"{onnx_path}: expected a trimkit .onnx export")
     model = load_checkpoint(ckpt)
-    _, meta, _ = artifact_metadata(onnx_path)
-    check_match(model, Path(ckpt), onnx_path, meta)
-    if meta["config"].get("precision", "fp32") != "fp32":
-        raise BadInputError(f"{onnx_path}: INT8 calibration needs an fp32 export, this one is "
-                            f"{meta['config'].get('precision')}")
+    info = artifact_metadata(onnx_path)
+    check_match(model, Path(ckpt), onnx_path, info)
+    if info.precision != "fp32":
+        raise BadInputError(f"{onnx_path}: INT8 calibration needs an fp32 export, this one is {info.precision}")
     if model.tokenizer is None:
         raise BadInputError(f"{ckpt}: checkpoint has no tokenizer for --data {data}")
     try:
@@ -195,12 +195,10 @@ def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, *, ckpt:
                            "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]},
         )
         q = onnx.load(str(raw))
-        cfg = dict(meta["config"], precision="int8")
-        old = {p.key: p.value for p in proto.metadata_props}
-        old.update({"trimkit_config": json.dumps(cfg), "trimkit_calibration": json.dumps(calib)})
-        del q.metadata_props[:]
-        for k, v in old.items():
-            q.metadata_props.add(key=k, value=v)
+        cfg = dict(info.config, precision="int8")
+        stamped = read_metadata(proto)
+        stamped.update({META_CONFIG: json.dumps(cfg), META_CALIBRATION: json.dumps(calib)})
+        stamp_metadata(q, stamped)
         counts = Counter(n.op_type for n in q.graph.node)
         if not counts.get("QuantizeLinear"):
             raise BadInputError(f"{onnx_path}: nothing was quantized (no MatMul with a constant weight found)")

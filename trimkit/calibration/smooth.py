@@ -49,7 +49,7 @@ def activation_channel_max(proto, tensors: list[str], batches: list[dict[str, np
 
     import onnx
 
-    from ..export.onnx import ort_session
+    from ..runtime.onnxruntime import ort_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(proto)

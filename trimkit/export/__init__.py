@@ -6,15 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["to_onnx", "build_engine", "parse_profiles", "EXPORT_MODES", "DEFAULT_OPSET", "OPSET_RANGE"]
-
-EXPORT_MODES = ("adaptive", "static", "full")
-# Opset 20 has a Gelu operator: one node where opset 18 spells out Div/Erf/Add/Mul/Mul (26 GELUs in the
-# `small` adaptive graph). ONNX Runtime runs it as one kernel; TensorRT 10 parses opsets 9-20, TensorRT 11 up to 25.
-DEFAULT_OPSET = 20
-# torch's dynamo exporter writes opset 18 and up (it silently raises anything lower to 18); 25 is the newest
-# opset that ONNX Runtime 1.32 and the TensorRT 11 parser both take (a tiny model exports and checks at 18-25).
-OPSET_RANGE = (18, 25)
+__all__ = ["to_onnx", "build_engine", "parse_profiles"]
 
 
 def to_onnx(*args: Any, **kwargs: Any):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..contract import META_CONFIG, META_LABELS, META_MODE, META_TOKENIZER, META_VERSION, META_WEIGHTS
 from ..errors import BadInputError
 from ..fileio import atomic_write
 from .profiles import Profile
@@ -30,17 +31,17 @@ def build_manifest(*, engine_sha256: str, onnx_sha256: str, onnx_metadata: dict[
     return {
         "format": MANIFEST_FORMAT,
         "format_version": 1,
-        "trimkit_version": __version__,
+        META_VERSION: __version__,
         "engine_sha256": engine_sha256,
         "onnx_sha256": onnx_sha256,
-        "trimkit_mode": onnx_metadata.get("trimkit_mode"),
+        META_MODE: onnx_metadata.get(META_MODE),
         "precision": precision,
         # TF32 matmuls (TensorRT's default) are cleared for fp32 builds; None: not recorded (older manifests)
         "tf32": tf32,
-        "labels": json.loads(onnx_metadata.get("labels", "[]")),
-        "trimkit_config": json.loads(onnx_metadata.get("trimkit_config", "{}")),
-        "weights_sha256": onnx_metadata.get("trimkit_weights_sha256"),
-        "tokenizer": json.loads(onnx_metadata["trimkit_tokenizer"]) if "trimkit_tokenizer" in onnx_metadata else None,
+        "labels": json.loads(onnx_metadata.get(META_LABELS, "[]")),
+        META_CONFIG: json.loads(onnx_metadata.get(META_CONFIG, "{}")),
+        "weights_sha256": onnx_metadata.get(META_WEIGHTS),
+        "tokenizer": json.loads(onnx_metadata[META_TOKENIZER]) if META_TOKENIZER in onnx_metadata else None,
         "profiles": [p.to_dict() for p in profiles],
         "io": io,
         "tensorrt_version": tensorrt_version,

@@ -1,4 +1,4 @@
-"""ONNX export with the adaptive pruning alive (DESIGN.md §3).
+"""ONNX export with the adaptive pruning alive.
 
 `adaptive`: trimmer scores -> per-sample keep counts -> k = batch max -> TopK(k) -> sort -> Gather,
 for tokens and heads (the model's `prune` path, traced by torch.export with a data-dependent k);
@@ -14,7 +14,6 @@ import contextlib
 import copy
 import dataclasses
 import io
-import json
 import logging
 import os
 import time
@@ -26,28 +25,28 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .. import __version__
-from ..checkpoint import load_checkpoint, weights_digest
+from ..checkpoint import load_checkpoint
+from ..contract import (
+    DEFAULT_OPSET,
+    EXPORT_MODES,
+    INPUT_NAMES,
+    MAX_BATCH,
+    MAX_PROTO_BYTES,
+    OPSET_RANGE,
+    OUTPUT_NAMES,
+    PRECISIONS,
+    TRIM_MODE_OF,
+    export_metadata,
+    stamp_metadata,
+    tolerance,
+)
 from ..errors import BadInputError, CheckFailedError
 from ..fileio import atomic_path, check_writable, sha256_file
 from ..models import MeterModel
-from . import DEFAULT_OPSET, EXPORT_MODES, OPSET_RANGE
+from ..runtime.onnxruntime import ort_feed, ort_session
 from .inputs import sample_inputs
 
-__all__ = ["to_onnx", "OnnxExport", "ExportWrapper", "check_onnx", "TRIM_MODE_OF", "parse_keep_ratios",
-           "INPUT_NAMES", "OUTPUT_NAMES", "ort_feed", "onnx_metadata", "ort_session", "check_opset"]
-
-TRIM_MODE_OF = {"adaptive": "prune", "static": "static", "full": "off"}
-INPUT_NAMES = ["pixel_values", "input_ids", "attention_mask"]
-OUTPUT_NAMES = ["logits", "keep_counts"]
-
-MAX_PROTO_BYTES = 2**31 - 1  # one file, no external data
-TOLERANCE = {"fp32": dict(atol=1e-4, rtol=1e-3), "fp16": dict(atol=5e-2, rtol=5e-2)}
-
-
-def ort_feed(pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor) -> dict:
-    """An ONNX Runtime feed (name -> numpy array) of one batch of model inputs."""
-    return dict(zip(INPUT_NAMES, (t.numpy() for t in (pixel_values, input_ids, attention_mask))))
+__all__ = ["to_onnx", "OnnxExport", "ExportWrapper", "check_onnx", "parse_keep_ratios", "quiet_logs", "check_opset"]
 
 
 class ExportWrapper(nn.Module):
@@ -93,18 +92,6 @@ def parse_keep_ratios(text: str, n_layers: int) -> list[list[float]]:
     return layers
 
 
-def onnx_metadata(model: MeterModel, mode: str, precision: str, extra: dict | None = None) -> dict[str, str]:
-    cfg = {"model_config": model.config.to_dict(), "trim_config": model.trim.to_dict(), "mode": mode,
-           "trim_mode": TRIM_MODE_OF[mode], "precision": precision, "head_impl": model.head_impl,
-           "dynamic_axes": {"batch": "all inputs/outputs", "text_len": "input_ids, attention_mask"},
-           "image_size": model.config.image_size, **(extra or {})}
-    meta = {"trimkit_version": __version__, "trimkit_mode": mode, "trimkit_config": json.dumps(cfg),
-            "labels": json.dumps(list(model.labels or [])), "trimkit_weights_sha256": weights_digest(model)}
-    if getattr(model, "tokenizer", None) is not None:
-        meta["trimkit_tokenizer"] = json.dumps(model.tokenizer.to_dict())
-    return meta
-
-
 def check_opset(opset: int) -> int:
     lo, hi = OPSET_RANGE
     if not lo <= opset <= hi:
@@ -117,8 +104,8 @@ def _prepare_model(source: str | os.PathLike | MeterModel, mode: str, keep_ratio
                    precision: str) -> MeterModel:
     if mode not in EXPORT_MODES:
         raise BadInputError(f"unknown export mode {mode!r}; choose {', '.join(EXPORT_MODES)}")
-    if precision not in TOLERANCE:
-        raise BadInputError(f"unknown precision {precision!r}; choose fp32 or fp16")
+    if precision not in PRECISIONS:
+        raise BadInputError(f"unknown precision {precision!r}; choose {' or '.join(PRECISIONS)}")
     if head_impl not in ("gather", "mask"):
         raise BadInputError(f"unknown head pruning {head_impl!r}; choose gather or mask")
     model = load_checkpoint(source) if not isinstance(source, nn.Module) else source
@@ -145,7 +132,7 @@ def _export_proto(model: MeterModel, mode: str, opset: int, precision: str):
     wrapper = ExportWrapper(model, TRIM_MODE_OF[mode], fp16=precision == "fp16").eval()
     c = model.config
     example = sample_inputs(c, 2, min(c.max_text_len, 6), ragged=False, tokenizer=getattr(model, "tokenizer", None))
-    batch = Dim("batch", min=1, max=4096)
+    batch = Dim("batch", min=1, max=MAX_BATCH)
     text = Dim("text_len", min=2, max=c.max_text_len)
     shapes = {"pixel_values": {0: batch}, "input_ids": {0: batch, 1: text}, "attention_mask": {0: batch, 1: text}}
     quiet = io.StringIO()
@@ -154,7 +141,7 @@ def _export_proto(model: MeterModel, mode: str, opset: int, precision: str):
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(wrapper, example, dynamo=True, dynamic_shapes=shapes,
-                                        input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+                                        input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
                                         opset_version=opset, verbose=False)
         except Exception as e:  # the exporter's failures are long; keep the first line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -178,28 +165,6 @@ def quiet_logs(names=EXPORTER_LOGGERS):
             logging.getLogger(n).setLevel(lvl)
 
 
-def ort_session(path: str | os.PathLike, *, threads: int | None = None, providers: list[str] | None = None,
-                optimized_out: str | None = None, level: str = "all"):
-    """An ONNX Runtime session (lazy import; clear error when onnxruntime is missing)."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        from ..errors import MissingDependencyError
-
-        raise MissingDependencyError("onnxruntime is not installed: pip install onnxruntime") from None
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
-    if optimized_out:
-        so.optimized_model_filepath = str(optimized_out)
-    return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
-
-
 @torch.no_grad()
 def check_onnx(model: MeterModel, path: str | os.PathLike, mode: str, *, precision: str = "fp32",
                shapes: list[tuple[int, int]] | None = None, seed: int = 0) -> dict[str, Any]:
@@ -212,13 +177,13 @@ def check_onnx(model: MeterModel, path: str | os.PathLike, mode: str, *, precisi
     c = model.config
     short = min(c.max_text_len, max(2, c.max_text_len // 3))
     shapes = shapes or [(1, short), (3, short), (1, c.max_text_len), (3, c.max_text_len)]
-    tol = TOLERANCE[precision]
+    tol = {"atol": tolerance(precision).atol, "rtol": tolerance(precision).rtol}
     sess = ort_session(path)
     rows, ok = [], True
     for i, (b, n) in enumerate(shapes):
         pv, ids, mask = sample_inputs(c, b, n, seed=seed + i, tokenizer=getattr(model, "tokenizer", None))
         ref = model(pv, ids, mask, mode=TRIM_MODE_OF[mode])
-        logits, counts = sess.run(OUTPUT_NAMES, ort_feed(pv, ids, mask))
+        logits, counts = sess.run(list(OUTPUT_NAMES), ort_feed(pv, ids, mask))
         got = torch.from_numpy(logits)
         agree = (torch.from_numpy(counts) == ref.keep_counts).flatten(1).all(dim=1)  # (B,)
         flips = int((~agree).sum())
@@ -255,9 +220,7 @@ def to_onnx(source: str | os.PathLike | MeterModel, out: str | os.PathLike, *, m
     say(f"exported {mode} graph in {t['export']:.1f} s")
     import onnx
 
-    del proto.metadata_props[:]
-    for k, v in onnx_metadata(model, mode, precision).items():
-        proto.metadata_props.add(key=k, value=v)
+    stamp_metadata(proto, export_metadata(model, mode, precision))
     if proto.ByteSize() > MAX_PROTO_BYTES:
         raise BadInputError(f"the {mode} graph is {proto.ByteSize() / 2**30:.1f} GiB: above the 2 GB single-file limit")
     report: dict[str, Any] = {}
@@ -275,10 +238,7 @@ def to_onnx(source: str | os.PathLike | MeterModel, out: str | os.PathLike, *, m
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     optimized.unlink()
-            del opt_proto.metadata_props[:]
-            meta = onnx_metadata(model, mode, precision, {"ort_optimized": "extended, CPU"})
-            for k, v in meta.items():
-                opt_proto.metadata_props.add(key=k, value=v)
+            stamp_metadata(opt_proto, export_metadata(model, mode, precision, {"ort_optimized": "extended, CPU"}))
             onnx.save(opt_proto, str(tmp))
             t["ort_optimize"] = time.perf_counter() - t1
             say(f"ONNX Runtime-optimized graph (extended, CPU) in {t['ort_optimize']:.1f} s")

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..contract import DEFAULT_OPSET, INPUT_NAMES, OUTPUT_NAMES
 from ..errors import BadInputError, CheckFailedError
 from ..fileio import atomic_write_group, check_writable, sha256_file
-from . import DEFAULT_OPSET
 
 __all__ = ["to_openvino", "OpenVinoExport", "ir_metadata", "ir_paths", "read_ir_manifest", "IR_MANIFEST_FORMAT",
            "RT_INFO_SECTION"]
@@ -93,9 +93,9 @@ def _io(model) -> list[dict[str, Any]]:
 
 def _check_ir(xml: Path, onnx_path: Path, config, precision: str, seed: int = 0) -> dict[str, Any]:
     """OpenVINO (fp32 inference) on the IR vs ONNX Runtime on the ONNX graph: two batch sizes, two text lengths."""
+    from ..runtime.onnxruntime import ort_session
     from ..runtime.openvino import OpenVinoRunner
     from .inputs import sample_inputs
-    from .onnx import ort_session
 
     runner = OpenVinoRunner(xml, precision="fp32")
     sess = ort_session(onnx_path)
@@ -104,8 +104,7 @@ def _check_ir(xml: Path, onnx_path: Path, config, precision: str, seed: int = 0)
     rows, ok = [], True
     for i, (b, n) in enumerate([(1, short), (3, config.max_text_len)]):
         pv, ids, mask = (t.numpy() for t in sample_inputs(config, b, n, seed=seed + i))
-        ref_logits, ref_counts = sess.run(["logits", "keep_counts"],
-                                          {"pixel_values": pv, "input_ids": ids, "attention_mask": mask})
+        ref_logits, ref_counts = sess.run(list(OUTPUT_NAMES), dict(zip(INPUT_NAMES, (pv, ids, mask))))
         logits, counts = runner(pv, ids, mask)
         same = (counts == ref_counts).reshape(b, -1).all(axis=1)  # (B,)
         err = float(np.abs(logits - ref_logits)[same].max()) if same.any() else 0.0

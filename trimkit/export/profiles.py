@@ -13,15 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import ModelConfig
+from ..contract import INPUT_NAMES, MAX_BATCH, TOPK_MAX_K
 from ..errors import BadInputError
 
-__all__ = ["Profile", "parse_profiles", "validate_profiles", "TOPK_MAX_K", "AXES", "DEFAULT_BATCH",
-           "shapes_outside", "check_shapes_in_profiles", "describe_profiles"]
+__all__ = ["Profile", "parse_profiles", "validate_profiles", "AXES", "DEFAULT_BATCH", "shapes_outside",
+           "check_shapes_in_profiles", "describe_profiles"]
 
-TOPK_MAX_K = 3840  # TensorRT's TopK limit on K
 AXES = ("batch", "text")
 _ALIASES = {"batch": "batch", "text": "text", "text_len": "text"}
-MAX_BATCH = 4096  # the batch Dim bound the ONNX export declares
 # verify's default --batch-sizes are 1,8: the default profile covers both (opt at 8, the batch a server fills)
 DEFAULT_BATCH = (1, 8, 8)
 
@@ -36,7 +35,7 @@ class Profile:
         s = config.image_size
         pix = tuple((b, config.num_channels, s, s) for b in self.batch)
         txt = tuple((b, t) for b, t in zip(self.batch, self.text))
-        return {"pixel_values": pix, "input_ids": txt, "attention_mask": txt}
+        return dict(zip(INPUT_NAMES, (pix, txt, txt)))
 
     def contains(self, batch: int, text: int) -> bool:
         return self.batch[0] <= batch <= self.batch[2] and self.text[0] <= text <= self.text[2]

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..contract import DEFAULT_OPSET
 from ..errors import BadInputError, CheckFailedError
 from ..fileio import sha256_file
-from . import DEFAULT_OPSET
 
 __all__ = ["to_triton", "TritonExport", "render_config", "check_repository", "BACKENDS", "model_io"]
 
@@ -164,7 +164,7 @@ def to_triton(source: str | os.PathLike, out: str | os.PathLike, *, backend: str
               log=None) -> TritonExport:
     """Write `out/<name>/` (config.pbtxt, 1/<artifact> + manifest) from a checkpoint or an artifact."""
     from ..config import ModelConfig
-    from .profiles import MAX_BATCH
+    from ..contract import MAX_BATCH
 
     say = log or (lambda msg: None)
     if backend not in BACKENDS:

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ModelConfig
+from ..contract import DEFAULT_OPSET, INPUT_NAMES, META_CALIBRATION, META_CONFIG
 from ..errors import BadInputError, CheckFailedError, MissingDependencyError
 from ..fileio import atomic_write_group, check_writable, sha256_file
-from . import DEFAULT_OPSET
 from .manifest import build_manifest, manifest_path
 from .profiles import Profile, validate_profiles
 
@@ -99,18 +99,18 @@ def onnx_model_config(onnx_path: str | os.PathLike) -> tuple[ModelConfig, dict[s
     except Exception as e:
         raise BadInputError(f"{onnx_path}: not an ONNX model ({type(e).__name__})") from None
     meta = {m.key: m.value for m in model.metadata_props}
-    if "trimkit_config" not in meta:
-        raise BadInputError(f"{onnx_path}: not a trimkit export (no trimkit_config metadata)")
+    if META_CONFIG not in meta:
+        raise BadInputError(f"{onnx_path}: not a trimkit export (no {META_CONFIG} metadata)")
     names = [i.name for i in model.graph.input]
-    if names != ["pixel_values", "input_ids", "attention_mask"]:
-        raise BadInputError(f"{onnx_path}: inputs {names} are not pixel_values, input_ids, attention_mask")
-    cfg = json.loads(meta["trimkit_config"])
+    if names != list(INPUT_NAMES):
+        raise BadInputError(f"{onnx_path}: inputs {names} are not {', '.join(INPUT_NAMES)}")
+    cfg = json.loads(meta[META_CONFIG])
     return ModelConfig.from_dict(cfg["model_config"]), meta
 
 
 def _refuse_cpu_only_int8(onnx_path, meta: dict[str, str]) -> None:
     """uint8 (asymmetric) activations run in ONNX Runtime only; TensorRT takes symmetric int8 Q/DQ."""
-    calib = json.loads(meta.get("trimkit_calibration", "{}"))
+    calib = json.loads(meta.get(META_CALIBRATION, "{}"))
     if str(calib.get("activations", "")).startswith("uint8"):
         raise BadInputError(f"{onnx_path}: uint8 (asymmetric) activations are an ONNX Runtime CPU form; TensorRT "
                             "takes symmetric int8 Q/DQ: re-run trimkit calibrate int8 --activations int8")

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..contract import INPUT_NAMES, OUTPUT_NAMES
 from ..errors import BadInputError, MissingDependencyError
 
 __all__ = ["OpenVinoRunner", "load", "import_openvino", "INSTALL_HINT", "PRECISION_HINTS", "compiled_precision"]
@@ -21,8 +22,6 @@ INSTALL_HINT = "OpenVINO is not installed: pip install openvino"
 # --precision -> the CPU plugin's INFERENCE_PRECISION_HINT
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
 _TYPE_NAMES = {"float32": "fp32", "f32": "fp32", "bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "f16": "fp16"}
-INPUT_NAMES = ("pixel_values", "input_ids", "attention_mask")
-OUTPUT_NAMES = ("logits", "keep_counts")
 
 
 def import_openvino():

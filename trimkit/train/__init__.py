@@ -1,8 +1,7 @@
-"""SmartTrim training: objective, curriculum, loop (single process or torchrun DDP), evaluation."""
+"""SmartTrim training: objective, curriculum, loop (single process or torchrun DDP)."""
 
-from .config import TrainConfig
-from .evaluate import evaluate
+from ..config import TrainConfig
 from .loop import TrainResult, last_path, train
 from .objective import SmartTrimObjective
 
-__all__ = ["TrainConfig", "TrainResult", "SmartTrimObjective", "evaluate", "last_path", "train"]
+__all__ = ["TrainConfig", "TrainResult", "SmartTrimObjective", "last_path", "train"]

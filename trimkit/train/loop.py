@@ -22,6 +22,7 @@ import shlex
 import signal
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,15 +30,14 @@ from typing import Any
 import torch
 
 from ..checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
-from ..config import TrimConfig
+from ..config import TrainConfig, TrimConfig
 from ..data import load_dataset
 from ..errors import BadInputError
+from ..evaluate import evaluate
 from ..fileio import check_writable
 from ..models import MeterModel, build_model
 from ..trimmers import BatchNoise
-from .config import TrainConfig
 from .distributed import DistInfo, any_flag, barrier, init_distributed, shutdown_distributed
-from .evaluate import evaluate
 from .objective import SmartTrimObjective
 from .pretrain import check_pretrain_seed
 
@@ -164,14 +164,25 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._old)
 
 
-def _prepare(ckpt_path: str | Path, cfg: TrainConfig, resume: bool) -> tuple[MeterModel, TrainConfig, dict | None]:
+def resumed_config(ckpt_path: str | Path, saved: TrainConfig, cfg: TrainConfig, given: Collection[str]) -> TrainConfig:
+    """The saved run's settings (only `out` may move). A setting the caller gave that differs from the saved
+    run's is refused: a resumed run continues bit for bit, so silently dropping it would mislead."""
+    conflicts = [name for name in sorted(given) if name != "out" and getattr(cfg, name) != getattr(saved, name)]
+    if conflicts:
+        said = ", ".join(f"--{n.replace('_', '-')} {getattr(cfg, n)!r} (saved: {getattr(saved, n)!r})" for n in conflicts)
+        raise BadInputError(f"{ckpt_path}: --resume continues the saved run; {said} differ: drop them, or start a new "
+                            "run from a checkpoint")
+    return TrainConfig.from_dict({**saved.to_dict(), "out": cfg.out or saved.out})
+
+
+def _prepare(ckpt_path: str | Path, cfg: TrainConfig, resume: bool,
+             given: Collection[str] = ()) -> tuple[MeterModel, TrainConfig, dict | None]:
     raw = read_checkpoint(ckpt_path)
     state = raw.get("train_state")
     if resume:
         if not state:
             raise BadInputError(f"{ckpt_path}: has no train state to resume (use the .last.pt a run wrote)")
-        saved = TrainConfig.from_dict(state["config"])
-        cfg = TrainConfig.from_dict({**saved.to_dict(), "out": cfg.out or saved.out})
+        cfg = resumed_config(ckpt_path, TrainConfig.from_dict(state["config"]), cfg, given)
     model = model_from_checkpoint(raw, ckpt_path)
     if model.tokenizer is None:
         raise BadInputError(f"{ckpt_path}: checkpoint has no tokenizer")
@@ -185,23 +196,27 @@ def _prepare(ckpt_path: str | Path, cfg: TrainConfig, resume: bool) -> tuple[Met
     return model, cfg, (state if resume else None)
 
 
-def train(ckpt: str | Path, cfg: TrainConfig, *, resume: bool = False, force: bool = False,
-          console=None, show_progress: bool = True, stop_at_step: int | None = None) -> TrainResult:
+def train(ckpt: str | Path, cfg: TrainConfig, *, resume: bool = False, given: Collection[str] = (),
+          force: bool = False, console=None, show_progress: bool = True,
+          stop_at_step: int | None = None) -> TrainResult:
     """Train the model in `ckpt` as `cfg` says; returns where the checkpoints went and the history.
 
+    resume: continue the run saved in `ckpt` with its own settings; `given` names the fields of `cfg` the
+    caller set on purpose, and any of them that differs from the saved run's is refused (BadInputError).
     stop_at_step: stop (as Ctrl-C would) once this many steps are done, saving the latest state.
     """
     t0 = time.perf_counter()
     dist = init_distributed()
     try:
-        return _train(ckpt, cfg, resume=resume, force=force, console=console, show_progress=show_progress,
-                      stop_at_step=stop_at_step, dist=dist, t0=t0)
+        return _train(ckpt, cfg, resume=resume, given=given, force=force, console=console,
+                      show_progress=show_progress, stop_at_step=stop_at_step, dist=dist, t0=t0)
     finally:
         shutdown_distributed(dist)
 
 
-def _train(ckpt, cfg, *, resume, force, console, show_progress, stop_at_step, dist: DistInfo, t0) -> TrainResult:
-    model, cfg, state = _prepare(ckpt, cfg, resume)
+def _train(ckpt, cfg, *, resume, given, force, console, show_progress, stop_at_step, dist: DistInfo,
+           t0) -> TrainResult:
+    model, cfg, state = _prepare(ckpt, cfg, resume, given)
     out, last = Path(cfg.out), last_path(cfg.out)
     if dist.main and not resume:
         check_writable(out, force=force)

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import TrainConfig
 from ..models import MeterModel
-from .config import TrainConfig
 
 __all__ = ["SmartTrimObjective", "LossParts", "kl_teacher_student"]
 

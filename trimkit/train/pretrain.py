@@ -300,8 +300,8 @@ def pretrain(ckpt: str | Path, out: str | Path, *, task: str, data: str, steps: 
     from rich.progress import Progress
 
     from ..checkpoint import load_checkpoint, save_checkpoint
+    from ..config import autocast
     from ..fileio import check_writable
-    from .config import autocast
     from .loop import _lr_scale
 
     if task not in PRETRAIN_TASKS:

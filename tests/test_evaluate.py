@@ -7,11 +7,11 @@ import torch
 
 import trimkit
 from trimkit.cli import main
+from trimkit.evaluate import closest_decisions
 from trimkit.factory import new_model
-from trimkit.train.evaluate import closest_decisions
 from trimkit.trimmers import Idle
 
-from ..conftest import make_inputs, randomize_trimmers
+from .conftest import make_inputs, randomize_trimmers
 
 
 def test_decisions_name_their_trimmer(pruning_model):

@@ -1,15 +1,19 @@
-"""Accuracy and cost of a model on a split, per trim mode."""
+"""Accuracy and cost of a model on a split, per trim mode: `evaluate` (a model in memory: training,
+calibration, bench) and `evaluate_checkpoint` (`trimkit eval`). `sample_indices` is the one seeded
+subset of a split that evaluation, verify and calibration draw."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 
-from ..data import VQASplit
-from ..models import MeterModel, TrimOutput
+from .data import VQASplit
+from .errors import BadInputError
+from .models import MeterModel, TrimOutput
 
-__all__ = ["evaluate", "sample_indices", "closest_decisions"]
+__all__ = ["evaluate", "evaluate_checkpoint", "sample_indices", "closest_decisions"]
 _QUANTILES = (0.01, 0.05, 0.5)
 
 
@@ -93,3 +97,28 @@ def _finite(x: torch.Tensor) -> float | None:
 def _quantiles(x: torch.Tensor) -> dict[str, float | None]:
     """p1, p5, p50 over questions ("lower": an observed value, inf -> None where none decided)."""
     return {f"p{round(100 * q)}": _finite(torch.quantile(x, q, interpolation="lower")) for q in _QUANTILES}
+
+
+def evaluate_checkpoint(path: str | os.PathLike, data: str, *, split: str = "test", samples: int | None = None,
+                        batch_size: int = 256, seed: int = 0, modes: tuple[str, ...] = ("off", "mask", "prune"),
+                        per_instance: bool = False) -> dict[str, Any]:
+    """`trimkit eval`: a checkpoint on a dataset split, in every trim mode."""
+    from .checkpoint import load_checkpoint
+    from .data import load_dataset
+
+    model = load_checkpoint(path)
+    if model.tokenizer is None:
+        raise BadInputError(f"{path}: checkpoint has no tokenizer")
+    if split not in ("train", "val", "test"):
+        raise BadInputError(f"unknown split {split!r}; choose train, val or test")
+    task = load_dataset(data, tokenizer=model.tokenizer, labels=model.labels, image_size=model.config.image_size,
+                        seed=seed, splits=(split,))
+    res = evaluate(model, task.split(split), modes=modes, samples=samples, batch_size=batch_size, seed=seed,
+                   decisions=True)
+    if not per_instance:
+        res.pop("per_instance")
+    c = model.config
+    layers = [{"depth": d, "kind": "fusion" if c.is_fusion(d) else "encoder"}
+              for d in range(model.trim.first_trimmed_layer, c.num_layers)]
+    return {"checkpoint": str(path), "data": data, "split": split, "modes": list(modes), "trimmed_layers": layers,
+            **res}

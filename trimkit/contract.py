@@ -1,0 +1,163 @@
+"""The artifact contract: what every trimkit export promises, in one place.
+
+Input and output names, export modes, opsets, batch limits, tolerances per precision, the
+metadata keys an artifact carries, and how they are stamped and read back. Export writes it,
+verify, calibration, profiles and manifests read it. Reading an artifact's metadata needs onnx
+(for `.onnx`) only when it is called; importing this module needs neither torch nor onnx.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import BadInputError
+
+if TYPE_CHECKING:
+    from .models import MeterModel
+
+__all__ = ["INPUT_NAMES", "OUTPUT_NAMES", "EXPORT_MODES", "TRIM_MODE_OF", "LAYOUTS", "DEFAULT_OPSET", "OPSET_RANGE", "MAX_BATCH",
+           "TOPK_MAX_K", "MAX_PROTO_BYTES", "PRECISIONS", "Tolerance", "TOLERANCES", "tolerance", "ENGINE_SUFFIXES",
+           "META_VERSION", "META_MODE", "META_CONFIG", "META_LABELS", "META_WEIGHTS", "META_TOKENIZER",
+           "META_CALIBRATION", "META_LAYOUT", "export_metadata", "stamp_metadata", "read_metadata",
+           "ArtifactInfo", "artifact_metadata", "check_match"]
+
+# ---------------------------------------------------------------------------- I/O
+# pixel_values float32 (B, 3, H, W), input_ids int64 (B, T), attention_mask int64 (B, T)
+INPUT_NAMES = ("pixel_values", "input_ids", "attention_mask")
+# logits float32 (B, num_labels), keep_counts int64 (B, trimmed_layers, 2): kept tokens per layer, vision then text
+OUTPUT_NAMES = ("logits", "keep_counts")
+
+# ---------------------------------------------------------------------------- modes and graph limits
+EXPORT_MODES = ("adaptive", "static", "full")
+TRIM_MODE_OF = {"adaptive": "prune", "static": "static", "full": "off"}  # export mode -> MeterModel forward mode
+# How an adaptive graph lays out its kept tokens: one (sum_b k_b, D) matrix, or (B, k_max, D) with filler slots.
+LAYOUTS = ("packed", "padded")
+# Opset 20 has a Gelu operator: one node where opset 18 spells out Div/Erf/Add/Mul/Mul (26 GELUs in the
+# `small` adaptive graph). ONNX Runtime runs it as one kernel; TensorRT 10 parses opsets 9-20, TensorRT 11 up to 25.
+DEFAULT_OPSET = 20
+# torch's dynamo exporter writes opset 18 and up (it silently raises anything lower to 18); 25 is the newest
+# opset that ONNX Runtime 1.32 and the TensorRT 11 parser both take (a tiny model exports and checks at 18-25).
+OPSET_RANGE = (18, 25)
+MAX_BATCH = 4096  # the batch Dim bound the ONNX export declares; engine profiles may not exceed it
+TOPK_MAX_K = 3840  # TensorRT's TopK limit on K
+MAX_PROTO_BYTES = 2**31 - 1  # one file, no external data
+
+
+# ---------------------------------------------------------------------------- tolerances
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+    min_agreement: float  # share of samples whose argmax (and keep_counts) must agree with PyTorch
+
+
+# fp16 and int8 change the hidden states a trimmer scores, so a few pruning decisions near the threshold
+# may flip: int8 gates agreement at 98%.
+TOLERANCES = {
+    "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_agreement=0.99),
+    "fp16": Tolerance(atol=5e-2, rtol=5e-2, min_agreement=0.99),
+    "int8": Tolerance(atol=0.25, rtol=0.1, min_agreement=0.98),
+}
+PRECISIONS = ("fp32", "fp16")  # what `export` writes; int8 comes from `calibrate int8`
+
+
+def tolerance(precision: str) -> Tolerance:
+    """The default tolerance of an artifact precision (an unknown one is held to fp32)."""
+    return TOLERANCES.get(precision, TOLERANCES["fp32"])
+
+
+# ---------------------------------------------------------------------------- metadata
+META_VERSION = "trimkit_version"
+META_MODE = "trimkit_mode"
+META_CONFIG = "trimkit_config"  # JSON: model_config, trim_config, mode, trim_mode, precision, ...
+META_LABELS = "labels"  # JSON list
+META_WEIGHTS = "trimkit_weights_sha256"
+META_TOKENIZER = "trimkit_tokenizer"  # JSON, when the checkpoint has a tokenizer
+META_CALIBRATION = "trimkit_calibration"  # JSON, INT8 graphs: what produced the scales
+META_LAYOUT = "trimkit_layout"  # one of LAYOUTS, adaptive graphs
+
+ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
+
+
+def export_metadata(model: MeterModel, mode: str, precision: str, extra: dict | None = None) -> dict[str, str]:
+    """The metadata_props of an export of `model` in `mode` (string -> string, JSON where structured)."""
+    from . import __version__
+    from .checkpoint import weights_digest
+
+    cfg = {"model_config": model.config.to_dict(), "trim_config": model.trim.to_dict(), "mode": mode,
+           "trim_mode": TRIM_MODE_OF[mode], "precision": precision, "head_impl": model.head_impl,
+           "dynamic_axes": {"batch": "all inputs/outputs", "text_len": "input_ids, attention_mask"},
+           "image_size": model.config.image_size, **(extra or {})}
+    meta = {META_VERSION: __version__, META_MODE: mode, META_CONFIG: json.dumps(cfg),
+            META_LABELS: json.dumps(list(model.labels or [])), META_WEIGHTS: weights_digest(model)}
+    if getattr(model, "tokenizer", None) is not None:
+        meta[META_TOKENIZER] = json.dumps(model.tokenizer.to_dict())
+    return meta
+
+
+def stamp_metadata(proto, meta: dict[str, str]) -> None:
+    """Replace an ONNX ModelProto's metadata_props with `meta` (no stale key survives a re-stamp)."""
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+
+
+def read_metadata(proto) -> dict[str, str]:
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+@dataclass
+class ArtifactInfo:
+    """What an artifact says about itself, whatever its runtime."""
+
+    runtime: str  # "onnxruntime" | "tensorrt"
+    mode: str
+    config: dict[str, Any]  # the trimkit_config JSON
+    labels: list[str]
+    weights: str | None  # sha256 of the weights it was exported from
+    manifest: dict[str, Any] | None = None  # TensorRT engines only
+
+    @property
+    def precision(self) -> str:
+        return self.config.get("precision", "fp32")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "config": self.config, "labels": self.labels, "weights": self.weights}
+
+
+def artifact_metadata(path: str | os.PathLike) -> ArtifactInfo:
+    """The trimkit metadata of an .onnx file or a TensorRT engine (from its manifest)."""
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError(f"{path}: no such file")
+    if path.suffix == ".onnx":
+        from .export.trt import onnx_model_config
+
+        _, meta = onnx_model_config(path)
+        return ArtifactInfo("onnxruntime", meta[META_MODE], json.loads(meta[META_CONFIG]),
+                            json.loads(meta[META_LABELS]), meta.get(META_WEIGHTS))
+    if path.suffix in ENGINE_SUFFIXES:
+        from .export.manifest import read_manifest
+
+        man = read_manifest(path)
+        return ArtifactInfo("tensorrt", man[META_MODE], man[META_CONFIG], man["labels"], man.get("weights_sha256"),
+                            man)
+    raise BadInputError(f"{path}: unknown artifact type (expected .onnx or a TensorRT .plan with its manifest)")
+
+
+def check_match(model: MeterModel, ckpt: Path, art: Path, info: ArtifactInfo) -> None:
+    """The artifact was exported from this checkpoint: same model config, labels and weights (else exit 2)."""
+    from .checkpoint import weights_digest
+
+    cfg = info.config
+    if cfg.get("model_config") != model.config.to_dict():
+        diff = sorted(k for k, v in model.config.to_dict().items() if cfg.get("model_config", {}).get(k) != v)
+        raise BadInputError(f"{art} does not match {ckpt}: model config differs ({', '.join(diff) or 'fields'})")
+    if info.labels != list(model.labels):
+        raise BadInputError(f"{art} does not match {ckpt}: labels differ")
+    if info.weights and info.weights != weights_digest(model):
+        raise BadInputError(f"{art} was exported from other weights than {ckpt} (trimkit_weights_sha256 differs)")
