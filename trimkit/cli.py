@@ -426,7 +426,12 @@ def verify(
     max_accuracy_drop: Annotated[float, typer.Option("--max-accuracy-drop", help="Points vs PyTorch full.")] = 1.0,
     min_speedup: Annotated[float | None, typer.Option("--min-speedup", help="Artifact vs the full export.")] = None,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per shape.")] = 20,
-    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime intra-op threads.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime / OpenVINO inference threads.")] = None,
+    runtime: Annotated[str | None, typer.Option("--runtime", help="Runtimes to run the artifact on, comma-separated: "
+                                                                  "onnxruntime, openvino (an .onnx file takes both; "
+                                                                  "default: the artifact's own).")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="OpenVINO inference precision: fp32 (default) "
+                                                                      "or bf16 (its own tolerance).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="One record per check, machine-readable.")] = None,
     junit: Annotated[Path | None, typer.Option("--junit", help="JUnit XML, one testcase per check.")] = None,
     seed: SeedOpt = 0,
@@ -441,7 +446,9 @@ def verify(
     report = run_verify(ckpt, artifact, data=data, samples=samples, batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
                         text_lens=_int_list(text_lens, "--text-lens"), atol=atol, rtol=rtol,
                         min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup,
-                        repeats=repeats, threads=threads, seed=seed, log=console.print)
+                        repeats=repeats, threads=threads, seed=seed, log=console.print,
+                        runtimes=tuple(r.strip() for r in runtime.split(",") if r.strip()) if runtime else None,
+                        precision=precision)
     render_verify(report, console)
     _write_json(json_out, report.to_dict())
     if junit is not None:

@@ -59,6 +59,8 @@ class Tolerance:
 # may flip: int8 gates agreement at 98%.
 TOLERANCES = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_agreement=0.99),
+    # an fp32 graph run at bf16 inference precision (OpenVINO --precision bf16): 8 mantissa bits
+    "bf16": Tolerance(atol=0.1, rtol=0.05, min_agreement=0.97),
     "fp16": Tolerance(atol=5e-2, rtol=5e-2, min_agreement=0.99),
     "int8": Tolerance(atol=0.25, rtol=0.1, min_agreement=0.98),
 }
@@ -114,7 +116,7 @@ def read_metadata(proto) -> dict[str, str]:
 class ArtifactInfo:
     """What an artifact says about itself, whatever its runtime."""
 
-    runtime: str  # "onnxruntime" | "tensorrt"
+    runtime: str  # "onnxruntime" | "tensorrt" | "openvino" (the runtime it is made for)
     mode: str
     config: dict[str, Any]  # the trimkit_config JSON
     labels: list[str]
@@ -146,7 +148,15 @@ def artifact_metadata(path: str | os.PathLike) -> ArtifactInfo:
         man = read_manifest(path)
         return ArtifactInfo("tensorrt", man[META_MODE], man[META_CONFIG], man["labels"], man.get("weights_sha256"),
                             man)
-    raise BadInputError(f"{path}: unknown artifact type (expected .onnx or a TensorRT .plan with its manifest)")
+    if path.suffix == ".xml":
+        from .export.openvino import ir_metadata, read_ir_manifest
+
+        read_ir_manifest(path)  # the .bin and the manifest are beside it
+        meta = ir_metadata(path)
+        return ArtifactInfo("openvino", meta[META_MODE], json.loads(meta[META_CONFIG]), json.loads(meta[META_LABELS]),
+                            meta.get(META_WEIGHTS))
+    raise BadInputError(f"{path}: unknown artifact type (expected .onnx, a TensorRT .plan with its manifest or an "
+                        "OpenVINO .xml IR)")
 
 
 def check_match(model: MeterModel, ckpt: Path, art: Path, info: ArtifactInfo) -> None:
