@@ -70,40 +70,99 @@ def test_onnx_without_trimkit_metadata_is_refused(tmp_path):
         onnx_model_config(tmp_path / "foreign.onnx")
 
 
-@pytest.mark.gpu
-def test_engine_build_and_run_matches_onnx_runtime(exported, tmp_path):
-    import tensorrt as trt
+def test_gpu_check_without_a_gpu_is_one_line_exit_2():
+    from trimkit.export.trt import gpu_info
 
-    from trimkit.export.inputs import sample_inputs
+    if gpu_info() is not None:
+        pytest.skip("an NVIDIA GPU is present here")
+    for args in (["--precheck"], []):
+        r = subprocess.run([sys.executable, "benchmarks/gpu_check.py", *args], capture_output=True, text=True,
+                           timeout=120)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and "NVIDIA GPU" in lines[0], r.stderr
+
+
+# ----------------------------------------------------------------------------- on a GPU (`make gpu-check` runs these)
+# Two disjoint profiles (batch 1-4 and 5-8) so that both profile selection and switching are exercised.
+
+
+def _gpu_profiles(config):
+    t = config.max_text_len
+    return [Profile((1, 2, 4), (2, t, t)), Profile((5, 8, 8), (2, t, t))]
+
+
+@pytest.fixture(scope="module")
+def engines(exported, tmp_path_factory):
+    from trimkit.export.onnx import to_onnx
     from trimkit.export.trt import build_engine
-    from trimkit.runtime.onnxruntime import ort_session
 
-    profiles = [Profile((1, 2, 4), (2, 8, 16)), Profile((1, 1, 1), (2, 4, 8))]
-    res = build_engine(exported["adaptive"], tmp_path / "m.plan", profiles=profiles,
-                       timing_cache=tmp_path / "cache.bin")
-    assert res.path.exists() and (tmp_path / "cache.bin").exists()
-    manifest = read_manifest(res.path)
-    assert len(manifest["profiles"]) == 2 and manifest["gpu_name"]
-    import torch
-
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine(res.path.read_bytes())
-    ctx = engine.create_execution_context()
+    root = tmp_path_factory.mktemp("engines")
     config, _ = onnx_model_config(exported["adaptive"])
-    pv, ids, mask = sample_inputs(config, 3, 9, seed=1)
-    feeds = {"pixel_values": pv.cuda(), "input_ids": ids.cuda(), "attention_mask": mask.cuda()}
-    for name, t in feeds.items():
-        ctx.set_input_shape(name, tuple(t.shape))
-        ctx.set_tensor_address(name, t.data_ptr())
-    logits = torch.empty(3, 13, device="cuda")
-    counts = torch.empty(3, 2, 2, dtype=torch.int64, device="cuda")
-    ctx.set_tensor_address("logits", logits.data_ptr())
-    ctx.set_tensor_address("keep_counts", counts.data_ptr())
-    assert ctx.execute_async_v3(torch.cuda.current_stream().cuda_stream)
-    torch.cuda.synchronize()
-    ref_logits, ref_counts = ort_session(exported["adaptive"]).run(None, {k: v.cpu().numpy() for k, v in feeds.items()})
-    np.testing.assert_allclose(logits.cpu().numpy(), ref_logits, atol=1e-3, rtol=1e-3)
-    np.testing.assert_array_equal(counts.cpu().numpy(), ref_counts)
+    cache = root / "timing.cache"
+    fp16 = to_onnx(exported["ckpt"], root / "fp16.onnx", precision="fp16").path
+    out = {}
+    for name, onnx_path in (("fp32", exported["adaptive"]), ("fp16", fp16)):
+        res = build_engine(onnx_path, root / f"{name}.plan", profiles=_gpu_profiles(config), timing_cache=cache)
+        out[name] = (onnx_path, res.path)
+    return out
+
+
+def _compare_with_ort(onnx_path, plan, shapes, atol):
+    from trimkit.export.inputs import sample_inputs
+    from trimkit.runtime.onnxruntime import ort_session
+    from trimkit.runtime.tensorrt import load
+
+    config, _ = onnx_model_config(onnx_path)
+    runner = load(plan)
+    sess = ort_session(onnx_path)
+    flips, active = 0, []
+    for b, n in shapes:
+        pv, ids, mask = (t.numpy() for t in sample_inputs(config, b, n, seed=b * 10 + n))
+        feeds = {"pixel_values": pv, "input_ids": ids, "attention_mask": mask}
+        logits, counts = runner.run(feeds)
+        ref_logits, ref_counts = sess.run(["logits", "keep_counts"], feeds)
+        assert logits.shape == ref_logits.shape and counts.shape == ref_counts.shape
+        same = (counts == ref_counts).reshape(b, -1).all(axis=1)
+        flips += int((~same).sum())
+        np.testing.assert_allclose(logits[same], ref_logits[same], atol=atol, rtol=atol)
+        active.append(runner.active)
+        assert runner.last_timing["device_ms"] > 0
+    return runner, flips, active
+
+
+@pytest.mark.gpu
+def test_fp32_engine_matches_onnx_runtime_and_switches_profiles(engines):
+    onnx_path, plan = engines["fp32"]
+    man = read_manifest(plan)
+    assert man["tf32"] is False and man["gpu_name"] and len(man["profiles"]) == 2
+    runner, flips, active = _compare_with_ort(onnx_path, plan, [(1, 5), (3, 16), (8, 9), (6, 2), (2, 7)], 1e-3)
+    assert flips == 0
+    assert active == [0, 0, 1, 1, 0] and runner.profile_switches == 3
+
+
+@pytest.mark.gpu
+def test_fp16_engine_reuses_the_timing_cache_and_stays_close(engines):
+    onnx_path, plan = engines["fp16"]
+    man = read_manifest(plan)
+    assert man["precision"] == "fp16" and man["timing_cache_state"] == "reused"
+    _, flips, _ = _compare_with_ort(onnx_path, plan, [(4, 12), (8, 16)], 5e-2)
+    assert flips <= 3  # of 12 samples: fp16 may flip a decision that sits on its threshold
+
+
+@pytest.mark.gpu
+def test_cli_export_trt_with_default_profile_then_verify(exported, tmp_path):
+    plan = tmp_path / "m.plan"
+    r = subprocess.run([sys.executable, "-m", "trimkit.cli", "export", str(exported["ckpt"]), "--format", "trt",
+                        "--out", str(plan), "--timing-cache", str(tmp_path / "cache.bin")], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert read_manifest(plan)["profiles"] == [Profile((1, 8, 8), (2, 16, 16))]
+    js = tmp_path / "v.json"
+    r = subprocess.run([sys.executable, "-m", "trimkit.cli", "verify", str(exported["ckpt"]), str(plan), "--samples",
+                        "64", "--repeats", "3", "--json", str(js)], capture_output=True, text=True, timeout=600)
+    report = json.loads(js.read_text())
+    assert r.returncode == 0 and report["passed"] and report["runtime"] == "tensorrt", r.stdout + r.stderr
+    assert report["runtimes"]["tensorrt"]["describe"]["tf32"] is False
 
 
 # ----------------------------------------------------------------------------- the builder against a fake TensorRT
