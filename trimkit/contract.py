@@ -59,8 +59,10 @@ class Tolerance:
 # may flip: int8 gates agreement at 98%.
 TOLERANCES = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_agreement=0.99),
-    # an fp32 graph run at bf16 inference precision (OpenVINO --precision bf16): 8 mantissa bits
-    "bf16": Tolerance(atol=0.1, rtol=0.05, min_agreement=0.97),
+    # an fp32 graph run at bf16 inference precision (OpenVINO --precision bf16): 8 mantissa bits. Measured on
+    # the tests' random-trimmer tiny model (256 samples): max |err| 1.5e-2 where decisions agree, but 5.9% of
+    # samples flip a keep decision (its scores crowd the threshold), which is why fp32 is OpenVINO's default here
+    "bf16": Tolerance(atol=5e-2, rtol=5e-2, min_agreement=0.95),
     "fp16": Tolerance(atol=5e-2, rtol=5e-2, min_agreement=0.99),
     "int8": Tolerance(atol=0.25, rtol=0.1, min_agreement=0.98),
 }
