@@ -30,7 +30,8 @@ from .profiles import Profile, validate_profiles
 __all__ = ["lazy_import_trt", "gpu_info", "check_trt_ready", "build_engine", "EngineBuild", "onnx_model_config",
            "INSTALL_HINT"]
 
-INSTALL_HINT = "pip install 'trimkit[gpu]' (tensorrt>=10, onnxruntime-gpu) on a machine with an NVIDIA GPU and driver"
+INSTALL_HINT = ("make setup-gpu, or pip install 'trimkit[gpu]' (tensorrt>=10) beside a CUDA build of torch, on a machine "
+                "with an NVIDIA GPU and driver")
 
 
 def lazy_import_trt():
