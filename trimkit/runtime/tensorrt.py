@@ -45,6 +45,7 @@ class CudaDevice:
         self.torch = torch
         self.stream = torch.cuda.Stream()
         self.handle = self.stream.cuda_stream
+        self._host: dict[str, Any] = {}
 
     def empty(self, numel: int, dtype: np.dtype):
         return self.torch.empty(numel, dtype=self.torch.from_numpy(np.zeros(0, dtype)).dtype, device="cuda")
@@ -53,19 +54,23 @@ class CudaDevice:
         with self.torch.cuda.stream(self.stream):
             buf[: arr.size].copy_(self.torch.from_numpy(arr).reshape(-1), non_blocking=True)
 
-    def download(self, buf, shape: tuple[int, ...]):
-        """Queue a device-to-host copy on the stream; the result is valid after `synchronize()`."""
+    def download(self, buf, shape: tuple[int, ...], name: str):
+        """Queue a device-to-host copy on the stream into a pinned host buffer kept per tensor name (pinned
+        allocations are slow: they are grown, not made per call); valid after `synchronize()`."""
+        numel = int(np.prod(shape))
+        host = self._host.get(name)
+        if host is None or host.numel() < numel:
+            host = self._host[name] = self.torch.empty(numel, dtype=buf.dtype, pin_memory=True)
         with self.torch.cuda.stream(self.stream):
-            host = self.torch.empty(int(np.prod(shape)), dtype=buf.dtype, pin_memory=True)
-            host.copy_(buf[: host.numel()], non_blocking=True)
-        return host
+            host[:numel].copy_(buf[:numel], non_blocking=True)
+        return host[:numel]
 
     def synchronize(self) -> None:
         self.stream.synchronize()
 
     @staticmethod
     def to_numpy(host, shape: tuple[int, ...]) -> np.ndarray:
-        return host.numpy().reshape(shape)
+        return host.numpy().reshape(shape).copy()  # the pinned buffer is reused by the next call
 
     def event(self):
         ev = self.torch.cuda.Event(enable_timing=True)
@@ -168,7 +173,7 @@ class TrtRunner:
         if not self.ctx.execute_async_v3(self.device.handle):
             raise CheckFailedError("TensorRT execution failed (execute_async_v3 returned false)")
         t2 = self.device.event()
-        hosts = {name: self.device.download(out_bufs[name], out_shapes[name]) for name in OUTPUT_NAMES}
+        hosts = {name: self.device.download(out_bufs[name], out_shapes[name], name) for name in OUTPUT_NAMES}
         t3 = self.device.event()
         self.device.synchronize()
         # h2d includes setting shapes and addresses (host work between the events); device_ms is the engine alone
