@@ -81,11 +81,7 @@ def shape_probe(stem: str, steps: int, lr: float, x: torch.Tensor, y: torch.Tens
     g = torch.Generator().manual_seed(0)
 
     def encode(images: torch.Tensor) -> torch.Tensor:
-        h = m.embed_image(images)
-        w = torch.ones(h.shape[:2])
-        for layer in m.vision_layers:
-            h = layer(h, w)
-        return head(h[:, 0])
+        return head(m.encode_vision(images)[:, 0])  # (B, 1 + P, D) -> (B, classes) from [CLS]
 
     curve = []
     for step in range(1, steps + 1):

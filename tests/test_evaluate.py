@@ -85,3 +85,22 @@ def test_eval_reports_decision_closeness(jsonl_data, tmp_path, capsys):
     # a layer's closest token decision is never closer than the question's closest decision overall
     assert all(v >= rel["p1"] for row in per_layer for v in row if v is not None)
     assert any(v is not None for row in per_layer for v in row)
+
+
+def test_using_trim_restores_the_models_own_config_whatever_happens(tiny_model):
+    import dataclasses
+
+    from trimkit.evaluate import using_trim
+
+    own = tiny_model.trim
+    other = dataclasses.replace(own, token_threshold=own.token_threshold + 1.0)
+    with using_trim(tiny_model, other) as m:
+        assert m is tiny_model and tiny_model.trim is other
+    assert tiny_model.trim is own
+    try:
+        with using_trim(tiny_model):
+            tiny_model.trim = other
+            raise RuntimeError("a failed trial")
+    except RuntimeError:
+        pass
+    assert tiny_model.trim is own

@@ -8,14 +8,13 @@ ONNX (adaptive) beside one `full` export, and latency is timed interleaved per s
 Runtime (full and each adaptive export) and PyTorch (`off` and `prune`), on real images with the
 questions' words repeated to each text length.
 
-Writes DIR/report.md, DIR/bench.json and three PNG plots (accuracy vs FLOPs ratio, latency vs text
-length per runtime, kept tokens per layer). DIR is built beside its final place and renamed, so
-a failed or interrupted run leaves no half-written report.
+Writes the report (`trimkit.report.bench`: report.md, bench.json, three PNG plots) into DIR, built
+beside its final place and renamed, so a failed or interrupted run leaves no half-written report.
+(The `benchmarks/` scripts are the project's own measurements; this is the user-facing command.)
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -29,14 +28,12 @@ import numpy as np
 import torch
 
 from .errors import BadInputError
+from .report.bench import write_report
 
 if TYPE_CHECKING:
     from .runtime import Runner
 
-__all__ = ["bench", "parse_targets", "tiled_inputs", "REPORT_FILES"]
-
-REPORT_FILES = ("report.md", "bench.json", "accuracy_vs_flops.png", "latency_vs_text_len.png",
-                "kept_tokens_per_layer.png")
+__all__ = ["bench", "parse_targets", "tiled_inputs", "total_steps"]
 
 
 def parse_targets(text: str) -> list[float | None]:
@@ -110,9 +107,7 @@ def bench(ckpt: str | os.PathLike, out: str | os.PathLike, *, data: str = "easyv
         configs = _accuracy_sweep(model, task, targets, samples, calib_samples, static, seed, result, tick)
         _latency_sweep(model, task, configs, batch_sizes, lens, repeats, threads, seed, work, result, tick)
         result["seconds"] = time.perf_counter() - t_start
-        _plots(result, work)
-        (work / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
-        (work / "report.md").write_text(_markdown(result))
+        write_report(result, work)
         for f in work.glob("*.onnx"):
             f.unlink()
         if out.exists():
@@ -127,7 +122,7 @@ def bench(ckpt: str | os.PathLike, out: str | os.PathLike, *, data: str = "easyv
 def _accuracy_sweep(model, task, targets, samples, calib_samples, static, seed, result, tick) -> dict[str, Any]:
     """Accuracy, FLOPs ratio and kept tokens per target; returns {label: TrimConfig} for export."""
     from .calibration import match_adaptive_budget, match_static_budget
-    from .evaluate import evaluate
+    from .evaluate import evaluate, using_trim
 
     native = model.trim
     full = evaluate(model, task.test, modes=("off",), samples=samples, seed=seed)["off"]
@@ -143,18 +138,17 @@ def _accuracy_sweep(model, task, targets, samples, calib_samples, static, seed, 
             trim, _ = match_adaptive_budget(model, task.val, target, samples=calib_samples, seed=seed)
             offset = trim.token_threshold - native.token_threshold
         tick(f"calibrated {label}", 1)
-        model.trim = trim
-        r = evaluate(model, task.test, modes=("prune",), samples=samples, seed=seed)["prune"]
-        point = {"target": target, "label": label, "threshold_offset": offset, "accuracy": r["accuracy"],
-                 "flops_ratio": r["flops_ratio"]["mean"], "flops_p10": r["flops_ratio"]["p10"],
-                 "flops_p90": r["flops_ratio"]["p90"], "keep_per_layer": r["keep_per_layer"]}
-        if static:
-            static_trim, _ = match_static_budget(model, task.val, point["flops_ratio"], samples=calib_samples,
-                                                 seed=seed)
-            model.trim = static_trim
-            s = evaluate(model, task.test, modes=("static",), samples=samples, seed=seed)["static"]
-            point["static"] = {"accuracy": s["accuracy"], "flops_ratio": s["flops_ratio"]["mean"]}
-        model.trim = native
+        with using_trim(model, trim):
+            r = evaluate(model, task.test, modes=("prune",), samples=samples, seed=seed)["prune"]
+            point = {"target": target, "label": label, "threshold_offset": offset, "accuracy": r["accuracy"],
+                     "flops_ratio": r["flops_ratio"]["mean"], "flops_p10": r["flops_ratio"]["p10"],
+                     "flops_p90": r["flops_ratio"]["p90"], "keep_per_layer": r["keep_per_layer"]}
+            if static:  # static keep ratios matched to this target's adaptive cost
+                static_trim, _ = match_static_budget(model, task.val, point["flops_ratio"], samples=calib_samples,
+                                                     seed=seed)
+                model.trim = static_trim
+                s = evaluate(model, task.test, modes=("static",), samples=samples, seed=seed)["static"]
+                point["static"] = {"accuracy": s["accuracy"], "flops_ratio": s["flops_ratio"]["mean"]}
         configs[label] = trim
         result["points"].append(point)
         tick(f"evaluated {label}", 1)
@@ -163,6 +157,7 @@ def _accuracy_sweep(model, task, targets, samples, calib_samples, static, seed, 
 
 def _latency_sweep(model, task, configs, batch_sizes, lens, repeats, threads, seed, work, result, tick) -> None:
     from .contract import INPUT_NAMES
+    from .evaluate import using_trim
     from .export.onnx import to_onnx
     from .runtime import load_runner
     from .runtime.timing import latency_summary, time_interleaved
@@ -174,16 +169,15 @@ def _latency_sweep(model, task, configs, batch_sizes, lens, repeats, threads, se
                                         threads=threads)}
     tick("exported full", 1)
     for label, trim in configs.items():
-        model.trim = trim
-        path = to_onnx(model, work / f"adaptive-{label}.onnx", mode="adaptive").path
-        model.trim = native
+        with using_trim(model, trim):
+            path = to_onnx(model, work / f"adaptive-{label}.onnx", mode="adaptive").path
         runners[f"onnxruntime adaptive@{label}"] = load_runner("onnxruntime", path, threads=threads)
         tick(f"exported adaptive@{label}", 1)
     runners["pytorch off"] = TorchRunner(model, "off", trim=native)
     first = next(iter(configs))
     runners[f"pytorch prune@{first}"] = TorchRunner(model, "prune", trim=configs[first])
     g = torch.Generator().manual_seed(seed)
-    try:
+    with using_trim(model):  # the torch runners set their TrimConfig before every call
         for b in batch_sizes:
             idx = torch.randperm(len(task.test), generator=g)[:b]
             for n in lens:
@@ -192,101 +186,9 @@ def _latency_sweep(model, task, configs, batch_sizes, lens, repeats, threads, se
                 result["latency"].append({"batch": b, "text_len": n,
                                           **{name: latency_summary(ts, b) for name, ts in times.items()}})
                 tick(f"timed batch {b} text {n}", 1)
-    finally:
-        model.trim = native
     result["runtimes"] = list(runners)
 
 
 def total_steps(targets, batch_sizes, lens) -> int:
     """Progress units `bench` reports: 2 per target, 1 per export, 1 per timed shape."""
     return 2 * len(targets) + 1 + len(targets) + len(batch_sizes) * len(lens)
-
-
-# ----------------------------------------------------------------------------- report
-
-
-def _plots(result: dict[str, Any], folder: Path) -> None:
-    from .plotting import pyplot, save_figure
-
-    plt = pyplot()
-    pts = result["points"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter([1.0], [100 * result["full"]["accuracy"]], marker="*", s=160, color="black", label="full (off)",
-               zorder=3)
-    xs = sorted(pts, key=lambda p: p["flops_ratio"])
-    ax.plot([p["flops_ratio"] for p in xs], [100 * p["accuracy"] for p in xs], "o-", label="adaptive (SmartTrim)")
-    for p in xs:
-        ax.annotate(p["label"], (p["flops_ratio"], 100 * p["accuracy"]), textcoords="offset points", xytext=(4, 4),
-                    fontsize=8)
-    st = [p for p in xs if "static" in p]
-    if st:
-        ax.plot([p["static"]["flops_ratio"] for p in st], [100 * p["static"]["accuracy"] for p in st], "s--",
-                label="static keep ratios, same mean FLOPs")
-    ax.set_xlabel("mean FLOPs ratio (trimmed / full)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"accuracy vs compute ({result['data']}, {result['samples']} test questions)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    save_figure(fig, folder / "accuracy_vs_flops.png")
-
-    batches = sorted({r["batch"] for r in result["latency"]})
-    fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 4), squeeze=False)
-    for ax, b in zip(axes[0], batches):
-        rows = [r for r in result["latency"] if r["batch"] == b]
-        for name in result["runtimes"]:
-            ax.plot([r["text_len"] for r in rows], [r[name]["p50_ms"] for r in rows], "o-", label=name)
-        ax.set_xlabel("text length (tokens)")
-        ax.set_ylabel("latency p50 (ms)")
-        ax.set_title(f"batch {b}")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    save_figure(fig, folder / "latency_vs_text_len.png")
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    layers = result["trimmed_layers"]
-    for m, (ax, name) in enumerate(zip(axes, ("vision", "text"))):
-        for p in pts:
-            ax.plot(layers, [k[m] for k in p["keep_per_layer"]], "o-", label=f"{p['label']} ({p['flops_ratio']:.2f})")
-        ax.set_xlabel("layer (depth)")
-        ax.set_ylabel(f"{name} tokens kept (mean)")
-        ax.set_title(f"{name} tokens entering each trimmed layer")
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-    axes[0].legend(title="target (FLOPs ratio)", fontsize=8)
-    save_figure(fig, folder / "kept_tokens_per_layer.png")
-
-
-def _markdown(result: dict[str, Any]) -> str:
-    lines = [f"# trimkit bench: `{result['checkpoint']}`", "",
-             f"Data `{result['data']}`: accuracy on {result['samples']} test questions, budgets calibrated on "
-             f"{result['calibration_samples']} validation questions (global threshold offset, no retraining). "
-             f"Latency: ONNX Runtime CPU ({result['threads'] or 'default'} threads) and PyTorch eager, "
-             f"{result['repeats']} interleaved repeats, medians. {result['seconds']:.0f} s in all.", "",
-             "## Accuracy vs FLOPs ratio", "", "![accuracy vs FLOPs](accuracy_vs_flops.png)", "",
-             "| target | threshold offset | accuracy | FLOPs ratio mean | p10 | p90 | static at same FLOPs |",
-             "|---|---|---|---|---|---|---|",
-             f"| full (off) | | {100 * result['full']['accuracy']:.2f}% | 1.000 | | | |"]
-    for p in result["points"]:
-        s = p.get("static")
-        st = f"{100 * s['accuracy']:.2f}% @ {s['flops_ratio']:.3f}" if s else "-"
-        lines.append(f"| {p['label']} | {p['threshold_offset']:+.3f} | {100 * p['accuracy']:.2f}% | "
-                     f"{p['flops_ratio']:.3f} | {p['flops_p10']:.3f} | {p['flops_p90']:.3f} | {st} |")
-    names = result["runtimes"]
-    lines += ["", "## Latency vs text length", "", "![latency](latency_vs_text_len.png)", "",
-              "p50 ms (speedup of each adaptive export over the full export in brackets).", "",
-              "| batch | text | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-    for r in result["latency"]:
-        full = r["onnxruntime full"]["p50_ms"]
-        cells = []
-        for name in names:
-            c = f"{r[name]['p50_ms']:.2f}"
-            if name.startswith("onnxruntime adaptive"):
-                c += f" ({full / r[name]['p50_ms']:.2f}×)"
-            cells.append(c)
-        lines.append(f"| {r['batch']} | {r['text_len']} | " + " | ".join(cells) + " |")
-    lines += ["", "## Tokens kept per layer", "", "![kept tokens](kept_tokens_per_layer.png)", "",
-              "| target | " + " | ".join(f"L{d} v/t" for d in result["trimmed_layers"]) + " |",
-              "|---|" + "---|" * len(result["trimmed_layers"])]
-    for p in result["points"]:
-        lines.append(f"| {p['label']} | " + " | ".join(f"{v:.1f}/{t:.1f}" for v, t in p["keep_per_layer"]) + " |")
-    return "\n".join(lines) + "\n"

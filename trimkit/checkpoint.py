@@ -1,4 +1,4 @@
-"""Checkpoints: a plain dict of tensors and JSON-like values (DESIGN.md §4).
+"""Checkpoints: a plain dict of tensors and JSON-like values.
 
 Read with `torch.load(path, weights_only=True)` only: a file that carries pickled code is
 refused without running it. Written atomically; never overwritten without `force`.

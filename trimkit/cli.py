@@ -1,6 +1,6 @@
 """The `trimkit` command: thin Typer wiring; every command calls the library and prints.
 
-Known errors (`TrimkitError`) become one line on stderr and their exit code (DESIGN.md §5);
+Known errors (`TrimkitError`) become one line on stderr and their exit code;
 set TRIMKIT_DEBUG=1 for the traceback.
 """
 
@@ -181,7 +181,7 @@ def inspect(
 ) -> None:
     """Show what a checkpoint or an ONNX file holds."""
     from .inspect import describe
-    from .render import render_description
+    from .report.tables import render_description
 
     info = describe(path, text_len=text_len)
     render_description(info, _console())
@@ -313,7 +313,7 @@ def eval_cmd(
 ) -> None:
     """Accuracy in each trim mode, FLOPs ratio mean/p10/p90 and kept tokens per layer."""
     from .evaluate import evaluate_checkpoint
-    from .render import render_eval
+    from .report.tables import render_eval
 
     report = evaluate_checkpoint(ckpt, data, split=split, samples=samples, batch_size=batch_size, seed=seed)
     render_eval(report, _console())
@@ -333,7 +333,7 @@ def export(
     precision: Annotated[ExportPrecision, typer.Option("--precision", help="fp16: an fp16 graph with fp32 inputs/outputs.")] = ExportPrecision.fp32,
     keep_ratios: Annotated[str | None, typer.Option("--keep-ratios", help="static mode: 'v,t;v,t;...' per trimmed layer (default: calibrated).")] = None,
     heads: Annotated[HeadImpl, typer.Option("--heads", help="Head pruning: mask pruned heads (default; faster on CPU, "
-                                                            "see benchmarks/results/export_speed.md) or gather the kept "
+                                                            "see the export_speed benchmark) or gather the kept "
                                                             "heads' weight slices per sample.")] = HeadImpl.mask,
     ort_optimize: Annotated[bool, typer.Option("--ort-optimize", help="Write an ONNX Runtime-optimized graph (CPU).")] = False,
     profile: Annotated[list[str] | None, typer.Option("--profile", help="trt: NAME=min:opt:max (batch, text); forms one profile.")] = None,
@@ -438,7 +438,7 @@ def verify(
 ) -> None:
     """Prove an export against its checkpoint: numerics, accuracy, speed. Exit 1 if any check fails."""
     from .errors import CheckFailedError
-    from .render import render_verify
+    from .report.tables import render_verify
     from .verify import verify as run_verify
     from .verify import write_junit
 
@@ -489,7 +489,7 @@ def bench(
         res = run_bench(ckpt, out, data=data, targets=t, batch_sizes=b, text_lens=n, samples=samples,
                         calib_samples=calib_samples, repeats=repeats, threads=threads, static=static, seed=seed,
                         force=force, progress=lambda what, k: prog.update(task, advance=k, description=what))
-    from .render import render_bench
+    from .report.tables import render_bench
 
     render_bench(res, console)
     console.print(f"wrote {out}/report.md, bench.json and 3 plots in {res['seconds']:.0f} s")
@@ -504,7 +504,7 @@ def show(
     force: ForceOpt = False,
 ) -> None:
     """Draw which image patches and words each layer keeps, with the answer (PNG)."""
-    from .show import show as run_show
+    from .report.show import show as run_show
 
     ex = run_show(ckpt, image, question, out, force=force)
     typer.echo(f"{ex['answer']} ({100 * ex['probability']:.1f}%), FLOPs ratio {ex['flops_ratio']:.3f}; wrote {out}")
@@ -530,7 +530,7 @@ def calibrate_budget_cmd(
 ) -> None:
     """Shift the trimmers' thresholds to a FLOPs ratio; store matching static keep ratios."""
     from .calibration import calibrate_budget
-    from .render import render_budget
+    from .report.tables import render_budget
 
     console = _console()
     rec = calibrate_budget(ckpt, data, target, out, samples=samples, holdout=holdout, per_layer=per_layer, seed=seed,

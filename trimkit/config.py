@@ -67,7 +67,7 @@ class ModelConfig:
     patch_size: int = 8  # ViT patch size; image_size must be a multiple
     # image stem: "patch" = ViT's linear patch embedding; "conv" = early convolutions (Xiao et al. 2021):
     # log2(patch_size) stride-2 3x3 convs + a 1x1 projection, the same patch grid. Trained from scratch on
-    # easy-VQA's images it learns shapes about twice as fast (benchmarks/results/backbone_probe.md).
+    # easy-VQA's images it learns shapes about twice as fast (the backbone_probe benchmark).
     stem: str = "patch"
     num_channels: int = 3
     hidden_size: int = 192  # D, shared by both encoders and the fusion layers
@@ -203,7 +203,7 @@ class ModelConfig:
 
 @dataclass
 class TrimConfig:
-    """SmartTrim trimmers (DESIGN.md §2)."""
+    """SmartTrim trimmers."""
 
     token_trimming: bool = True  # XModal-aware token trimmers in every trimmed layer
     token_modalities: str = "both"  # which streams' tokens are trimmed: both | vision | text

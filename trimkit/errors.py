@@ -1,4 +1,4 @@
-"""Errors that the CLI turns into one line and an exit code (DESIGN.md §5).
+"""Errors that the CLI turns into one line and an exit code.
 
 Exit codes: 0 ok · 1 a check failed · 2 bad input or missing dependency · 130 stopped by Ctrl-C.
 """

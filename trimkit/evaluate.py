@@ -4,16 +4,19 @@ subset of a split that evaluation, verify and calibration draw."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
+from .config import TrimConfig
 from .data import VQASplit
 from .errors import BadInputError
 from .models import MeterModel, TrimOutput
 
-__all__ = ["evaluate", "evaluate_checkpoint", "sample_indices", "closest_decisions"]
+__all__ = ["evaluate", "evaluate_checkpoint", "sample_indices", "closest_decisions", "using_trim"]
 _QUANTILES = (0.01, 0.05, 0.5)
 
 
@@ -22,6 +25,20 @@ def sample_indices(n: int, samples: int | None, seed: int = 0) -> torch.Tensor:
     if samples is None or samples >= n:
         return torch.arange(n)
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:samples].sort().values
+
+
+@contextlib.contextmanager
+def using_trim(model: MeterModel, trim: TrimConfig | None = None) -> Iterator[MeterModel]:
+    """Try TrimConfigs on `model` inside (`trim`, or whatever the body assigns to `model.trim`); the model's
+    own TrimConfig is back afterwards, whatever happens. Trimmer weights are shared, only thresholds,
+    ratios and modes differ, so no copy of the model is needed."""
+    original = model.trim
+    if trim is not None:
+        model.trim = trim
+    try:
+        yield model
+    finally:
+        model.trim = original
 
 
 @torch.no_grad()

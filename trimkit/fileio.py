@@ -1,4 +1,4 @@
-"""Atomic file writes: temp file in the target folder + fsync + rename (DESIGN.md §4).
+"""Atomic file writes: temp file in the target folder + fsync + rename.
 
 A killed run never leaves a half-written artifact, and nothing is overwritten without `force`.
 """

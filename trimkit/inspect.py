@@ -8,6 +8,7 @@ from typing import Any
 
 from .checkpoint import model_from_checkpoint, read_checkpoint
 from .config import TEXT, VISION
+from .contract import read_metadata
 from .cost import depth_flops, head_trimmer_flops, projection_flops, token_trimmer_flops
 from .errors import BadInputError
 from .trimmers import Idle
@@ -110,7 +111,7 @@ def describe_onnx(path: str | os.PathLike) -> dict[str, Any]:
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
         "inputs": io(model.graph.input),
         "outputs": io(model.graph.output),
-        "metadata": {m.key: m.value for m in model.metadata_props},
+        "metadata": read_metadata(model),
         "ops": dict(sorted(ops.items())),
         "nodes": len(model.graph.node),
     }

@@ -1,4 +1,4 @@
-"""The ONNX contract (DESIGN.md §3) on tiny exports, checked with ONNX Runtime at shapes never traced."""
+"""The ONNX contract on tiny exports, checked with ONNX Runtime at shapes never traced."""
 
 import json
 

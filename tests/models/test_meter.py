@@ -237,3 +237,13 @@ def test_shared_images_reproduce_per_question_vision(stem):
     # other modes leave the vision encoder per question: image_groups is ignored there
     pruning = randomize_trimmers(new_model("tiny", "easyvqa", seed=4, stem=stem), seed=4).eval()
     torch.testing.assert_close(pruning(pv, ids, mask, image_groups=groups).logits, pruning(pv, ids, mask).logits)
+
+
+def test_encode_vision_is_the_forward_passes_vision_encoder():
+    model = new_model("tiny", "easyvqa", seed=3).eval()
+    pv, ids, mask = make_inputs(model, 3, 7, seed=3)
+    with torch.no_grad():
+        states = model(pv, ids, mask, mode="off", details=True).encoder_states[0]  # (B, 1 + P, D)
+        encoded = model.encode_vision(pv)
+    assert encoded.shape == states.shape == (3, 1 + model.config.num_patches, model.config.hidden_size)
+    torch.testing.assert_close(encoded, states, atol=1e-6, rtol=0)

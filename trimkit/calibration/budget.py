@@ -7,16 +7,14 @@ from the adaptive model's own average behaviour on a calibration set.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from ..config import TrimConfig
 from ..data import VQASplit
-from ..evaluate import sample_indices
+from ..evaluate import evaluate, sample_indices, using_trim
 from ..models import MeterModel
 
 __all__ = ["adaptive_profile", "static_trim_config", "match_static_budget", "match_adaptive_budget", "measure",
@@ -59,29 +57,11 @@ def static_trim_config(model: MeterModel, profile: dict[str, Any], scale: float 
     return dataclasses.replace(model.trim, static_keep_ratios=ratios, static_head_keep=heads)
 
 
-@torch.no_grad()
 def measure(model: MeterModel, split: VQASplit, mode: str, *, samples: int | None = 1000, batch_size: int = 256,
             seed: int = 0) -> dict[str, float]:
-    """Accuracy and mean FLOPs ratio in one mode."""
-    model.eval()
-    idx = sample_indices(len(split), samples, seed)
-    correct, ratios = [], []
-    for start in range(0, idx.numel(), batch_size):
-        pv, ids, mask, y = split.batch(idx[start: start + batch_size])
-        out = model(pv, ids, mask, mode=mode)
-        correct.append(out.logits.argmax(-1) == y)
-        ratios.append(out.flops_ratio)
-    return {"accuracy": float(torch.cat(correct).float().mean()), "flops_ratio": float(torch.cat(ratios).mean())}
-
-
-@contextlib.contextmanager
-def _trim_restored(model: MeterModel) -> Iterator[None]:
-    """Try TrimConfigs on `model` inside; its own TrimConfig is back afterwards, whatever happens."""
-    original = model.trim
-    try:
-        yield
-    finally:
-        model.trim = original
+    """Accuracy and mean FLOPs ratio in one mode (`evaluate`'s, on the same seeded sample)."""
+    r = evaluate(model, split, modes=(mode,), samples=samples, batch_size=batch_size, seed=seed)[mode]
+    return {"accuracy": r["accuracy"], "flops_ratio": r["flops_ratio"]["mean"]}
 
 
 def _bisect_budget(model: MeterModel, split: VQASplit, target_ratio: float, make, lo: float, hi: float, mode: str,
@@ -90,7 +70,7 @@ def _bisect_budget(model: MeterModel, split: VQASplit, target_ratio: float, make
     """Bisection on one scalar x of `make(x) -> TrimConfig` until the mean FLOPs ratio measured in
     `mode` is target_ratio +- tol (the ratio grows with x when `increasing`); the closest config wins."""
     best: tuple[TrimConfig, dict[str, float]] | None = None
-    with _trim_restored(model):
+    with using_trim(model):
         for _ in range(max_iter):
             mid = (lo + hi) / 2
             model.trim = make(mid)
@@ -162,7 +142,7 @@ def _bracket(model: MeterModel, split: VQASplit, make, target_ratio: float, span
     """Widen [-span, span] (doubling) until the FLOPs ratio at +span is <= target and at -span >= target:
     trained trimmers' logits can be far larger than the initial span."""
     bounds = []
-    with _trim_restored(model):
+    with using_trim(model):
         for sign, ok in ((1.0, lambda r: r <= target_ratio), (-1.0, lambda r: r >= target_ratio)):
             s = span
             while s < limit:

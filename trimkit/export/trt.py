@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ModelConfig
-from ..contract import DEFAULT_OPSET, INPUT_NAMES, META_CALIBRATION, META_CONFIG
+from ..contract import DEFAULT_OPSET, INPUT_NAMES, META_CALIBRATION, META_CONFIG, read_metadata
 from ..errors import BadInputError, CheckFailedError, MissingDependencyError
 from ..fileio import atomic_write_group, check_writable, sha256_file
 from .manifest import build_manifest, manifest_path
@@ -99,7 +99,7 @@ def onnx_model_config(onnx_path: str | os.PathLike) -> tuple[ModelConfig, dict[s
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as e:
         raise BadInputError(f"{onnx_path}: not an ONNX model ({type(e).__name__})") from None
-    meta = {m.key: m.value for m in model.metadata_props}
+    meta = read_metadata(model)
     if META_CONFIG not in meta:
         raise BadInputError(f"{onnx_path}: not a trimkit export (no {META_CONFIG} metadata)")
     names = [i.name for i in model.graph.input]

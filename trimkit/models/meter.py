@@ -379,21 +379,25 @@ class MeterModel(nn.Module):
 
     # ------------------------------------------------------------------ pieces
 
-    def _shared_vision(self, pixel_values: Tensor, groups: Tensor) -> Tensor:
-        """Embedding + vision encoder on the first row of each image group, then copied to every
-        row of its group: (B, 3, H, W) -> (B, 1 + P, D) encoder output."""
-        b = groups.shape[0]
-        _, inverse = torch.unique(groups, return_inverse=True)  # (B,) group of each row
-        rows = torch.arange(b, device=groups.device)
-        first = torch.full((int(inverse.max()) + 1,), b, dtype=rows.dtype, device=rows.device)
-        first = first.scatter_reduce(0, inverse, rows, reduce="amin")  # (U,) a row of each group
-        x = self.embed_image(pixel_values[first])  # (U, 1 + P, D)
+    def encode_vision(self, pixel_values: Tensor) -> Tensor:
+        """Embedding + the untrimmed vision encoder (+ its final norm): (B, 3, H, W) -> (B, 1 + P, D)."""
+        x = self.embed_image(pixel_values)  # (B, 1 + P, D)
         ones = torch.ones(x.shape[:2], dtype=x.dtype, device=x.device)
         for layer in self.vision_layers:
             x = layer(x, ones, None)
         if self.vision_final_norm is not None:
             x = self.vision_final_norm(x)
-        return x[inverse]
+        return x
+
+    def _shared_vision(self, pixel_values: Tensor, groups: Tensor) -> Tensor:
+        """`encode_vision` on the first row of each image group, then copied to every row of its group:
+        (B, 3, H, W) -> (B, 1 + P, D) encoder output."""
+        b = groups.shape[0]
+        _, inverse = torch.unique(groups, return_inverse=True)  # (B,) group of each row
+        rows = torch.arange(b, device=groups.device)
+        first = torch.full((int(inverse.max()) + 1,), b, dtype=rows.dtype, device=rows.device)
+        first = first.scatter_reduce(0, inverse, rows, reduce="amin")  # (U,) a row of each group
+        return self.encode_vision(pixel_values[first])[inverse]  # (U, 1 + P, D) -> (B, 1 + P, D)
 
     def _trim_tokens(self, s: _Stream, logits: Tensor, mode: str, noise, trim_index: int) -> None:
         t = self.trim

@@ -3,8 +3,8 @@
 VLMs start from pretrained image encoders and a fusion pretrained on image-text matching (METER and BLIP both
 use ITM); a model built on the spot has neither, and a VQA loss alone teaches both slowly: on easy-VQA the
 whole model stalls on naming shapes while the vision encoder alone learns them in a few hundred steps
-(benchmarks/results/backbone_probe.md), and with the vision encoder pre-trained it stalls again on yes/no
-questions, answering them from the question's wording alone (benchmarks/results/smarttrim_easyvqa_vp.md).
+(the backbone_probe benchmark), and with the vision encoder pre-trained it stalls again on yes/no
+questions, answering them from the question's wording alone (the answer_breakdown benchmark).
 
 - `--task tokens`: the image stem, embeddings and vision layers learn, with a linear head on every patch
   token, what lies under the token: background, or the colour x shape of the object covering most of it.
@@ -183,13 +183,7 @@ def token_targets(spec: str, model, seed: int = 0) -> TokenTargets:
 
 def _token_logits(model, head: torch.nn.Linear, pixel_values: Tensor) -> Tensor:
     """(B, P, classes): the head on every patch token of the vision encoder's output ([CLS] excluded)."""
-    h = model.embed_image(pixel_values)
-    keep = torch.ones(h.shape[:2])
-    for layer in model.vision_layers:
-        h = layer(h, keep)
-    if model.vision_final_norm is not None:
-        h = model.vision_final_norm(h)
-    return head(h[:, 1:])
+    return head(model.encode_vision(pixel_values)[:, 1:])  # (B, 1 + P, D) -> (B, P, classes)
 
 
 def check_pretrain_seed(meta: dict | None, data: str, seed: int, where: str) -> None:

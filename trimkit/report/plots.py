@@ -20,7 +20,7 @@ def pyplot():
 
 def save_figure(fig, path: str | os.PathLike, *, dpi: int = 120) -> Path:
     """Write `fig` as PNG to `path` (atomically, overwriting) and close it."""
-    from .fileio import atomic_write
+    from ..fileio import atomic_write
 
     plt = pyplot()
     try:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 __all__ = ["show", "explain"]
 
@@ -22,8 +22,8 @@ __all__ = ["show", "explain"]
 @torch.no_grad()
 def explain(model, image: str | os.PathLike, question: str) -> dict[str, Any]:
     """Run one (image, question) in `prune` mode with details; masks over the original positions."""
-    from .data.dataset import _open_image, _resize, to_pixel_values
-    from .data.tokenizer import WordPieceTokenizer
+    from ..data.dataset import _open_image, _resize, to_pixel_values
+    from ..data.tokenizer import WordPieceTokenizer
 
     if model.tokenizer is None:
         raise BadInputError("the checkpoint has no tokenizer; cannot encode a question")
@@ -57,9 +57,9 @@ def explain(model, image: str | os.PathLike, question: str) -> dict[str, Any]:
 def show(ckpt: str | os.PathLike, image: str | os.PathLike, question: str, out: str | os.PathLike, *,
          force: bool = False) -> dict[str, Any]:
     """Draw `explain(...)` into a PNG at `out` (atomic; refuses to overwrite without force)."""
-    from .checkpoint import load_checkpoint
-    from .fileio import check_writable
-    from .plotting import pyplot, save_figure
+    from ..checkpoint import load_checkpoint
+    from ..fileio import check_writable
+    from .plots import pyplot, save_figure
 
     out = check_writable(out, force=force)
     ex = explain(load_checkpoint(ckpt), image, question)

@@ -360,7 +360,7 @@ def test_show_on_an_imported_model_labels_the_pieces(bert_vit, tmp_path):
     """`trimkit show` on a WordPiece model: one label per id, [SEP] last even when the question is truncated."""
     from PIL import Image
 
-    from trimkit.show import explain
+    from trimkit.report.show import explain
 
     _, _, model = bert_vit
     img = tmp_path / "x.png"

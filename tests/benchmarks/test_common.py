@@ -1,15 +1,10 @@
 """benchmarks/_common.run_stage: a stage runs once, and a stopped training stage is continued, not redone."""
 
-import sys
-from pathlib import Path
-
 import trimkit
+from benchmarks._common import run_stage
 from trimkit.checkpoint import read_checkpoint
 from trimkit.factory import new_model
 from trimkit.train import TrainConfig, last_path, train
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _common import run_stage  # noqa: E402
 
 
 def test_run_stage_resumes_a_stopped_training_run(jsonl_data, tmp_path):

@@ -1,0 +1,1 @@
+"""Benchmark scripts (run as `python benchmarks/NAME.py`); a package so that tests import their helpers."""
