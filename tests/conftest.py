@@ -55,7 +55,7 @@ def jsonl_data(tmp_path_factory):
 
 
 def _gpu_ready() -> str | None:
-    """None when TensorRT and an NVIDIA GPU are usable, else the reason to skip."""
+    """None when TensorRT, an NVIDIA GPU and a CUDA build of torch are usable, else the reason to skip."""
     from trimkit.errors import MissingDependencyError
     from trimkit.export.trt import check_trt_ready
 
@@ -63,6 +63,8 @@ def _gpu_ready() -> str | None:
         check_trt_ready()
     except MissingDependencyError as e:
         return f"needs TensorRT and an NVIDIA GPU: {e}"
+    if not torch.cuda.is_available():
+        return f"needs a CUDA build of torch (this is {torch.__version__}): make setup-gpu"
     return None
 
 

@@ -49,7 +49,8 @@ def _choices(name: str, *values: str) -> type[enum.Enum]:
     return enum.Enum(name, [(v, v) for v in values], type=str)
 
 
-ExportFormat = _choices("ExportFormat", "onnx", "trt")
+ExportFormat = _choices("ExportFormat", "onnx", "trt", "openvino", "triton")
+TritonBackend = _choices("TritonBackend", "onnxruntime", "tensorrt", "openvino")
 ExportMode = _choices("ExportMode", "adaptive", "static", "full")
 ExportPrecision = _choices("ExportPrecision", "fp32", "fp16")
 HeadImpl = _choices("HeadImpl", "gather", "mask")
@@ -335,11 +336,14 @@ def eval_cmd(
 
 @app.command()
 def export(
-    source: Annotated[Path, typer.Argument(help="A checkpoint (or, for --format trt, a trimkit .onnx file).")],
+    source: Annotated[Path, typer.Argument(help="A checkpoint (or, for trt/openvino/triton, a trimkit .onnx file; "
+                                                "for triton also a .plan or .xml artifact).")],
     out: OutOpt,
-    fmt: Annotated[ExportFormat, typer.Option("--format", help="onnx or trt (TensorRT engine + manifest).")] = ExportFormat.onnx,
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="onnx, trt (TensorRT engine + manifest), openvino (IR "
+                                                               ".xml + .bin + manifest) or triton (a model repository "
+                                                               "folder).")] = ExportFormat.onnx,
     mode: Annotated[ExportMode, typer.Option("--mode", help="adaptive (data-dependent k), static (calibrated k) or full.")] = ExportMode.adaptive,
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (20 and up: one Gelu node).")] = DEFAULT_OPSET,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset, 18-25 (20 and up: one Gelu node).")] = DEFAULT_OPSET,
     precision: Annotated[ExportPrecision, typer.Option("--precision", help="fp16: an fp16 graph with fp32 inputs/outputs.")] = ExportPrecision.fp32,
     keep_ratios: Annotated[str | None, typer.Option("--keep-ratios", help="static mode: 'v,t;v,t;...' per trimmed layer (default: calibrated).")] = None,
     heads: Annotated[HeadImpl, typer.Option("--heads", help="Head pruning: mask pruned heads (default; faster on CPU, "
@@ -355,6 +359,9 @@ def export(
     timing_cache: Annotated[Path | None, typer.Option("--timing-cache", help="trt: timing cache file, reused and updated.")] = None,
     onnx_out: Annotated[Path | None, typer.Option("--onnx-out", help="trt: keep the intermediate ONNX here.")] = None,
     workspace: Annotated[float, typer.Option("--workspace", help="trt: builder workspace, GiB.")] = 4.0,
+    backend: Annotated[TritonBackend, typer.Option("--backend", help="triton: the runtime serving the model.")] = TritonBackend.onnxruntime,
+    max_batch: Annotated[int | None, typer.Option("--max-batch", help="triton: max_batch_size (default 8; tensorrt: the profiles' largest batch).")] = None,
+    instance_count: Annotated[int, typer.Option("--instance-count", help="triton: model instances.")] = 1,
     force: ForceOpt = False,
 ) -> None:
     """Export the model with its adaptive pruning: ONNX (TopK/Gather, dynamic batch and text length) or TensorRT."""
@@ -363,6 +370,9 @@ def export(
     def log(msg: str) -> None:
         console.print(msg)
 
+    if fmt is not ExportFormat.triton and (max_batch is not None or instance_count != 1 or
+                                           backend is not TritonBackend.onnxruntime):
+        raise typer.BadParameter("--backend/--max-batch/--instance-count go with --format triton")
     if fmt is ExportFormat.onnx:
         from .export.onnx import to_onnx
 
@@ -373,16 +383,37 @@ def export(
         typer.echo(f"wrote {res.path} ({res.size_bytes / 2**20:.1f} MiB, {res.mode}, opset {res.opset}, "
                    f"{res.precision}), sha256 {res.sha256[:16]}…")
         return
+    if fmt is ExportFormat.openvino:
+        from .export.openvino import to_openvino
+
+        if profile or profile_set or timing_cache or onnx_out:
+            raise typer.BadParameter("--profile/--profile-set/--timing-cache/--onnx-out go with --format trt")
+        ov = to_openvino(source, out, mode=mode.value, precision=precision.value, opset=opset, keep_ratios=keep_ratios,
+                         head_impl=heads.value, force=force, log=log)
+        typer.echo(f"wrote {ov.xml}, {ov.bin.name} and {ov.manifest.name} (OpenVINO {ov.openvino_version})")
+        return
     from .export.profiles import parse_profiles
     from .export.trt import export_engine, onnx_model_config
 
-    if source.suffix == ".onnx":
-        config, _ = onnx_model_config(source)
-    else:
-        from .checkpoint import model_from_checkpoint, read_checkpoint
+    profiles = None
+    if fmt is ExportFormat.trt or (backend is TritonBackend.tensorrt and source.suffix not in (".plan", ".engine", ".trt")):
+        if source.suffix == ".onnx":
+            config, _ = onnx_model_config(source)
+        else:
+            from .checkpoint import model_from_checkpoint, read_checkpoint
 
-        config = model_from_checkpoint(read_checkpoint(source), source).config
-    profiles = parse_profiles(profile, profile_set, config)
+            config = model_from_checkpoint(read_checkpoint(source), source).config
+        profiles = parse_profiles(profile, profile_set, config)
+    elif profile or profile_set or timing_cache or onnx_out:
+        raise typer.BadParameter("--profile/--profile-set/--timing-cache/--onnx-out go with a TensorRT engine build")
+    if fmt is ExportFormat.triton:
+        from .export.triton import to_triton
+
+        tri = to_triton(source, out, backend=backend.value, max_batch=max_batch, instance_count=instance_count,
+                        mode=mode.value, precision=precision.value, opset=opset, keep_ratios=keep_ratios,
+                        head_impl=heads.value, profiles=profiles, timing_cache=timing_cache, force=force, log=log)
+        typer.echo(f"wrote {tri.config} and {tri.artifact} (Triton, {tri.backend}, max_batch_size {tri.max_batch})")
+        return
     res = export_engine(source, out, profiles=profiles, mode=mode.value, precision=precision.value, opset=opset,
                         keep_ratios=keep_ratios, head_impl=heads.value, onnx_out=onnx_out, timing_cache=timing_cache,
                         workspace_gib=workspace, force=force, log=log)
@@ -413,7 +444,12 @@ def verify(
     max_accuracy_drop: Annotated[float, typer.Option("--max-accuracy-drop", help="Points vs PyTorch full.")] = 1.0,
     min_speedup: Annotated[float | None, typer.Option("--min-speedup", help="Artifact vs the full export.")] = None,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per shape.")] = 20,
-    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime intra-op threads.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime / OpenVINO inference threads.")] = None,
+    runtime: Annotated[str | None, typer.Option("--runtime", help="Runtimes to run the artifact on, comma-separated: "
+                                                                  "onnxruntime, openvino (an .onnx file takes both; "
+                                                                  "default: the artifact's own).")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="OpenVINO inference precision: fp32 (default) "
+                                                                      "or bf16 (its own tolerance).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="One record per check, machine-readable.")] = None,
     junit: Annotated[Path | None, typer.Option("--junit", help="JUnit XML, one testcase per check.")] = None,
     seed: SeedOpt = 0,
@@ -428,7 +464,9 @@ def verify(
     report = run_verify(ckpt, artifact, data=data, samples=samples, batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
                         text_lens=_int_list(text_lens, "--text-lens"), atol=atol, rtol=rtol,
                         min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup,
-                        repeats=repeats, threads=threads, seed=seed, log=console.print)
+                        repeats=repeats, threads=threads, seed=seed, log=console.print,
+                        runtimes=tuple(r.strip() for r in runtime.split(",") if r.strip()) if runtime else None,
+                        precision=precision)
     render_verify(report, console)
     _write_json(json_out, report.to_dict())
     if junit is not None:

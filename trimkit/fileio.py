@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import BadInputError
 
-__all__ = ["atomic_write", "atomic_path", "check_writable", "sha256_file"]
+__all__ = ["atomic_write", "atomic_path", "atomic_write_group", "check_writable", "sha256_file"]
 
 
 def check_writable(path: str | os.PathLike, *, force: bool = False) -> Path:
@@ -61,6 +61,47 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, forc
     with atomic_path(path, force=force) as tmp:
         write(tmp)
     return Path(path)
+
+
+def atomic_write_group(files: dict[str | os.PathLike, Callable[[Path], None]], *, force: bool = False,
+                       overwrite: frozenset[str] | set[str] = frozenset()) -> list[Path]:
+    """Write several files that only make sense together (an engine and its manifest, an IR's .xml/.bin).
+
+    Every file is written to a temporary path beside its target and fsynced first; only when all of
+    them succeeded are they renamed, in the given order (put the file readers look for last). If a
+    write fails nothing is renamed; if a rename fails the files already renamed are removed again, so
+    a group is never left half-present. Paths in `overwrite` (e.g. a timing cache that is updated on
+    every build) are replaced without `force`.
+    """
+    targets = [Path(p) for p in files]
+    for p in targets:
+        check_writable(p, force=force or str(p) in {str(x) for x in overwrite})
+    tmps: list[Path] = []
+    done: list[Path] = []
+    try:
+        for p, write in zip(targets, files.values()):
+            fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+            os.close(fd)
+            tmps.append(Path(tmp))
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            write(Path(tmp))
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        for p, tmp in zip(targets, tmps):
+            os.replace(tmp, p)
+            done.append(p)
+    except BaseException:
+        for tmp in tmps:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        if len(done) < len(targets):
+            for p in done:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+        raise
+    return targets
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -144,3 +144,91 @@ def test_engine_from_other_weights_is_exit_2(exported, fake_engine, tmp_path, ca
     path.write_text(_json.dumps(man))
     assert main(["verify", str(exported["ckpt"]), str(fake_engine)]) == 2
     assert "other weights" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- several runtimes
+
+
+def test_onnx_verified_on_onnxruntime_and_openvino(exported, tmp_path):
+    pytest.importorskip("openvino")
+    rc, report, junit = run_verify(tmp_path, exported["ckpt"], exported["adaptive"], "--runtime",
+                                   "onnxruntime,openvino", "--threads", "2")
+    assert rc == 0 and report["passed"] and report["runtime"] == "onnxruntime"
+    assert list(report["runtimes"]) == ["onnxruntime", "openvino"]
+    ov = report["runtimes"]["openvino"]
+    assert ov["describe"]["precision"] == "fp32" and ov["describe"]["threads"] == 2
+    assert ov["numerics"]["samples"] == 24 and ov["numerics"]["max_abs_err"] < 1e-4
+    by_runtime = {}
+    for c in report["checks"]:
+        by_runtime.setdefault(c["runtime"], []).append(c["name"])
+    assert by_runtime["onnxruntime"] == by_runtime["openvino"] == ["logits_within_tolerance", "argmax_agreement",
+                                                                   "keep_counts_agreement"]
+    for row in report["speed"]:  # each runtime timed against the full export on the same runtime
+        assert {"artifact", "artifact[openvino]", "full-export", "full-export[openvino]"} <= set(row)
+        assert row["speedups"]["openvino"]["vs_full"] > 0 and row["speedups"]["onnxruntime"]["vs_pytorch"] > 0
+    classes = {tc.get("classname") for tc in junit.getroot()}
+    assert classes == {"trimkit.verify.onnxruntime", "trimkit.verify.openvino"}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--runtime", "tensorrt"], "runs on onnxruntime, openvino, not on tensorrt"),
+    (["--runtime", "cuda"], "--runtime cuda: choose from"),
+    (["--precision", "bf16"], "add --runtime openvino"),
+])
+def test_runtime_choices_are_checked_in_one_line(exported, tmp_path, capsys, args, message):
+    rc, report, _ = run_verify(tmp_path, exported["ckpt"], exported["adaptive"], *args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and report is None and len(err) == 1 and message in err[0]
+
+
+def test_a_missing_runtime_is_one_line_before_any_work(exported, tmp_path, capsys, monkeypatch):
+    import trimkit.runtime.openvino as ov
+    import trimkit.verify.collect as collect
+    from trimkit.errors import MissingDependencyError
+
+    def missing():
+        raise MissingDependencyError(ov.INSTALL_HINT)
+
+    monkeypatch.setattr(ov, "import_openvino", missing)
+    monkeypatch.setattr(collect, "collect_outputs_many", lambda *a, **k: pytest.fail("ran before loading runtimes"))
+    rc, report, _ = run_verify(tmp_path, exported["ckpt"], exported["adaptive"], "--runtime", "onnxruntime,openvino")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and report is None and err == ["trimkit: error: OpenVINO is not installed: pip install openvino"]
+
+
+def test_openvino_ir_and_bf16_with_its_own_tolerance(exported, tmp_path):
+    pytest.importorskip("openvino")
+    from trimkit.export.openvino import to_openvino
+
+    xml = to_openvino(exported["adaptive"], tmp_path / "m.xml").xml
+    rc, report, _ = run_verify(tmp_path, exported["ckpt"], xml)
+    assert rc == 0 and report["runtime"] == "openvino" and report["numerics"]["atol"] == 1e-4
+    import openvino
+
+    if "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU has no bf16")
+    rc, report, _ = run_verify(tmp_path, exported["ckpt"], xml, "--precision", "bf16")
+    assert rc == (0 if report["passed"] else 1)
+    assert report["runtimes"]["openvino"]["describe"]["precision"] == "bf16"
+    assert report["numerics"]["atol"] == 5e-2 and report["numerics"]["rtol"] == 5e-2
+    assert next(c for c in report["checks"] if c["name"] == "keep_counts_agreement")["threshold"] == 0.95
+
+
+def test_engine_profiles_are_checked_against_the_data_batches(exported, fake_engine, capsys):
+    """--data easyvqa: the batches' text lengths come from the questions; a profile too short for them is
+    refused before anything runs (the speed shapes alone would fit)."""
+    from trimkit.export.manifest import build_manifest, manifest_path
+    from trimkit.export.profiles import Profile
+
+    man = json.loads(manifest_path(fake_engine).read_text())
+    meta = {"trimkit_config": json.dumps(man["trimkit_config"]), "labels": json.dumps(man["labels"]),
+            "trimkit_mode": man["trimkit_mode"], "trimkit_weights_sha256": man["weights_sha256"],
+            "trimkit_tokenizer": json.dumps(man["tokenizer"])}
+    short = build_manifest(engine_sha256="0" * 64, onnx_sha256="0" * 64, onnx_metadata=meta,
+                           profiles=[Profile((1, 2, 4), (2, 3, 4))], io=[], precision="fp32",
+                           tensorrt_version="10.0", cuda_version=None, gpu_name=None)
+    manifest_path(fake_engine).write_text(json.dumps(short))
+    rc = main(["verify", str(exported["ckpt"]), str(fake_engine), "--data", "easyvqa", "--samples", "16",
+               "--batch-sizes", "1,4", "--text-lens", "4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "batch 4 x text" in err[0] and "outside every optimization profile" in err[0]

@@ -26,8 +26,8 @@ def manifest_path(engine: str | os.PathLike) -> Path:
 
 def build_manifest(*, engine_sha256: str, onnx_sha256: str, onnx_metadata: dict[str, str], profiles: list[Profile],
                    io: list[dict[str, Any]], precision: str, tensorrt_version: str, cuda_version: str | None,
-                   gpu_name: str | None, build_seconds: float | None = None, timing_cache: str | None = None
-                   ) -> dict[str, Any]:
+                   gpu_name: str | None, build_seconds: float | None = None, timing_cache: str | None = None,
+                   tf32: bool | None = None, timing_cache_state: str | None = None) -> dict[str, Any]:
     return {
         "format": MANIFEST_FORMAT,
         "format_version": 1,
@@ -36,6 +36,8 @@ def build_manifest(*, engine_sha256: str, onnx_sha256: str, onnx_metadata: dict[
         "onnx_sha256": onnx_sha256,
         META_MODE: onnx_metadata.get(META_MODE),
         "precision": precision,
+        # TF32 matmuls (TensorRT's default) are cleared for fp32 builds; None: not recorded (older manifests)
+        "tf32": tf32,
         "labels": json.loads(onnx_metadata.get(META_LABELS, "[]")),
         META_CONFIG: json.loads(onnx_metadata.get(META_CONFIG, "{}")),
         "weights_sha256": onnx_metadata.get(META_WEIGHTS),
@@ -47,6 +49,7 @@ def build_manifest(*, engine_sha256: str, onnx_sha256: str, onnx_metadata: dict[
         "gpu_name": gpu_name,
         "build_seconds": build_seconds,
         "timing_cache": timing_cache,
+        "timing_cache_state": timing_cache_state,  # reused | new | replaced (made on another device/version)
     }
 
 

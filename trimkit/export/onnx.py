@@ -33,6 +33,7 @@ from ..contract import (
     LAYOUTS,
     MAX_BATCH,
     MAX_PROTO_BYTES,
+    OPSET_RANGE,
     OUTPUT_NAMES,
     PRECISIONS,
     TRIM_MODE_OF,
@@ -46,7 +47,7 @@ from ..models import MeterModel
 from ..runtime.onnxruntime import ort_feed, ort_session
 from .inputs import sample_inputs
 
-__all__ = ["to_onnx", "OnnxExport", "ExportWrapper", "check_onnx", "parse_keep_ratios", "quiet_logs"]
+__all__ = ["to_onnx", "OnnxExport", "ExportWrapper", "check_onnx", "parse_keep_ratios", "quiet_logs", "check_opset"]
 
 
 class ExportWrapper(nn.Module):
@@ -90,6 +91,14 @@ def parse_keep_ratios(text: str, n_layers: int) -> list[list[float]]:
     if any(not 0.0 < r <= 1.0 for x in layers for r in x):
         raise BadInputError("--keep-ratios must be in (0, 1]")
     return layers
+
+
+def check_opset(opset: int) -> int:
+    lo, hi = OPSET_RANGE
+    if not lo <= opset <= hi:
+        raise BadInputError(f"--opset {opset}: supported opsets are {lo}-{hi} (torch's exporter writes {lo} and up; "
+                            f"{hi} is the newest ONNX Runtime and TensorRT 11 take)")
+    return opset
 
 
 def _prepare_model(source: str | os.PathLike | MeterModel, mode: str, keep_ratios, head_impl: str,
@@ -204,10 +213,14 @@ def to_onnx(source: str | os.PathLike | MeterModel, out: str | os.PathLike, *, m
     `layout` ("packed" | "padded"): how the adaptive graph lays out kept tokens (`MeterModel.layout`)."""
     say = log or (lambda msg: None)
     out = check_writable(out, force=force)
+    check_opset(opset)
     t = {}
     t0 = time.perf_counter()
     model = _prepare_model(source, mode, keep_ratios, head_impl, precision, layout)
     proto = _export_proto(model, mode, opset, precision)
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:  # the exporter may raise or lower the opset it was asked for
+        raise CheckFailedError(f"torch.onnx.export wrote opset {written} when asked for {opset}; nothing written")
     t["export"] = time.perf_counter() - t0
     say(f"exported {mode} graph in {t['export']:.1f} s")
     import onnx

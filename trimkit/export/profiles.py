@@ -3,7 +3,8 @@
 A profile gives min:opt:max for each dynamic axis: `batch` and `text` (text length; alias
 `text_len`). `--profile batch=1:4:16 --profile text=2:16:40` builds one profile; each
 `--profile-set "batch=1:1:1,text=2:8:16"` adds another. Axes a profile leaves out default to
-batch=1:1:1 and text=2:max_text_len:max_text_len.
+batch=1:8:8 and text=2:max_text_len:max_text_len, so that an engine built without `--profile` runs every
+shape `trimkit verify` tries with its defaults (batch sizes 1 and 8, any text length the model takes).
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from ..config import ModelConfig
 from ..contract import INPUT_NAMES, MAX_BATCH, TOPK_MAX_K
 from ..errors import BadInputError
 
-__all__ = ["Profile", "parse_profiles", "validate_profiles", "AXES"]
+__all__ = ["Profile", "parse_profiles", "validate_profiles", "AXES", "DEFAULT_BATCH", "shapes_outside",
+           "check_shapes_in_profiles", "describe_profiles"]
 
 AXES = ("batch", "text")
 _ALIASES = {"batch": "batch", "text": "text", "text_len": "text"}
+# verify's default --batch-sizes are 1,8: the default profile covers both (opt at 8, the batch a server fills)
+DEFAULT_BATCH = (1, 8, 8)
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ def _profile_from(items: list[str], config: ModelConfig) -> Profile:
             raise BadInputError(f"profile: axis {name!r} given twice")
         axes[name] = values
     t = config.max_text_len
-    return Profile(batch=axes.get("batch", (1, 1, 1)), text=axes.get("text", (2, t, t)))
+    return Profile(batch=axes.get("batch", DEFAULT_BATCH), text=axes.get("text", (2, t, t)))
 
 
 def parse_profiles(profile: list[str] | None, profile_sets: list[str] | None, config: ModelConfig) -> list[Profile]:
@@ -110,3 +114,27 @@ def max_topk_k(profiles: list[Profile], config: ModelConfig, *, num_heads: int |
     """The largest K any TopK in the graph can see: a modality's token count, or the head count."""
     text = max(p.text[2] for p in profiles)
     return max(config.num_patches + 1, text, num_heads or config.max_heads)
+
+
+def describe_profiles(profiles: list[Profile]) -> str:
+    """'batch 1..8, text 2..16; batch 1..1, text 2..8' (what an engine accepts, for messages)."""
+    return "; ".join(f"batch {p.batch[0]}..{p.batch[2]}, text {p.text[0]}..{p.text[2]}" for p in profiles)
+
+
+def shapes_outside(profiles: list[Profile], shapes) -> list[tuple[int, int]]:
+    """The (batch, text_len) shapes no profile contains, in order, without repeats."""
+    out: list[tuple[int, int]] = []
+    for b, n in shapes:
+        if (b, n) not in out and not any(p.contains(b, n) for p in profiles):
+            out.append((b, n))
+    return out
+
+
+def check_shapes_in_profiles(profiles: list[Profile], shapes, artifact) -> None:
+    """BadInputError naming every shape that fits no optimization profile (checked before any work)."""
+    outside = shapes_outside(profiles, shapes)
+    if outside:
+        listed = ", ".join(f"batch {b} x text {n}" for b, n in outside[:6])
+        more = f" and {len(outside) - 6} more" if len(outside) > 6 else ""
+        raise BadInputError(f"{artifact}: {listed}{more} outside every optimization profile "
+                            f"({describe_profiles(profiles)})")

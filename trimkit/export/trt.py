@@ -9,6 +9,7 @@ lazily; without it, or without a GPU, `check_trt_ready` raises one line saying w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -22,14 +23,15 @@ from typing import Any
 from ..config import ModelConfig
 from ..contract import DEFAULT_OPSET, INPUT_NAMES, META_CALIBRATION, META_CONFIG, read_metadata
 from ..errors import BadInputError, CheckFailedError, MissingDependencyError
-from ..fileio import atomic_write, check_writable, sha256_file
-from .manifest import build_manifest, manifest_path, write_manifest
+from ..fileio import atomic_write_group, check_writable, sha256_file
+from .manifest import build_manifest, manifest_path
 from .profiles import Profile, validate_profiles
 
 __all__ = ["lazy_import_trt", "gpu_info", "check_trt_ready", "build_engine", "EngineBuild", "onnx_model_config",
            "INSTALL_HINT"]
 
-INSTALL_HINT = "pip install 'trimkit[gpu]' (tensorrt>=10, onnxruntime-gpu) on a machine with an NVIDIA GPU and driver"
+INSTALL_HINT = ("make setup-gpu, or pip install 'trimkit[gpu]' (tensorrt>=10) beside a CUDA build of torch, on a machine "
+                "with an NVIDIA GPU and driver")
 
 
 def lazy_import_trt():
@@ -122,10 +124,59 @@ def _major(version: str) -> int:
         return 0
 
 
+def _set_timing_cache(trt, bconfig, timing_cache, say) -> tuple[Any, str]:
+    """Attach a timing cache to the builder config: (cache, 'reused' | 'new' | 'replaced').
+
+    `set_timing_cache` returns False for a cache from another device or TensorRT version (with
+    ignore_mismatch False, which keeps tactics timed on this GPU); the build then starts from a
+    fresh cache that replaces the file, rather than running without one.
+    """
+    path = Path(timing_cache) if timing_cache else None
+    data = path.read_bytes() if path is not None and path.exists() else b""
+    cache = bconfig.create_timing_cache(data)
+    if cache is not None and bconfig.set_timing_cache(cache, ignore_mismatch=False):
+        return cache, "reused" if data else "new"
+    if not data:
+        raise CheckFailedError("TensorRT refused a fresh timing cache (set_timing_cache returned false)")
+    say(f"timing cache {path} was made on another device or TensorRT version: starting a fresh one")
+    cache = bconfig.create_timing_cache(b"")
+    if cache is None or not bconfig.set_timing_cache(cache, ignore_mismatch=False):
+        raise CheckFailedError("TensorRT refused a fresh timing cache (set_timing_cache returned false)")
+    return cache, "replaced"
+
+
+def _tf32(trt, bconfig, precision: str) -> bool:
+    """Clear TF32 for fp32 builds; returns whether TF32 stays allowed (recorded in the manifest).
+
+    TensorRT allows TF32 by default: matmuls then round their inputs to 10-bit mantissas (~1e-3
+    relative), above verify's fp32 tolerance, and keep decisions that sit near a threshold flip.
+    """
+    flag = getattr(trt.BuilderFlag, "TF32", None)
+    if flag is None:  # a TensorRT without the flag has no TF32 to clear
+        return False
+    if precision == "fp32":
+        bconfig.clear_flag(flag)
+    return bool(bconfig.get_flag(flag))
+
+
+def _engine_io(trt, engine) -> list[dict[str, Any]]:
+    io = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        io.append({"name": name, "mode": "input" if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+                   else "output", "dtype": str(engine.get_tensor_dtype(name)).split(".")[-1].lower(),
+                   "shape": list(engine.get_tensor_shape(name))})
+    return io
+
+
 def build_engine(onnx_path: str | os.PathLike, out: str | os.PathLike, *, profiles: list[Profile],
                  timing_cache: str | os.PathLike | None = None, workspace_gib: float = 4.0, force: bool = False,
                  log=None) -> EngineBuild:
-    """Build a serialized TensorRT engine + manifest from a trimkit ONNX file."""
+    """Build a serialized TensorRT engine + manifest (+ the updated timing cache) from a trimkit ONNX file.
+
+    Everything is built and serialized in memory first; the engine, its manifest and the timing
+    cache are then written as one group (nothing on disk when any step fails).
+    """
     say = log or (lambda msg: None)
     config, meta = onnx_model_config(onnx_path)
     _refuse_cpu_only_int8(onnx_path, meta)
@@ -139,6 +190,8 @@ def build_engine(onnx_path: str | os.PathLike, out: str | os.PathLike, *, profil
     if builder is None:
         raise MissingDependencyError("TensorRT could not create a builder (CUDA initialization failed)")
     version = trt.__version__
+    cfg = json.loads(meta["trimkit_config"])
+    precision = cfg.get("precision", "fp32")
     flags = 0
     if _major(version) < 11 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)  # precision from the graph, as on 11
@@ -149,41 +202,42 @@ def build_engine(onnx_path: str | os.PathLike, out: str | os.PathLike, *, profil
         raise CheckFailedError(f"{onnx_path}: TensorRT could not parse the graph: {errors}")
     bconfig = builder.create_builder_config()
     bconfig.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
+    tf32 = _tf32(trt, bconfig, precision)
     for p in profiles:
         prof = builder.create_optimization_profile()
         for name, (lo, opt, hi) in p.input_shapes(config).items():
             prof.set_shape(name, lo, opt, hi)
-        bconfig.add_optimization_profile(prof)
-    cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).exists() else b""
-    cache = bconfig.create_timing_cache(cache_bytes)
-    bconfig.set_timing_cache(cache, ignore_mismatch=False)
-    say(f"building TensorRT {version} engine: {len(profiles)} profile(s), timing cache "
-        f"{'reused' if cache_bytes else 'new'}")
+        if bconfig.add_optimization_profile(prof) < 0:
+            raise BadInputError(f"TensorRT rejected optimization profile {p.to_dict()}")
+    cache, cache_state = _set_timing_cache(trt, bconfig, timing_cache, say) if timing_cache else (None, None)
+    say(f"building TensorRT {version} engine ({precision}, TF32 {'on' if tf32 else 'off'}): {len(profiles)} "
+        f"profile(s){f', timing cache {cache_state}' if cache_state else ''}")
     serialized = builder.build_serialized_network(network, bconfig)
     if serialized is None:
         raise CheckFailedError(f"{onnx_path}: TensorRT engine build failed (see the TensorRT log above)")
     engine_bytes = bytes(serialized)
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(engine_bytes)
-    io = []
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        io.append({"name": name, "mode": "input" if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-                   else "output", "dtype": str(engine.get_tensor_dtype(name)).split(".")[-1].lower(),
-                   "shape": list(engine.get_tensor_shape(name))})
+    engine = trt.Runtime(logger).deserialize_cuda_engine(engine_bytes)
+    if engine is None:
+        raise CheckFailedError(f"{onnx_path}: TensorRT could not deserialize the engine it just built")
+    io = _engine_io(trt, engine)
+    cache_bytes = None
+    if cache is not None:
+        updated = bconfig.get_timing_cache() or cache  # the builder updates the cache it was given
+        cache_bytes = bytes(updated.serialize())
     seconds = time.perf_counter() - t0
-    atomic_write(out, lambda tmp: tmp.write_bytes(engine_bytes), force=force)
-    if timing_cache:
-        atomic_write(timing_cache, lambda tmp: tmp.write_bytes(bytes(bconfig.get_timing_cache().serialize())),
-                     force=True)
-    cfg = json.loads(meta[META_CONFIG])
     manifest = build_manifest(
-        engine_sha256=sha256_file(out), onnx_sha256=sha256_file(onnx_path), onnx_metadata=meta, profiles=profiles,
-        io=io, precision=cfg.get("precision", "fp32"), tensorrt_version=version, cuda_version=gpu.get("cuda"),
-        gpu_name=gpu.get("name"), build_seconds=round(seconds, 2), timing_cache=str(timing_cache) if timing_cache
-        else None)
-    mpath = write_manifest(out, manifest, force=force)
-    say(f"wrote {out} ({Path(out).stat().st_size / 2**20:.1f} MiB) and {mpath.name} in {seconds:.1f} s")
+        engine_sha256=hashlib.sha256(engine_bytes).hexdigest(), onnx_sha256=sha256_file(onnx_path),
+        onnx_metadata=meta, profiles=profiles, io=io, precision=precision, tensorrt_version=version,
+        cuda_version=gpu.get("cuda"), gpu_name=gpu.get("name"), build_seconds=round(seconds, 2),
+        timing_cache=str(timing_cache) if timing_cache else None, tf32=tf32, timing_cache_state=cache_state)
+    mpath = manifest_path(out)
+    files = {}
+    if cache_bytes is not None:
+        files[timing_cache] = lambda tmp: tmp.write_bytes(cache_bytes)
+    files[out] = lambda tmp: tmp.write_bytes(engine_bytes)
+    files[mpath] = lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write_group(files, force=force, overwrite={str(timing_cache)} if timing_cache else set())
+    say(f"wrote {out} ({len(engine_bytes) / 2**20:.1f} MiB) and {mpath.name} in {seconds:.1f} s")
     return EngineBuild(Path(out), mpath, seconds, version, manifest)
 
 
@@ -196,7 +250,7 @@ def export_engine(source, out: str | os.PathLike, *, profiles: list[Profile], mo
     Everything that can be checked without TensorRT (profiles, K limits, outputs) is checked first,
     then TensorRT and the GPU, so that a missing dependency writes nothing.
     """
-    from .onnx import to_onnx
+    from .onnx import check_opset, to_onnx
 
     src = Path(source) if isinstance(source, (str, os.PathLike)) else None
     if src is not None and src.suffix == ".onnx":
@@ -204,6 +258,7 @@ def export_engine(source, out: str | os.PathLike, *, profiles: list[Profile], mo
                             force=force, log=log)
     check_writable(out, force=force)
     check_writable(manifest_path(out), force=force)
+    check_opset(opset)
     check_trt_ready()
     with tempfile.TemporaryDirectory(prefix="trimkit-") as tmp:
         onnx_path = Path(onnx_out) if onnx_out else Path(tmp) / "model.onnx"

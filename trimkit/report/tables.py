@@ -100,27 +100,34 @@ def _num(x: float | None) -> str:
 
 
 def render_verify(report, console) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    n = report.numerics
-    console.print(f"[bold]{report.artifact}[/bold] ({report.runtime}, {report.mode}) vs {report.checkpoint}: "
-                  f"{n['samples']} samples, mean FLOPs ratio {n['mean_flops_ratio']:.3f}, "
-                  f"max |err| {n['max_abs_err']:.2e}, mean |err| {n['mean_abs_err']:.2e}, "
-                  f"max rel {n['max_rel_err']:.2e}, decision flips {n['decision_flips']}")
+    runtimes = report.runtimes or {report.runtime: {"numerics": report.numerics, "describe": {}}}
+    for rt, rec in runtimes.items():
+        n, d = rec["numerics"], rec.get("describe") or {}
+        how = ", ".join(f"{k} {d[k]}" for k in ("version", "precision", "threads") if d.get(k) is not None)
+        console.print(f"[bold]{report.artifact}[/bold] ({rt}{f' {how}' if how else ''}, {report.mode}) vs "
+                      f"{report.checkpoint}: {n['samples']} samples, mean FLOPs ratio {n['mean_flops_ratio']:.3f}, "
+                      f"max |err| {n['max_abs_err']:.2e}, mean |err| {n['mean_abs_err']:.2e}, "
+                      f"max rel {n['max_rel_err']:.2e}, decision flips {n['decision_flips']}")
     if report.task:
         acc = report.task["accuracy"]
         console.print("accuracy: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in acc.items()))
     if report.speed:
-        names = [k for k in report.speed[0] if isinstance(report.speed[0][k], dict)]
+        names = [k for k in report.speed[0] if isinstance(report.speed[0][k], dict) and k != "speedups"]
         t = Table(title=f"latency and throughput (artifact: {report.runtime})")
         for col in ("batch", "text", "runtime", "p50 ms", "p90 ms", "items/s", "vs full", "vs torch"):
-            t.add_column(col, justify="left" if col == "runtime" else "right")
+            t.add_column(col, justify="left" if col == "runtime" else "right",
+                         overflow="fold" if col == "runtime" else "ellipsis")
         for row in report.speed:
             for i, k in enumerate(names):
                 first = i == 0
-                vs_full = f"{row['speedup_vs_full']:.2f}×" if first and row.get("speedup_vs_full") else ""
-                vs_torch = f"{row['speedup_vs_pytorch']:.2f}×" if first else ""
-                t.add_row(str(row["batch"]) if first else "", str(row["text_len"]) if first else "", k,
+                rt = k[len("artifact["):-1] if k.startswith("artifact[") else report.runtime if k == "artifact" else None
+                sp = row.get("speedups", {}).get(rt) if rt else None
+                vs_full = f"{sp['vs_full']:.2f}×" if sp and sp.get("vs_full") else ""
+                vs_torch = f"{sp['vs_pytorch']:.2f}×" if sp else ""
+                t.add_row(str(row["batch"]) if first else "", str(row["text_len"]) if first else "", escape(k),
                           f"{row[k]['p50_ms']:.2f}", f"{row[k]['p90_ms']:.2f}", f"{row[k]['throughput']:.0f}",
                           vs_full, vs_torch, end_section=i == len(names) - 1)
         console.print(t)
@@ -129,12 +136,14 @@ def render_verify(report, console) -> None:
         t.add_column(col, justify="left" if col == "check" else "right")
     for c in report.checks:
         value = "-" if c.value is None else f"{c.value:.4g}"
-        t.add_row(c.name, value, f"{c.comparison} {c.threshold:.4g}", "[green]pass[/green]" if c.passed
+        t.add_row(f"{c.name} ({c.runtime})" if c.runtime and len(runtimes) > 1 else c.name, value,
+                  f"{c.comparison} {c.threshold:.4g}", "[green]pass[/green]" if c.passed
                   else "[red]FAIL[/red]")
     console.print(t)
     for c in report.checks:
         if not c.passed and c.detail:
-            console.print(f"[red]{c.name}[/red]: {c.detail}", soft_wrap=True)
+            console.print(f"[red]{c.name}[/red]{f' ({c.runtime})' if c.runtime else ''}: {escape(c.detail)}",
+                          soft_wrap=True)
     console.print(f"verify {'passed' if report.passed else 'FAILED'} in {report.seconds:.1f} s")
 
 

@@ -17,7 +17,7 @@ from ..export.inputs import sample_inputs
 from ..runtime import Runner
 from ..runtime.timing import latency_summary, time_interleaved
 
-__all__ = ["Outputs", "batches", "collect_outputs", "collect_speed"]
+__all__ = ["Outputs", "batches", "batch_shapes", "collect_outputs", "collect_outputs_many", "collect_speed"]
 
 
 @dataclass
@@ -59,16 +59,41 @@ def batches(model, data: str, samples: int, batch_size: int, seed: int) -> Itera
         yield pv.numpy(), ids.numpy(), mask.numpy(), y.numpy()
 
 
-def collect_outputs(model, trim_mode: str, artifact: Runner, reference: Runner, baseline: Runner,
-                    data: str, samples: int, batch_size: int, seed: int) -> Outputs:
-    """Run the three runners over the data; NaN/Inf input pixels are bad input (exit 2)."""
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("rl", "rc", "al", "ac", "fl", "fr", "y")}
+def batch_shapes(model, data: str, samples: int, batch_size: int, seed: int) -> list[tuple[int, int]]:
+    """The (batch, text length) of every batch `batches` yields, without building pixels or running anything
+    (a TensorRT engine's profiles are checked against them before any work)."""
+    if data == "random":
+        n = min(model.config.max_text_len, 12)
+        return [(min(batch_size, samples - s), n) for s in range(0, samples, batch_size)]
+    from ..data import load_dataset
+    from ..evaluate import sample_indices
+
+    task = load_dataset(data, tokenizer=model.tokenizer, labels=model.labels, image_size=model.config.image_size,
+                        seed=seed, splits=("test",))
+    s = task.split("test")
+    idx = sample_indices(len(s), samples, seed)
+    shapes = []
+    for start in range(0, idx.numel(), batch_size):
+        mask = s.attention_mask[idx[start: start + batch_size]]  # (b, T): trim_padding keeps the longest row
+        shapes.append((len(mask), int(mask.sum(1).max())))
+    return shapes
+
+
+def collect_outputs_many(model, trim_mode: str, artifacts: dict[str, Runner], reference: Runner,
+                         baseline: Runner, data: str, samples: int, batch_size: int,
+                         seed: int) -> dict[str, Outputs]:
+    """Run PyTorch (trimmed and untrimmed) once and every artifact runner over the same batches;
+    NaN/Inf input pixels are bad input (exit 2)."""
+    keys = ("rl", "rc", "fl", "fr", "y") + tuple(f"{k}:{name}" for name in artifacts for k in ("al", "ac"))
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     labelled = True
     for pv, ids, mask, y in batches(model, data, samples, batch_size, seed):
         if not np.isfinite(pv).all():
             raise BadInputError(f"--data {data}: input pixels contain NaN or Inf")
         feeds = dict(zip(INPUT_NAMES, (pv, ids, mask)))
-        for (lk, ck), runner in ((("rl", "rc"), reference), (("al", "ac"), artifact), (("fl", None), baseline)):
+        runs = [(("rl", "rc"), reference), (("fl", None), baseline)]
+        runs += [((f"al:{name}", f"ac:{name}"), r) for name, r in artifacts.items()]
+        for (lk, ck), runner in runs:
             logits, counts = runner.run(feeds)
             parts[lk].append(logits)
             if ck:
@@ -81,8 +106,15 @@ def collect_outputs(model, trim_mode: str, artifact: Runner, reference: Runner, 
         else:
             parts["y"].append(y)
     cat = {k: np.concatenate(v) for k, v in parts.items() if v}
-    return Outputs(cat["rl"], cat["rc"], cat["al"], cat["ac"], cat["fl"], cat["fr"],
-                   cat["y"] if labelled else None)
+    return {name: Outputs(cat["rl"], cat["rc"], cat[f"al:{name}"], cat[f"ac:{name}"], cat["fl"], cat["fr"],
+                          cat["y"] if labelled else None) for name in artifacts}
+
+
+def collect_outputs(model, trim_mode: str, artifact: Runner, reference: Runner, baseline: Runner,
+                    data: str, samples: int, batch_size: int, seed: int) -> Outputs:
+    """Run the three runners over the data; NaN/Inf input pixels are bad input (exit 2)."""
+    return collect_outputs_many(model, trim_mode, {"artifact": artifact}, reference, baseline, data, samples,
+                                batch_size, seed)["artifact"]
 
 
 def collect_speed(model, runners: dict[str, Runner], batch_sizes, text_lens, repeats: int, seed: int,

@@ -18,6 +18,7 @@ class Check:
     threshold: float | None
     comparison: str  # ">=" or "<="
     detail: str = ""
+    runtime: str = ""  # the runtime whose outputs the check judged ("" for checks of no one runtime)
 
 
 @dataclass
@@ -31,6 +32,9 @@ class VerifyReport:
     task: dict[str, Any] = field(default_factory=dict)
     speed: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    # every runtime verify ran (the first is `runtime`, whose numbers also fill `numerics` and `task`):
+    # runtime -> {"describe": runner.describe(), "numerics": {...}, "accuracy": float | None}
+    runtimes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -53,7 +57,7 @@ def write_junit(report: VerifyReport, path: str | os.PathLike) -> None:
              f'<testsuite name="trimkit.verify" tests="{len(report.checks)}" failures="{failures}" errors="0" '
              f'time="{report.seconds:.3f}">']
     for c in report.checks:
-        lines.append(f'  <testcase classname="trimkit.verify.{report.runtime}" name={quoteattr(c.name)}>')
+        lines.append(f'  <testcase classname="trimkit.verify.{c.runtime or report.runtime}" name={quoteattr(c.name)}>')
         if not c.passed:
             msg = f"{c.name}: {c.value} not {c.comparison} {c.threshold}"
             lines.append(f"    <failure message={quoteattr(msg)}>{quoteattr(c.detail)[1:-1]}</failure>")
