@@ -67,6 +67,7 @@ def main() -> None:
         trained = args.trained
         record["commands"] = {name: "trimkit " + " ".join(rel_to_root(a) if isinstance(a, Path) else a
                                                            for a in targs) for name, targs, _ in stages}
+    MODELS.mkdir(exist_ok=True)
     out = MODELS / f"{args.name}.pt"
     model = load_checkpoint(trained)
     save_checkpoint(model, out, force=True, storage="fp16", meta={"shipped": args.name})
