@@ -1,4 +1,4 @@
-"""Analytic FLOPs of the transformer layers from kept tokens and kept heads (DESIGN.md §2).
+"""Analytic FLOPs of the transformer layers from kept tokens and kept heads (docs/design.md §2).
 
 A FLOP is one multiply or one add (a multiply-add is 2). Counted: the q/k/v and output
 projections, the attention scores (q k^T) and the weighted values (a v), and the FFN. Not

@@ -1,4 +1,4 @@
-"""SmartTrim trimmers: pure tensor functions plus thin modules (DESIGN.md §2).
+"""SmartTrim trimmers: pure tensor functions plus thin modules (docs/design.md §2).
 
 Nothing here imports a model. The training path (`mask` mode: hard Gumbel-sigmoid with
 straight-through gradients) and the inference path (`prune` mode and the ONNX export:

@@ -1,4 +1,4 @@
-"""METER-style vision-language backbone with SmartTrim trimmers (DESIGN.md §2).
+"""METER-style vision-language backbone with SmartTrim trimmers (docs/design.md §2).
 
 A ViT image encoder and a text encoder run layer by layer in lockstep, then M co-attention
 fusion layers; the [CLS] states of both streams feed a classifier over the answer set.
@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import TEXT, VISION, ModelConfig, TrimConfig
+from ..contract import LAYOUTS
 from ..cost import depth_flops, executed_depth_flops, projection_flops
 from ..trimmers import (
     Decisions,
@@ -51,7 +52,6 @@ __all__ = ["MeterModel", "TrimOutput", "TRIM_MODES", "LAYOUTS", "HEAD_IMPLS"]
 
 TrimMode = Literal["off", "mask", "prune", "static"]
 TRIM_MODES: tuple[str, ...] = ("off", "mask", "prune", "static")
-LAYOUTS: tuple[str, ...] = ("packed", "padded")
 HEAD_IMPLS: tuple[str, ...] = ("gather", "mask")
 
 
