@@ -168,6 +168,11 @@ def artifact_metadata(path: str | os.PathLike) -> ArtifactInfo:
                         "OpenVINO .xml IR)")
 
 
+# TrimConfig fields that decide which tokens and heads an adaptive artifact keeps
+DECISION_SETTINGS = ("token_threshold", "head_threshold", "layer_threshold_offsets", "token_trimming",
+                     "head_trimming", "token_modalities", "first_trimmed_layer", "local_only")
+
+
 def check_match(model: MeterModel, ckpt: Path, art: Path, info: ArtifactInfo) -> None:
     """The artifact was exported from this checkpoint: same model config, labels and weights (else exit 2)."""
     from .checkpoint import weights_digest
@@ -178,5 +183,12 @@ def check_match(model: MeterModel, ckpt: Path, art: Path, info: ArtifactInfo) ->
         raise BadInputError(f"{art} does not match {ckpt}: model config differs ({', '.join(diff) or 'fields'})")
     if info.labels != list(model.labels):
         raise BadInputError(f"{art} does not match {ckpt}: labels differ")
+    trim = cfg.get("trim_config")
+    if trim is not None:  # thresholds decide what is pruned: a calibrated checkpoint vs an older export
+        ours = model.trim.to_dict()
+        diff = sorted(k for k in DECISION_SETTINGS if k in trim and trim[k] != ours.get(k))
+        if diff:
+            raise BadInputError(f"{art} does not match {ckpt}: trimmer settings differ ({', '.join(diff)}); "
+                                "export the checkpoint again")
     if info.weights and info.weights != weights_digest(model):
         raise BadInputError(f"{art} was exported from other weights than {ckpt} (trimkit_weights_sha256 differs)")

@@ -77,6 +77,20 @@ def test_mismatched_checkpoint_is_exit_2(exported, tmp_path, capsys):
     assert len(err) == 1 and "other weights" in err[0]
 
 
+def test_calibrated_checkpoint_vs_older_export_is_exit_2(exported, tmp_path, capsys):
+    """Moving the thresholds (what `calibrate budget` does) keeps the weights: verify must still refuse the
+    pair in one line naming the settings, not fail numerics and suggest a huge --atol."""
+    import dataclasses
+
+    other = trimkit.load_checkpoint(exported["ckpt"])
+    other.trim = dataclasses.replace(other.trim, token_threshold=other.trim.token_threshold + 0.5)
+    trimkit.save_checkpoint(other, tmp_path / "calibrated.pt")
+    rc, report, _ = run_verify(tmp_path, tmp_path / "calibrated.pt", exported["adaptive"])
+    assert rc == 2 and report is None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trimmer settings differ (token_threshold)" in err[0]
+
+
 @pytest.mark.parametrize("args,message", [
     (["--batch-sizes", "0"], "positive"),
     (["--data", "nope"], "unknown dataset"),
