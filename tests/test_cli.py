@@ -109,3 +109,28 @@ def test_precision_choices_of_export_and_train(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--questions-per-image must be >= 1" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "x").exists()
+
+
+NUMERIC_OPTIONS = [  # (command words before the option, option): counts, rates and sizes
+    (["eval", "CKPT"], "--samples"),
+    (["verify", "CKPT", "ART.onnx"], "--samples"),
+    (["verify", "CKPT", "ART.onnx"], "--repeats"),
+    (["verify", "CKPT", "ART.onnx"], "--threads"),
+    (["bench", "CKPT", "--out", "OUT"], "--samples"),
+    (["bench", "CKPT", "--out", "OUT"], "--calib-samples"),
+    (["bench", "CKPT", "--out", "OUT"], "--repeats"),
+    (["train", "CKPT", "--out", "OUT.pt"], "--lr"),
+    (["train", "CKPT", "--out", "OUT.pt"], "--trimmer-lr"),
+    (["pretrain", "CKPT", "--out", "OUT.pt"], "--lr"),
+]
+
+
+@pytest.mark.parametrize("words,option", NUMERIC_OPTIONS)
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_numeric_options_refuse_bad_values_in_one_line(words, option, value, tmp_path, capsys):
+    """Checked when parsed: exit 2, one line naming the option, nothing written (the checkpoint need not exist)."""
+    args = [str(tmp_path / w) if w.isupper() or "." in w else w for w in words]
+    assert main([*args, option, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and option in err[0], err
+    assert not any(tmp_path.iterdir())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -89,6 +90,13 @@ def _write_json(path: Path | None, data) -> None:
         from .fileio import atomic_write
 
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2)), force=True)
+
+
+def _positive(value: float | int | None) -> float | int | None:
+    """Counts, rates and sizes: checked when the option is parsed (0, negatives and NaN are one usage line)."""
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise typer.BadParameter(f"must be a positive finite number, got {value}")
+    return value
 
 
 def _version_callback(value: bool) -> None:
@@ -237,8 +245,8 @@ def train(
     questions_per_image: Annotated[int, typer.Option(
         "--questions-per-image", help="Batch up to K questions of one image together; the untrimmed passes then "
         "encode each image once (faster; 1 = plain shuffle).")] = _TRAIN.questions_per_image,
-    lr: Annotated[float, typer.Option("--lr", help="Backbone peak learning rate.")] = _TRAIN.lr,
-    trimmer_lr: Annotated[float, typer.Option("--trimmer-lr", help="Trimmer peak learning rate.")] = _TRAIN.trimmer_lr,
+    lr: Annotated[float, typer.Option("--lr", help="Backbone peak learning rate.", callback=_positive)] = _TRAIN.lr,
+    trimmer_lr: Annotated[float, typer.Option("--trimmer-lr", help="Trimmer peak learning rate.", callback=_positive)] = _TRAIN.trimmer_lr,
     eval_every: Annotated[int | None, typer.Option("--eval-every", help="Steps between evaluations (default: each epoch).")] = _TRAIN.eval_every,
     eval_samples: Annotated[int | None, typer.Option("--eval-samples", help="Validation questions per evaluation.")] = _TRAIN.eval_samples,
     seed: SeedOpt = _TRAIN.seed,
@@ -296,7 +304,7 @@ def pretrain_cmd(
     data: Annotated[str, typer.Option("--data", help="easyvqa or shapes (they have per-object labels).")] = "easyvqa",
     steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 600,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per step.")] = 64,
-    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (warm-up, cosine decay); "
+    lr: Annotated[float | None, typer.Option("--lr", callback=_positive, help="Peak learning rate (warm-up, cosine decay); "
                                                           "default 1e-3 (tokens), 5e-4 (match).")] = None,
     precision: Annotated[TrainPrecision, typer.Option("--precision", help="bf16: bfloat16 autocast.")] = TrainPrecision.fp32,
     seed: SeedOpt = 0,
@@ -320,7 +328,7 @@ def eval_cmd(
     ckpt: Annotated[Path, typer.Argument(help="A trimkit checkpoint.")],
     data: DataOpt = "easyvqa",
     split: Annotated[str, typer.Option("--split", help="train, val or test.")] = "test",
-    samples: Annotated[int | None, typer.Option("--samples", help="Evaluate a seeded subset of N questions.")] = None,
+    samples: Annotated[int | None, typer.Option("--samples", help="Evaluate a seeded subset of N questions.", callback=_positive)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 256,
     seed: SeedOpt = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
@@ -437,14 +445,14 @@ def verify(
     data: Annotated[str, typer.Option("--data", help="easyvqa, shapes, FILE.jsonl or random.")] = "random",
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Speed: batch sizes.")] = "1,8",
     text_lens: Annotated[str, typer.Option("--text-lens", help="Speed: text lengths.")] = "8,16,32",
-    samples: Annotated[int, typer.Option("--samples", help="Samples compared.")] = 256,
+    samples: Annotated[int, typer.Option("--samples", help="Samples compared.", callback=_positive)] = 256,
     atol: Annotated[float | None, typer.Option("--atol", help="Logits tolerance (default 1e-4 fp32, 5e-2 fp16, 0.25 int8).")] = None,
     rtol: Annotated[float | None, typer.Option("--rtol", help="Relative tolerance (default 1e-3 fp32, 5e-2 fp16, 0.1 int8).")] = None,
     min_agreement: Annotated[float | None, typer.Option("--min-agreement", help="Argmax and keep_counts agreement (default 0.99; int8 0.98).")] = None,
     max_accuracy_drop: Annotated[float, typer.Option("--max-accuracy-drop", help="Points vs PyTorch full.")] = 1.0,
     min_speedup: Annotated[float | None, typer.Option("--min-speedup", help="Artifact vs the full export.")] = None,
-    repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per shape.")] = 20,
-    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime / OpenVINO inference threads.")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per shape.", callback=_positive)] = 20,
+    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime / OpenVINO inference threads.", callback=_positive)] = None,
     runtime: Annotated[str | None, typer.Option("--runtime", help="Runtimes to run the artifact on, comma-separated: "
                                                                   "onnxruntime, openvino (an .onnx file takes both; "
                                                                   "default: the artifact's own).")] = None,
@@ -485,10 +493,10 @@ def bench(
                                                            "'native'.")] = "native,0.7,0.5,0.35",
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Latency: batch sizes.")] = "1,8",
     text_lens: Annotated[str, typer.Option("--text-lens", help="Latency: text lengths.")] = "8,16,24",
-    samples: Annotated[int, typer.Option("--samples", help="Test questions for accuracy.")] = 1000,
-    calib_samples: Annotated[int, typer.Option("--calib-samples", help="Validation questions for budgets.")] = 500,
-    repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per runtime and shape.")] = 10,
-    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime intra-op threads.")] = None,
+    samples: Annotated[int, typer.Option("--samples", help="Test questions for accuracy.", callback=_positive)] = 1000,
+    calib_samples: Annotated[int, typer.Option("--calib-samples", help="Validation questions for budgets.", callback=_positive)] = 500,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per runtime and shape.", callback=_positive)] = 10,
+    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime intra-op threads.", callback=_positive)] = None,
     static: Annotated[bool, typer.Option("--static/--no-static", help="Also static keep ratios at equal FLOPs.")] = True,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
