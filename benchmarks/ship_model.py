@@ -96,7 +96,7 @@ def main() -> None:
     save_json(MODELS / f"{args.name}.json", prov)
     p, o = res["prune"], res["off"]
     print(f"wrote {rel_to_root(out)} ({out.stat().st_size / 1e6:.1f} MB): test accuracy {100 * p['accuracy']:.2f}% "
-          f"trimmed (untrimmed {100 * o['accuracy']:.2f}%), FLOPs ratio {p['flops_ratio_mean']:.3f}")
+          f"trimmed (untrimmed {100 * o['accuracy']:.2f}%), FLOPs ratio {p['flops_ratio']['mean']:.3f}")
 
 
 if __name__ == "__main__":
