@@ -95,7 +95,7 @@ def _write_json(path: Path | None, data) -> None:
 def _positive(value: float | int | None) -> float | int | None:
     """Counts, rates and sizes: checked when the option is parsed (0, negatives and NaN are one usage line)."""
     if value is not None and not (value > 0 and math.isfinite(value)):
-        raise typer.BadParameter(f"must be a positive finite number, got {value}")
+        raise typer.BadParameter(f"must be positive (a finite number > 0), got {value}")
     return value
 
 
