@@ -58,16 +58,22 @@ def write_manifest(engine: str | os.PathLike, manifest: dict[str, Any], *, force
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"), force=force)
 
 
-def read_manifest(engine: str | os.PathLike) -> dict[str, Any]:
-    path = manifest_path(engine)
+def read_json_manifest(path: Path, artifact: str | os.PathLike, fmt: str, what: str, kind: str) -> dict[str, Any]:
+    """The JSON manifest beside an artifact (an engine, an OpenVINO IR), checked to be `fmt`; one-line errors."""
     if not path.exists():
-        raise BadInputError(f"{engine}: no manifest {path.name} beside the engine")
+        raise BadInputError(f"{artifact}: no manifest {path.name} beside the {what}")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadInputError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise BadInputError(f"{path}: not a trimkit engine manifest")
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise BadInputError(f"{path}: not a trimkit {kind} manifest")
+    return data
+
+
+def read_manifest(engine: str | os.PathLike) -> dict[str, Any]:
+    path = manifest_path(engine)
+    data = read_json_manifest(path, engine, MANIFEST_FORMAT, "engine", "engine")
     missing = [k for k in ("profiles", "io", "onnx_sha256", "precision") if k not in data]
     if missing:
         raise BadInputError(f"{path}: manifest lacks {', '.join(missing)}")

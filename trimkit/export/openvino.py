@@ -68,15 +68,10 @@ def ir_metadata(xml: str | os.PathLike) -> dict[str, str]:
 
 
 def read_ir_manifest(xml: str | os.PathLike) -> dict[str, Any]:
+    from .manifest import read_json_manifest
+
     _, bin_path, path = ir_paths(xml)
-    if not path.exists():
-        raise BadInputError(f"{xml}: no manifest {path.name} beside the IR")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadInputError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or data.get("format") != IR_MANIFEST_FORMAT:
-        raise BadInputError(f"{path}: not a trimkit OpenVINO manifest")
+    data = read_json_manifest(path, xml, IR_MANIFEST_FORMAT, "IR", "OpenVINO")
     if not bin_path.exists():
         raise BadInputError(f"{xml}: its weights {bin_path.name} are missing")
     return data
