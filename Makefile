@@ -81,11 +81,13 @@ ci-verify: setup
 	$(BIN)/trimkit verify $(CI)/trim.pt $(CI)/trim.onnx --data easyvqa --samples 300 --batch-sizes 1,8 \
 		--text-lens 8,16 --max-accuracy-drop 10 --json $(CI)/verify.json --junit $(CI)/verify.xml
 
+# Two pytest-xdist workers, one per core (each test's torch and OpenMP threads split between them).
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/pytest -m "not slow and not gpu" -q --durations=10
+	$(BIN)/pytest -m "not slow and not gpu" -q -n $(TEST_WORKERS) --durations=10
 
 test-slow: setup
-	$(BIN)/pytest -m "slow and not gpu" -q --durations=10
+	$(BIN)/pytest -m "slow and not gpu" -q -n $(TEST_WORKERS) --durations=10
 
 lint: setup
 	$(BIN)/ruff check trimkit tests benchmarks

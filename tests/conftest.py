@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from trimkit.export.inputs import sample_inputs
 from trimkit.factory import new_model
 from trimkit.models import MeterModel
+
+# pytest-xdist workers share the cores: each takes its part, so that they do not oversubscribe the machine
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    torch.set_num_threads(_THREADS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)  # the CLI runs some tests start: same threads, same floats
 
 
 def make_inputs(model: MeterModel, batch: int, text_len: int, *, seed: int = 0, ragged: bool = True):
@@ -68,6 +77,69 @@ def _gpu_ready() -> str | None:
     return None
 
 
+_MEMO: list = [None]  # the session's memo, for the terminal summary after fixtures are torn down
+
+
+class _ExportMemo:
+    """`torch.onnx.export` of a given model in a given mode is deterministic and takes 8-16 s even for the tiny
+    preset; many tests export the same model the same way (verify's full export above all). The memo keys the
+    graph on everything the trace reads: the weights' bytes, the config, the trim settings, the layout, the head
+    implementation, the mode, the opset and the precision; every export still runs its checks (onnx.checker,
+    ONNX Runtime against PyTorch) on the graph it returns. The graphs live in the session's temporary folder,
+    shared by pytest-xdist workers. `TRIMKIT_TEST_EXPORT_MEMO=0` turns it off."""
+
+    def __init__(self, export_proto, folder):
+        self.export_proto = export_proto
+        self.folder = folder
+        self.traced = self.hits = 0
+
+    @staticmethod
+    def key(model, mode: str, opset: int, precision: str) -> str:
+        import hashlib
+        import json
+
+        h = hashlib.sha256(json.dumps([mode, opset, precision, str(model.layout), str(model.head_impl),
+                                       model.config.to_dict(), model.trim.to_dict()], sort_keys=True,
+                                      default=str).encode())
+        for name, t in model.state_dict().items():
+            h.update(name.encode())
+            h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def __call__(self, model, mode, opset, precision):
+        import onnx
+
+        path = self.folder / f"{self.key(model, mode, opset, precision)}.onnx.pb"
+        if path.exists():
+            self.hits += 1
+            return onnx.load_from_string(path.read_bytes())
+        proto = self.export_proto(model, mode, opset, precision)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(proto.SerializeToString())
+        os.replace(tmp, path)  # a worker tracing the same graph at the same time writes the same bytes
+        self.traced += 1
+        return proto
+
+
+@pytest.fixture(scope="session", autouse=True)
+def export_memo(tmp_path_factory):
+    import trimkit.export.onnx as onnx_export
+
+    if os.environ.get("TRIMKIT_TEST_EXPORT_MEMO", "1") == "0":
+        yield None
+        return
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "export-memo"
+    folder.mkdir(exist_ok=True)
+    memo = _ExportMemo(onnx_export._export_proto, folder)
+    onnx_export._export_proto = _MEMO[0] = memo
+    try:
+        yield memo
+    finally:
+        onnx_export._export_proto = memo.export_proto
+
+
 def pytest_collection_modifyitems(config, items):
     gpu_items = [i for i in items if "gpu" in i.keywords]
     if not gpu_items:
@@ -99,3 +171,9 @@ def exported(tmp_path_factory):
         assert res.check["passed"]
         paths[mode] = res.path
     return paths
+
+
+def pytest_terminal_summary(terminalreporter):
+    memo = _MEMO[0]
+    if memo is not None:
+        terminalreporter.write_line(f"export memo: {memo.traced} graphs traced, {memo.hits} reused")

@@ -243,6 +243,7 @@ def test_dinov2_from_onnx_export(tmp_path):
     assert (v - torch.from_numpy(ref)).abs().max() <= 1e-4
 
 
+@pytest.mark.slow  # import -> train -> export -> verify -> calibrate through the CLI: about a minute
 def test_cli_import_then_train_export_verify_calibrate(tmp_path, capsys):
     """Everything downstream works on an imported model: train, export (adaptive/static), verify, calibrate."""
     pytest.importorskip("onnxruntime")
