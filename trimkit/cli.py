@@ -397,34 +397,29 @@ def export(
         if profile or profile_set or timing_cache or onnx_out:
             raise typer.BadParameter("--profile/--profile-set/--timing-cache/--onnx-out go with --format trt")
         ov = to_openvino(source, out, mode=mode.value, precision=precision.value, opset=opset, keep_ratios=keep_ratios,
-                         head_impl=heads.value, force=force, log=log)
+                         head_impl=heads.value, layout=layout.value, force=force, log=log)
         typer.echo(f"wrote {ov.xml}, {ov.bin.name} and {ov.manifest.name} (OpenVINO {ov.openvino_version})")
         return
-    from .export.profiles import parse_profiles
-    from .export.trt import export_engine, onnx_model_config
+    from .export.profiles import ProfileSpec
+    from .export.trt import export_engine
 
-    profiles = None
-    if fmt is ExportFormat.trt or (backend is TritonBackend.tensorrt and source.suffix not in (".plan", ".engine", ".trt")):
-        if source.suffix == ".onnx":
-            config, _ = onnx_model_config(source)
-        else:
-            from .checkpoint import model_from_checkpoint, read_checkpoint
-
-            config = model_from_checkpoint(read_checkpoint(source), source).config
-        profiles = parse_profiles(profile, profile_set, config)
-    elif profile or profile_set or timing_cache or onnx_out:
+    builds_engine = fmt is ExportFormat.trt or (backend is TritonBackend.tensorrt and
+                                                source.suffix not in (".plan", ".engine", ".trt"))
+    if not builds_engine and (profile or profile_set or timing_cache or onnx_out):
         raise typer.BadParameter("--profile/--profile-set/--timing-cache/--onnx-out go with a TensorRT engine build")
+    profiles = ProfileSpec(tuple(profile or ()), tuple(profile_set or ())) if builds_engine else None
     if fmt is ExportFormat.triton:
         from .export.triton import to_triton
 
         tri = to_triton(source, out, backend=backend.value, max_batch=max_batch, instance_count=instance_count,
                         mode=mode.value, precision=precision.value, opset=opset, keep_ratios=keep_ratios,
-                        head_impl=heads.value, profiles=profiles, timing_cache=timing_cache, force=force, log=log)
+                        head_impl=heads.value, layout=layout.value, profiles=profiles, timing_cache=timing_cache,
+                        force=force, log=log)
         typer.echo(f"wrote {tri.config} and {tri.artifact} (Triton, {tri.backend}, max_batch_size {tri.max_batch})")
         return
     res = export_engine(source, out, profiles=profiles, mode=mode.value, precision=precision.value, opset=opset,
-                        keep_ratios=keep_ratios, head_impl=heads.value, onnx_out=onnx_out, timing_cache=timing_cache,
-                        workspace_gib=workspace, force=force, log=log)
+                        keep_ratios=keep_ratios, head_impl=heads.value, layout=layout.value, onnx_out=onnx_out,
+                        timing_cache=timing_cache, workspace_gib=workspace, force=force, log=log)
     typer.echo(f"wrote {res.path} and {res.manifest} (TensorRT {res.tensorrt_version}, {res.seconds:.1f} s)")
 
 

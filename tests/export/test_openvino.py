@@ -39,12 +39,15 @@ def test_ir_export_carries_metadata_and_manifest(exported, tmp_path):
     np.testing.assert_allclose(a[0], b[0], atol=1e-6)
 
 
-def test_cli_export_openvino_from_checkpoint(exported, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "trimkit.cli", "export", str(exported["ckpt"]), "--format", "openvino",
-                        "--out", str(tmp_path / "m.xml")], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert "OpenVINO" in r.stdout and (tmp_path / "m.bin").exists()
+def test_cli_export_openvino_from_checkpoint(exported, tmp_path, capsys):
+    from trimkit.cli import main
+    from trimkit.export.openvino import ir_metadata
+
+    assert main(["export", str(exported["ckpt"]), "--format", "openvino", "--layout", "padded",
+                 "--out", str(tmp_path / "m.xml")]) == 0
+    assert "OpenVINO" in capsys.readouterr().out and (tmp_path / "m.bin").exists()
     assert read_ir_manifest(tmp_path / "m.xml")["trimkit_mode"] == "adaptive"
+    assert ir_metadata(tmp_path / "m.xml")["trimkit_layout"] == "padded"  # --layout reaches the graph
     r = subprocess.run([sys.executable, "-m", "trimkit.cli", "export", str(exported["adaptive"]), "--format",
                         "openvino", "--out", str(tmp_path / "m.xml")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "already exists" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -111,8 +111,8 @@ def _check_ir(xml: Path, onnx_path: Path, config, precision: str, seed: int = 0)
 
 
 def to_openvino(source, out: str | os.PathLike, *, mode: str = "adaptive", precision: str = "fp32",
-                opset: int = DEFAULT_OPSET, keep_ratios=None, head_impl: str = "mask", force: bool = False,
-                log=None) -> OpenVinoExport:
+                opset: int = DEFAULT_OPSET, keep_ratios=None, head_impl: str = "mask", layout: str = "packed",
+                force: bool = False, log=None) -> OpenVinoExport:
     """Checkpoint (or trimkit ONNX file) -> checked ONNX -> OpenVINO IR (.xml + .bin) + manifest."""
     from ..runtime.openvino import import_openvino
     from .onnx import check_opset, to_onnx
@@ -131,7 +131,7 @@ def to_openvino(source, out: str | os.PathLike, *, mode: str = "adaptive", preci
             onnx_path = src
         else:
             onnx_path = to_onnx(source, Path(tmp) / "model.onnx", mode=mode, opset=opset, precision=precision,
-                                keep_ratios=keep_ratios, head_impl=head_impl, log=log).path
+                                keep_ratios=keep_ratios, head_impl=head_impl, layout=layout, log=log).path
         config, meta = onnx_model_config(onnx_path)
         graph_precision = json.loads(meta["trimkit_config"]).get("precision", "fp32")
         if "trimkit_calibration" in meta:

@@ -16,7 +16,7 @@ from ..config import ModelConfig
 from ..contract import INPUT_NAMES, MAX_BATCH, TOPK_MAX_K
 from ..errors import BadInputError
 
-__all__ = ["Profile", "parse_profiles", "validate_profiles", "AXES", "DEFAULT_BATCH", "shapes_outside",
+__all__ = ["Profile", "ProfileSpec", "resolve_profiles", "parse_profiles", "validate_profiles", "AXES", "DEFAULT_BATCH", "shapes_outside",
            "check_shapes_in_profiles", "describe_profiles"]
 
 AXES = ("batch", "text")
@@ -76,6 +76,24 @@ def _profile_from(items: list[str], config: ModelConfig) -> Profile:
         axes[name] = values
     t = config.max_text_len
     return Profile(batch=axes.get("batch", DEFAULT_BATCH), text=axes.get("text", (2, t, t)))
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    """`--profile` items and `--profile-set` strings as the user gave them; they become profiles once the model's
+    config is known (`resolve_profiles`), so that the CLI need not load the model to parse them."""
+
+    profile: tuple[str, ...] = ()
+    sets: tuple[str, ...] = ()
+
+
+def resolve_profiles(profiles: ProfileSpec | list[Profile] | None, config: ModelConfig) -> list[Profile]:
+    """Profiles checked against `config`: parsed from a spec (None: the defaults), or validated as given."""
+    if profiles is None or isinstance(profiles, ProfileSpec):
+        spec = profiles or ProfileSpec()
+        return parse_profiles(list(spec.profile), list(spec.sets), config)
+    validate_profiles(list(profiles), config)
+    return list(profiles)
 
 
 def parse_profiles(profile: list[str] | None, profile_sets: list[str] | None, config: ModelConfig) -> list[Profile]:

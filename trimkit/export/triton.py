@@ -103,7 +103,7 @@ def _model_name(source: Path, name: str | None) -> str:
 
 
 def _stage_artifact(source: Path, backend: str, version_dir: Path, *, mode, precision, opset, keep_ratios,
-                    head_impl, profiles, timing_cache, log) -> tuple[Path, dict[str, str], list | None]:
+                    head_impl, layout, profiles, timing_cache, log) -> tuple[Path, dict[str, str], list | None]:
     """Put the artifact (and its manifest) into the version folder; (artifact, metadata, engine profiles)."""
     from .onnx import check_opset, to_onnx
     from .trt import onnx_model_config
@@ -116,7 +116,7 @@ def _stage_artifact(source: Path, backend: str, version_dir: Path, *, mode, prec
             shutil.copyfile(source, target)
         else:
             to_onnx(source, target, mode=mode, opset=opset, precision=precision, keep_ratios=keep_ratios,
-                    head_impl=head_impl, log=log)
+                    head_impl=head_impl, layout=layout, log=log)
         _, meta = onnx_model_config(target)
         man = {"format": "trimkit-onnx-manifest", "format_version": 1, "trimkit_version": __version__,
                "onnx_sha256": sha256_file(target), "trimkit_mode": meta.get("trimkit_mode"),
@@ -136,7 +136,7 @@ def _stage_artifact(source: Path, backend: str, version_dir: Path, *, mode, prec
                 shutil.copyfile(src, dst)
         else:
             to_openvino(source, target, mode=mode, precision=precision, opset=opset, keep_ratios=keep_ratios,
-                        head_impl=head_impl, log=log)
+                        head_impl=head_impl, layout=layout, log=log)
         return target, ir_metadata(target), None
     from .manifest import manifest_path, read_manifest
 
@@ -150,7 +150,7 @@ def _stage_artifact(source: Path, backend: str, version_dir: Path, *, mode, prec
         from .trt import export_engine
 
         export_engine(source, target, profiles=profiles, mode=mode, precision=precision, opset=opset,
-                      keep_ratios=keep_ratios, head_impl=head_impl, timing_cache=timing_cache, log=log)
+                      keep_ratios=keep_ratios, head_impl=head_impl, layout=layout, timing_cache=timing_cache, log=log)
         man = read_manifest(target)
     meta = {"trimkit_config": json.dumps(man["trimkit_config"]), "labels": json.dumps(man["labels"]),
             "trimkit_mode": man.get("trimkit_mode") or ""}
@@ -160,8 +160,8 @@ def _stage_artifact(source: Path, backend: str, version_dir: Path, *, mode, prec
 def to_triton(source: str | os.PathLike, out: str | os.PathLike, *, backend: str = "onnxruntime",
               max_batch: int | None = None, instance_count: int = 1, name: str | None = None, mode: str = "adaptive",
               precision: str = "fp32", opset: int = DEFAULT_OPSET, keep_ratios=None, head_impl: str = "mask",
-              profiles=None, timing_cache=None, threads: int | None = None, force: bool = False,
-              log=None) -> TritonExport:
+              layout: str = "packed", profiles=None, timing_cache=None, threads: int | None = None,
+              force: bool = False, log=None) -> TritonExport:
     """Write `out/<name>/` (config.pbtxt, 1/<artifact> + manifest) from a checkpoint or an artifact."""
     from ..config import ModelConfig
     from ..contract import MAX_BATCH
@@ -200,7 +200,7 @@ def to_triton(source: str | os.PathLike, out: str | os.PathLike, *, backend: str
         version.mkdir()
         artifact, meta, engine_profiles = _stage_artifact(
             source, backend, version, mode=mode, precision=precision, opset=opset, keep_ratios=keep_ratios,
-            head_impl=head_impl, profiles=profiles, timing_cache=timing_cache, log=log)
+            head_impl=head_impl, layout=layout, profiles=profiles, timing_cache=timing_cache, log=log)
         config = ModelConfig.from_dict(json.loads(meta["trimkit_config"])["model_config"])
         io = model_io(config)
         # keep_counts' middle axis (trimmed layers) as the artifact declares it

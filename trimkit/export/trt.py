@@ -25,7 +25,7 @@ from ..contract import DEFAULT_OPSET, INPUT_NAMES, META_CALIBRATION, META_CONFIG
 from ..errors import BadInputError, CheckFailedError, MissingDependencyError
 from ..fileio import atomic_write_group, check_writable, sha256_file
 from .manifest import build_manifest, manifest_path
-from .profiles import Profile, validate_profiles
+from .profiles import Profile, ProfileSpec, resolve_profiles
 
 __all__ = ["lazy_import_trt", "gpu_info", "check_trt_ready", "build_engine", "EngineBuild", "onnx_model_config",
            "INSTALL_HINT"]
@@ -169,7 +169,7 @@ def _engine_io(trt, engine) -> list[dict[str, Any]]:
     return io
 
 
-def build_engine(onnx_path: str | os.PathLike, out: str | os.PathLike, *, profiles: list[Profile],
+def build_engine(onnx_path: str | os.PathLike, out: str | os.PathLike, *, profiles: list[Profile] | ProfileSpec | None = None,
                  timing_cache: str | os.PathLike | None = None, workspace_gib: float = 4.0, force: bool = False,
                  log=None) -> EngineBuild:
     """Build a serialized TensorRT engine + manifest (+ the updated timing cache) from a trimkit ONNX file.
@@ -180,7 +180,7 @@ def build_engine(onnx_path: str | os.PathLike, out: str | os.PathLike, *, profil
     say = log or (lambda msg: None)
     config, meta = onnx_model_config(onnx_path)
     _refuse_cpu_only_int8(onnx_path, meta)
-    validate_profiles(profiles, config)
+    profiles = resolve_profiles(profiles, config)
     check_writable(out, force=force)
     check_writable(manifest_path(out), force=force)
     trt, gpu = check_trt_ready()
@@ -241,15 +241,17 @@ def build_engine(onnx_path: str | os.PathLike, out: str | os.PathLike, *, profil
     return EngineBuild(Path(out), mpath, seconds, version, manifest)
 
 
-def export_engine(source, out: str | os.PathLike, *, profiles: list[Profile], mode: str = "adaptive",
-                  precision: str = "fp32", opset: int = DEFAULT_OPSET, keep_ratios=None, head_impl: str = "mask",
-                  onnx_out: str | os.PathLike | None = None, timing_cache=None, workspace_gib: float = 4.0,
-                  force: bool = False, log=None) -> EngineBuild:
-    """Checkpoint (or trimkit ONNX file) -> checked ONNX -> TensorRT engine + manifest.
+def export_engine(source, out: str | os.PathLike, *, profiles: list[Profile] | ProfileSpec | None = None,
+                  mode: str = "adaptive", precision: str = "fp32", opset: int = DEFAULT_OPSET, keep_ratios=None,
+                  head_impl: str = "mask", layout: str = "packed", onnx_out: str | os.PathLike | None = None,
+                  timing_cache=None, workspace_gib: float = 4.0, force: bool = False, log=None) -> EngineBuild:
+    """Checkpoint, model (or trimkit ONNX file) -> checked ONNX -> TensorRT engine + manifest.
 
-    Everything that can be checked without TensorRT (profiles, K limits, outputs) is checked first,
-    then TensorRT and the GPU, so that a missing dependency writes nothing.
+    Everything that can be checked without TensorRT (profiles against the model, K limits, outputs) is
+    checked first, then TensorRT and the GPU, so that a missing dependency writes nothing. A checkpoint is
+    read once.
     """
+    from ..checkpoint import load_checkpoint
     from .onnx import check_opset, to_onnx
 
     src = Path(source) if isinstance(source, (str, os.PathLike)) else None
@@ -259,10 +261,12 @@ def export_engine(source, out: str | os.PathLike, *, profiles: list[Profile], mo
     check_writable(out, force=force)
     check_writable(manifest_path(out), force=force)
     check_opset(opset)
+    model = load_checkpoint(src) if src is not None else source
+    profiles = resolve_profiles(profiles, model.config)
     check_trt_ready()
     with tempfile.TemporaryDirectory(prefix="trimkit-") as tmp:
         onnx_path = Path(onnx_out) if onnx_out else Path(tmp) / "model.onnx"
-        to_onnx(source, onnx_path, mode=mode, opset=opset, precision=precision, keep_ratios=keep_ratios,
-                head_impl=head_impl, force=force, log=log)
+        to_onnx(model, onnx_path, mode=mode, opset=opset, precision=precision, keep_ratios=keep_ratios,
+                head_impl=head_impl, layout=layout, force=force, log=log)
         return build_engine(onnx_path, out, profiles=profiles, timing_cache=timing_cache,
                             workspace_gib=workspace_gib, force=force, log=log)
