@@ -167,6 +167,7 @@ def main() -> None:
     console = Console()
     rec = {"threads": args.threads, "batches": args.batches, "repeats": args.repeats, "results": args.results,
            "reproduce": "python benchmarks/realized_speed.py " + " ".join(sys.argv[1:]), "runs": {}, "graph_nodes": {}}
+    shared = {}  # exports that do not depend on the trimmers, per model
     for name, (model, ratio), kind in models_to_run(args):
         c = model.config
         data = load_dataset("easyvqa", tokenizer=model.tokenizer, labels=model.labels, image_size=c.image_size,
@@ -192,21 +193,27 @@ def main() -> None:
         files["keep-all"] = export(model, args.workdir / f"{slug}.keep-all.onnx", console, args.reuse,
                                    mode="adaptive", head_impl="mask", layout="packed")
         model.trim = saved
-        files["full"] = export(model, args.workdir / f"{slug}.full.onnx", console, args.reuse, mode="full")
-        files["full-opt"] = export(model, args.workdir / f"{slug}.full-opt.onnx", console, args.reuse, mode="full",
-                                   ort_optimize=True)
+        # the untrimmed graphs do not depend on the trimmers: one per model, shared by its ratios
+        base = name.split(" ")[0]
+        for variant, opt in (("full", False), ("full-opt", True)):
+            key = f"{base}.{variant}"
+            if key not in shared:
+                shared[key] = export(model, args.workdir / f"{key}.onnx", console, args.reuse, mode="full",
+                                     ort_optimize=opt)
+            files[variant] = shared[key]
         for bs in [int(b) for b in args.batch_sizes.split(",")]:
             rows = torch.randperm(len(data.test), generator=g)[: args.batches * bs].view(args.batches, bs)
             batches = [data.test.batch(r, trim_padding=True)[:3] for r in rows]
             fl = flops_of(model, batches)
             size, dense_ratio = dense_size(c, fl["r"], statistics.mean(float(m.sum(1).float().mean())
                                                                        for _, _, m in batches))
-            key = f"{slug}.dense{size}"
-            if key not in files:
+            key = f"{base}.dense{size}"
+            if key not in shared:
                 dm = dense_model(model, size)
-                files[key] = export(dm, args.workdir / f"{key}.onnx", console, args.reuse, mode="full")
-                files[key + "-opt"] = export(dm, args.workdir / f"{key}-opt.onnx", console, args.reuse, mode="full",
-                                             ort_optimize=True)
+                shared[key] = export(dm, args.workdir / f"{key}.onnx", console, args.reuse, mode="full")
+                shared[key + "-opt"] = export(dm, args.workdir / f"{key}-opt.onnx", console, args.reuse,
+                                              mode="full", ort_optimize=True)
+            files[key], files[key + "-opt"] = shared[key], shared[key + "-opt"]
             feeds = [ort_feed(*b) for b in batches]
             dense_feeds = [ort_feed(torch.rand(pv.shape[0], 3, size, size, generator=g) * 2 - 1, ids, mask)
                            for pv, ids, mask in batches]
@@ -222,7 +229,7 @@ def main() -> None:
             ms = {v: 1000 * t for v, t in med.items()}
             rec["runs"][f"{name}/b{bs}"] = row(name, kind, bs, fl, ms, size, dense_ratio)
             rec["graph_nodes"][name] = {v: graph_node_counts(f)["total"] for v, f in files.items()
-                                        if not v.startswith(f"{slug}.dense")}
+                                        if not v.startswith(f"{base}.dense")}
             save_json(RESULTS / f"{args.results}.json", rec)
             console.print(rec["runs"][f"{name}/b{bs}"])
     write_markdown(rec)
