@@ -62,7 +62,7 @@ class ExportWrapper(nn.Module):
     def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
         if self.fp16:
             pixel_values = pixel_values.to(torch.float16)  # fp32 in, fp16 inside
-        out = self.model(pixel_values, input_ids, attention_mask, mode=self.trim_mode)
+        out = self.model(pixel_values, input_ids, attention_mask, mode=self.trim_mode, accounting=False)
         return out.logits.to(torch.float32), out.keep_counts
 
 

@@ -83,8 +83,8 @@ class TrimOutput:
 
     logits: Tensor
     keep_counts: Tensor
-    layer_flops: Tensor
-    full_layer_flops: Tensor
+    layer_flops: Tensor | None  # None with forward(accounting=False), as are the two below
+    full_layer_flops: Tensor | None
     executed_layer_flops: Tensor | None = None
     token_masks: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     head_masks: list[list[Tensor]] = field(default_factory=list)
@@ -285,6 +285,7 @@ class MeterModel(nn.Module):
         image_groups: Tensor | None = None,
         margin: float = 0.0,
         relative_margin: float = 0.0,
+        accounting: bool = True,
     ) -> TrimOutput:
         """pixel_values (B, 3, H, W) float, input_ids (B, Nt) int64, attention_mask (B, Nt) int64.
 
@@ -296,6 +297,8 @@ class MeterModel(nn.Module):
         `margin` > 0 in `mask` mode: the decision-margin hinge (`trimmers.margin_terms`, with `relative_margin`)
         of every gate decision (tokens alive entering the layer, [CLS] excluded; every head) comes back as
         `margin_terms` (sum, count).
+        `accounting=False` skips the FLOPs bookkeeping (the three `*_flops` fields come back None): an ONNX export
+        traces only what the graph computes, and tracing the bookkeeping costs a quarter of the export time.
         """
         mode = mode or ("mask" if self.training else "prune")
         if mode not in TRIM_MODES:
@@ -340,9 +343,10 @@ class MeterModel(nn.Module):
             entry = entry_full = entry_run = 0.0
             if depth == c.encoder_depth and self.type_embed is not None:
                 # co-attention entry: project to the fusion width (counted on the tokens that reach it), add the type
-                entry = projection_flops(c, [s.weight.sum(dim=1) for s in streams])
-                entry_full = projection_flops(c, n_full)
-                entry_run = projection_flops(c, [self._rows_run(s) for s in streams])
+                if accounting:
+                    entry = projection_flops(c, [s.weight.sum(dim=1) for s in streams])
+                    entry_full = projection_flops(c, n_full)
+                    entry_run = projection_flops(c, [self._rows_run(s) for s in streams])
                 for m, s in enumerate(streams):
                     s.x = self.fusion_proj[m](s.x) + self.type_embed[m]
             if trim_index >= 0 and mode != "off":
@@ -354,9 +358,10 @@ class MeterModel(nn.Module):
                                        for h, (m, _) in zip(heads, modules)])
             if trim_index >= 0:  # weights are {0, 1} (hard gates): their sum is the kept count
                 counts += [s.weight.detach().sum(dim=1, keepdim=True) for s in streams]  # (B, 1) each
-            flops.append(self._layer_flops(depth, [s.weight.sum(dim=1) for s in streams], heads) + entry)
-            full_flops.append(self._layer_flops(depth, n_full, [None] * len(modules)) + entry_full)
-            executed.append(self._executed_flops(depth, streams, heads) + entry_run)
+            if accounting:
+                flops.append(self._layer_flops(depth, [s.weight.sum(dim=1) for s in streams], heads) + entry)
+                full_flops.append(self._layer_flops(depth, n_full, [None] * len(modules)) + entry_full)
+                executed.append(self._executed_flops(depth, streams, heads) + entry_run)
             self._run_layer(depth, streams, heads, vision_done=shared)
             if details and depth == c.encoder_depth - 1:
                 encoder_states = (streams[VISION].grid(), streams[TEXT].grid())
@@ -371,9 +376,9 @@ class MeterModel(nn.Module):
         return TrimOutput(
             logits=logits,
             keep_counts=keep_counts.to(torch.int64),  # exact: sums of 1.0s
-            layer_flops=torch.stack(flops, dim=1),
-            full_layer_flops=torch.stack(full_flops, dim=1),
-            executed_layer_flops=torch.stack(executed, dim=1).detach(),
+            layer_flops=torch.stack(flops, dim=1) if accounting else None,
+            full_layer_flops=torch.stack(full_flops, dim=1) if accounting else None,
+            executed_layer_flops=torch.stack(executed, dim=1).detach() if accounting else None,
             token_masks=token_masks,
             head_masks=head_masks,
             encoder_states=encoder_states,
