@@ -521,19 +521,35 @@ def bench(
     console.print(f"wrote {out}/report.md, bench.json and 3 plots in {res['seconds']:.0f} s")
 
 
+def _figure_out(value: Path | None) -> Path | None:
+    """--out of a figure: a suffix trimkit writes, checked when parsed (before the model loads)."""
+    from .report.plots import check_figure_path
+
+    if value is not None:
+        try:
+            check_figure_path(value)
+        except TrimkitError as e:
+            raise typer.BadParameter(str(e)) from None
+    return value
+
+
 @app.command()
 def show(
     ckpt: Annotated[Path, typer.Argument(help="A trimkit checkpoint.")],
     image: Annotated[Path, typer.Argument(help="An image file.")],
     question: Annotated[str, typer.Argument(help="The question, in quotes.")],
-    out: OutOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", callback=_figure_out,
+                                      help="The figure: .png, .jpg, .pdf or .svg (atomic; see --force).")],
     force: ForceOpt = False,
 ) -> None:
-    """Draw which image patches and words each layer keeps, with the answer (PNG)."""
+    """Draw which image patches, words and heads each layer keeps, with the answer."""
+    from .report.show import notes
     from .report.show import show as run_show
 
     ex = run_show(ckpt, image, question, out, force=force)
     typer.echo(f"{ex['answer']} ({100 * ex['probability']:.1f}%), FLOPs ratio {ex['flops_ratio']:.3f}; wrote {out}")
+    for line in notes(ex):
+        typer.echo(f"note: {line}")
 
 
 calibrate_app = typer.Typer(help="Hit a compute budget without retraining; INT8 (Q/DQ) quantization.",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["pyplot", "save_figure", "separate_labels", "FIGURE_FORMATS", "figure_format"]
+__all__ = ["pyplot", "save_figure", "separate_labels", "FIGURE_FORMATS", "figure_format", "check_figure_path"]
 
 # file suffix -> the format matplotlib writes for it (Agg renders the rasters; JPEG goes through Pillow)
 FIGURE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".pdf": "pdf", ".svg": "svg"}
@@ -14,6 +14,17 @@ FIGURE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".pdf": "pdf",
 def figure_format(path: str | os.PathLike) -> str | None:
     """The format a figure is written in for this file name, or None when trimkit does not write that suffix."""
     return FIGURE_FORMATS.get(Path(path).suffix.lower())
+
+
+def check_figure_path(out: str | os.PathLike) -> Path:
+    """`out` names a figure format trimkit writes (by its suffix), else one-line bad input."""
+    from ..errors import BadInputError
+
+    out = Path(out)
+    if figure_format(out) is None:
+        raise BadInputError(f"{out}: trimkit writes figures as {' / '.join(FIGURE_FORMATS)}, not "
+                            f"{out.suffix or 'a file without a suffix'}")
+    return out
 
 
 def pyplot():
