@@ -305,12 +305,10 @@ class ByteBPETokenizer(_Padder):
     def words(self, text: str) -> list[str]:
         """The BPE tokens after <s> (then </s>)."""
         if self._split is None:
-            try:
-                import regex  # \p{L} / \p{N} classes: the standard library's re has none
-            except ImportError:
-                from ..errors import MissingDependencyError
+            from ..errors import import_optional
 
-                raise MissingDependencyError("RoBERTa's tokenizer needs the regex package: pip install regex") from None
+            # \p{L} / \p{N} classes: the standard library's re has none
+            regex = import_optional("regex", "RoBERTa's tokenizer needs the regex package: pip install regex")
             self._split = regex.compile(_BPE_SPLIT)
         table = _byte_chars()
         out: list[str] = []
