@@ -134,3 +134,71 @@ def test_numeric_options_refuse_bad_values_in_one_line(words, option, value, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and option in err[0], err
     assert not any(tmp_path.iterdir())
+
+
+def test_ctrl_c_is_reported_as_interrupted_whatever_error_it_turned_into(tmp_path, monkeypatch, capsys):
+    """An import cut short by Ctrl-C can surface as "not installed": the CLI knows Ctrl-C was pressed."""
+    import os
+    import signal
+    import time
+
+    import trimkit.pretrained
+    from trimkit.errors import MissingDependencyError
+
+    def import_model(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(10)
+        except KeyboardInterrupt:
+            raise MissingDependencyError("onnxruntime is not installed: pip install onnxruntime") from None
+
+    monkeypatch.setattr(trimkit.pretrained, "import_model", import_model)
+    rc = main(["import", "--vision", "v", "--text", "t", "--out", str(tmp_path / "x.pt")])
+    assert rc == 130 and capsys.readouterr().err.splitlines() == ["trimkit: interrupted"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_ctrl_c_during_an_import_in_a_real_process(tmp_path):
+    """`trimkit import` of an ONNX encoder, interrupted while `import onnx` runs (a stand-in package that
+    turns the interrupt into an ImportError, as an extension module's initialization does)."""
+    import os
+    import signal
+
+    fake = tmp_path / "site" / "onnx"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "import sys, time\n"
+        "print('importing onnx', flush=True)\n"
+        "try:\n"
+        "    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n"
+        "    raise ImportError('numpy.core.multiarray failed to import') from None\n")
+    (tmp_path / "vit.onnx").write_bytes(b"x")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), *sys.path])}
+    proc = subprocess.Popen([sys.executable, "-m", "trimkit.cli", "import", "--vision", str(tmp_path / "vit.onnx"),
+                             "--text", str(tmp_path), "--out", str(tmp_path / "x.pt")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "importing onnx"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err.splitlines() == ["trimkit: interrupted"], err
+
+
+def test_import_optional_tells_missing_from_broken_from_interrupted(tmp_path, monkeypatch):
+    from trimkit.errors import MissingDependencyError, import_optional
+
+    with pytest.raises(MissingDependencyError, match="^install me$"):
+        import_optional("trimkit_no_such_package", "install me")
+    (tmp_path / "trimkit_broken_pkg").mkdir()
+    (tmp_path / "trimkit_broken_pkg" / "__init__.py").write_text("raise ImportError('libfoo.so: cannot open')\n")
+    (tmp_path / "trimkit_cut_pkg.py").write_text(
+        "try:\n    raise KeyboardInterrupt\nexcept KeyboardInterrupt:\n    raise ImportError('init failed')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(MissingDependencyError, match=r"trimkit_broken_pkg is installed but does not import "
+                                                     r"\(libfoo.so: cannot open\)"):
+        import_optional("trimkit_broken_pkg", "install me")
+    with pytest.raises(KeyboardInterrupt):
+        import_optional("trimkit_cut_pkg", "install me")

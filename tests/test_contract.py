@@ -57,6 +57,14 @@ def test_artifact_metadata_of_an_onnx_file(tmp_path):
     info = artifact_metadata(tmp_path / "m.onnx")
     assert (info.runtime, info.mode, info.labels, info.precision, info.weights) == (
         "onnxruntime", "static", ["yes", "no"], "fp16", None)
+    assert info.layout == "padded"  # no trimkit_layout: a graph from before the packed layout
+
+
+def test_artifact_layout_is_read_from_trimkit_layout(tmp_path):
+    cfg = {"model_config": preset_config("tiny").to_dict(), "layout": "padded"}
+    _tiny_onnx(tmp_path / "m.onnx", meta={META_MODE: "adaptive", META_CONFIG: json.dumps(cfg),
+                                          META_LABELS: "[]", META_LAYOUT: "packed"})
+    assert artifact_metadata(tmp_path / "m.onnx").layout == "packed"
 
 
 @pytest.mark.parametrize("case,message", [

@@ -126,7 +126,8 @@ def _accuracy_sweep(model, task, targets, samples, calib_samples, static, seed, 
 
     native = model.trim
     full = evaluate(model, task.test, modes=("off",), samples=samples, seed=seed)["off"]
-    result["full"] = {"accuracy": full["accuracy"], "flops_ratio": 1.0}
+    result["full"] = {"accuracy": full["accuracy"], "flops_ratio": 1.0,
+                      "executed_flops_ratio": full["executed_flops_ratio"]["mean"]}
     configs = {}
     trimmed_layers = [d for d in range(model.config.num_layers) if d >= native.first_trimmed_layer]
     result["trimmed_layers"] = trimmed_layers
@@ -139,16 +140,21 @@ def _accuracy_sweep(model, task, targets, samples, calib_samples, static, seed, 
             offset = trim.token_threshold - native.token_threshold
         tick(f"calibrated {label}", 1)
         with using_trim(model, trim):
-            r = evaluate(model, task.test, modes=("prune",), samples=samples, seed=seed)["prune"]
+            res = evaluate(model, task.test, modes=("prune",), samples=samples, seed=seed)
+            r = res["prune"]
             point = {"target": target, "label": label, "threshold_offset": offset, "accuracy": r["accuracy"],
                      "flops_ratio": r["flops_ratio"]["mean"], "flops_p10": r["flops_ratio"]["p10"],
-                     "flops_p90": r["flops_ratio"]["p90"], "keep_per_layer": r["keep_per_layer"]}
+                     "flops_p90": r["flops_ratio"]["p90"], "executed_flops_ratio": r["executed_flops_ratio"]["mean"],
+                     "keep_per_layer": r["keep_per_layer"]}
+            # the executed ratio depends on how the evaluation ran: said once, beside the numbers
+            result["executed"] = {k: res[k] for k in ("batch_size", "layout", "head_impl")}
             if static:  # static keep ratios matched to this target's adaptive cost
                 static_trim, _ = match_static_budget(model, task.val, point["flops_ratio"], samples=calib_samples,
                                                      seed=seed)
                 model.trim = static_trim
                 s = evaluate(model, task.test, modes=("static",), samples=samples, seed=seed)["static"]
-                point["static"] = {"accuracy": s["accuracy"], "flops_ratio": s["flops_ratio"]["mean"]}
+                point["static"] = {"accuracy": s["accuracy"], "flops_ratio": s["flops_ratio"]["mean"],
+                                   "executed_flops_ratio": s["executed_flops_ratio"]["mean"]}
         configs[label] = trim
         result["points"].append(point)
         tick(f"evaluated {label}", 1)

@@ -10,6 +10,7 @@ import enum
 import json
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -29,7 +30,7 @@ from .config import (
     TrainConfig,
 )
 from .contract import DEFAULT_OPSET
-from .errors import TrimkitError
+from .errors import Interrupted, TrimkitError
 
 __all__ = ["app", "main"]
 
@@ -516,19 +517,35 @@ def bench(
     console.print(f"wrote {out}/report.md, bench.json and 3 plots in {res['seconds']:.0f} s")
 
 
+def _figure_out(value: Path | None) -> Path | None:
+    """--out of a figure: a suffix trimkit writes, checked when parsed (before the model loads)."""
+    from .report.plots import check_figure_path
+
+    if value is not None:
+        try:
+            check_figure_path(value)
+        except TrimkitError as e:
+            raise typer.BadParameter(str(e)) from None
+    return value
+
+
 @app.command()
 def show(
     ckpt: Annotated[Path, typer.Argument(help="A trimkit checkpoint.")],
     image: Annotated[Path, typer.Argument(help="An image file.")],
     question: Annotated[str, typer.Argument(help="The question, in quotes.")],
-    out: OutOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", callback=_figure_out,
+                                      help="The figure: .png, .jpg, .pdf or .svg (atomic; see --force).")],
     force: ForceOpt = False,
 ) -> None:
-    """Draw which image patches and words each layer keeps, with the answer (PNG)."""
+    """Draw which image patches, words and heads each layer keeps, with the answer."""
+    from .report.show import notes
     from .report.show import show as run_show
 
     ex = run_show(ckpt, image, question, out, force=force)
     typer.echo(f"{ex['answer']} ({100 * ex['probability']:.1f}%), FLOPs ratio {ex['flops_ratio']:.3f}; wrote {out}")
+    for line in notes(ex):
+        typer.echo(f"note: {line}")
 
 
 calibrate_app = typer.Typer(help="Hit a compute budget without retraining; INT8 (Q/DQ) quantization.",
@@ -598,18 +615,73 @@ def calibrate_int8_cmd(
                   f"{res.op_counts.get('DequantizeLinear', 0)} DequantizeLinear ({res.seconds:.1f} s)")
 
 
+class _CtrlC:
+    """Notes a Ctrl-C (SIGINT) while a command runs, then raises KeyboardInterrupt as Python's own handler
+    does. Code on the way may turn the interrupt into another error (an extension module whose import it
+    cut short raises ImportError, which reads as "not installed"; a library that catches too broadly);
+    knowing that Ctrl-C was pressed, the CLI reports the interrupt, not that error. A command with its own
+    handler (train) replaces this one while it runs and puts it back."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._previous = None
+        try:
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when SIGINT is ignored
+                self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: its signals are not ours to handle
+            pass
+
+    def _handle(self, signum, frame) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+INTERRUPTED = "trimkit: interrupted"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (known errors and usage errors -> one line on stderr)."""
+    """Run the CLI; returns the exit code (known errors and usage errors -> one line on stderr; Ctrl-C ->
+    "interrupted", 130)."""
+    ctrl_c = _CtrlC()
+    try:
+        rc = _run(argv, ctrl_c)
+    finally:
+        ctrl_c.restore()
+    return rc
+
+
+def _run(argv: list[str] | None, ctrl_c: _CtrlC) -> int:
+    debug = os.environ.get("TRIMKIT_DEBUG") == "1"
     try:
         rc = app(args=argv, prog_name="trimkit", standalone_mode=False)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except TrimkitError as e:
-        if os.environ.get("TRIMKIT_DEBUG") == "1":
+    except KeyboardInterrupt:  # Typer turns it into exit code 130; one raised past it lands here
+        if debug:
             raise
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
+    except TrimkitError as e:
+        if debug:
+            raise
+        if isinstance(e, Interrupted):  # a command that says what Ctrl-C left behind
+            print(f"{INTERRUPTED}: {e}", file=sys.stderr)
+            return e.exit_code
+        if ctrl_c.pressed:  # whatever the error says, Ctrl-C caused it
+            print(INTERRUPTED, file=sys.stderr)
+            return 130
         print(f"trimkit: error: {e}", file=sys.stderr)
         return e.exit_code
     except Exception as e:  # click's (Typer vendors its own copy: matched by class name, not by import)
+        if ctrl_c.pressed or "Abort" in {c.__name__ for c in type(e).__mro__}:
+            if debug:
+                raise
+            print(INTERRUPTED, file=sys.stderr)
+            return 130
         kinds = {c.__name__ for c in type(e).__mro__}
         ctx = getattr(e, "ctx", None)
         if "NoArgsIsHelpError" in kinds:  # `trimkit` or `trimkit calibrate` alone: the help
@@ -622,11 +694,12 @@ def main(argv: list[str] | None = None) -> int:
         if "ClickException" in kinds:
             print(f"trimkit: error: {e.format_message()}", file=sys.stderr)
             return e.exit_code
-        if "Abort" in kinds:  # Ctrl-C outside a command's own handling
-            print("trimkit: stopped", file=sys.stderr)
-            return 130
         raise
-    return rc if isinstance(rc, int) else 0
+    rc = rc if isinstance(rc, int) else 0
+    if ctrl_c.pressed and rc != 0:  # Typer's exit code 130 for Ctrl-C, silent; or a failure Ctrl-C caused
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
+    return rc
 
 
 def entry() -> None:  # console script

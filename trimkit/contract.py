@@ -131,10 +131,17 @@ class ArtifactInfo:
     labels: list[str]
     weights: str | None  # sha256 of the weights it was exported from
     manifest: dict[str, Any] | None = None  # TensorRT engines only
+    layout_meta: str | None = None  # the trimkit_layout metadata, where the artifact carries it
 
     @property
     def precision(self) -> str:
         return self.config.get("precision", "fp32")
+
+    @property
+    def layout(self) -> str:
+        """The token layout the graph runs (`trimkit_layout`; an engine's manifest keeps it in the config).
+        A trimkit graph without one predates the packed layout, so it is padded."""
+        return self.layout_meta or self.config.get("layout") or "padded"
 
     def as_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "config": self.config, "labels": self.labels, "weights": self.weights}
@@ -150,7 +157,7 @@ def artifact_metadata(path: str | os.PathLike) -> ArtifactInfo:
 
         _, meta = onnx_model_config(path)
         return ArtifactInfo("onnxruntime", meta[META_MODE], json.loads(meta[META_CONFIG]),
-                            json.loads(meta[META_LABELS]), meta.get(META_WEIGHTS))
+                            json.loads(meta[META_LABELS]), meta.get(META_WEIGHTS), layout_meta=meta.get(META_LAYOUT))
     if path.suffix in ENGINE_SUFFIXES:
         from .export.manifest import read_manifest
 
@@ -163,7 +170,7 @@ def artifact_metadata(path: str | os.PathLike) -> ArtifactInfo:
         read_ir_manifest(path)  # the .bin and the manifest are beside it
         meta = ir_metadata(path)
         return ArtifactInfo("openvino", meta[META_MODE], json.loads(meta[META_CONFIG]), json.loads(meta[META_LABELS]),
-                            meta.get(META_WEIGHTS))
+                            meta.get(META_WEIGHTS), layout_meta=meta.get(META_LAYOUT))
     raise BadInputError(f"{path}: unknown artifact type (expected .onnx, a TensorRT .plan with its manifest or an "
                         "OpenVINO .xml IR)")
 

@@ -45,8 +45,12 @@ def using_trim(model: MeterModel, trim: TrimConfig | None = None) -> Iterator[Me
 def evaluate(model: MeterModel, split: VQASplit, *, modes: tuple[str, ...] = ("off", "prune"),
              samples: int | None = None, batch_size: int = 256, seed: int = 0,
              progress=None, decisions: bool = False) -> dict[str, Any]:
-    """-> {mode: {accuracy, flops_ratio {mean, std, p10, p50, p90}, keep_per_layer [[vision, text], ...]},
-    "samples": n, "per_instance": {mode: {"ratio": [...], "correct": [...]}}}.
+    """-> {mode: {accuracy, flops_ratio {mean, std, p10, p50, p90}, executed_flops_ratio {mean, p50},
+    keep_per_layer [[vision, text], ...]}, "samples": n, "batch_size", "layout", "head_impl",
+    "per_instance": {mode: {"ratio": [...], "correct": [...]}}}.
+    `flops_ratio` is *decided* (the tokens and heads the trimmers keep); `executed_flops_ratio` is what the
+    model ran for each question: its share of a batch of `batch_size` in the model's layout and head pruning
+    (`TrimOutput.executed_flops_ratio`), so it depends on both.
     `decisions`: the first of the `prune` / `mask` modes also gets "decisions": how close each question's gate decisions came
     to the threshold (`closest_decisions`): quantiles p1/p5/p50 over questions of the closest one, relative to
     its scale and absolute, and p1 of the closest token decision per trimmed layer [[vision, text], ...]
@@ -54,10 +58,11 @@ def evaluate(model: MeterModel, split: VQASplit, *, modes: tuple[str, ...] = ("o
     was_training = model.training
     model.eval()
     idx = sample_indices(len(split), samples, seed)
-    result: dict[str, Any] = {"samples": int(idx.numel()), "per_instance": {}}
+    result: dict[str, Any] = {"samples": int(idx.numel()), "batch_size": batch_size, "layout": model.layout,
+                              "head_impl": model.head_impl, "per_instance": {}}
     margin_mode = next((m for m in ("prune", "mask") if m in modes), None) if decisions else None
     for mode in modes:
-        correct, ratios, keeps, closest = [], [], [], []
+        correct, ratios, executed, keeps, closest = [], [], [], [], []
         for start in range(0, idx.numel(), batch_size):
             b = idx[start: start + batch_size]
             pv, ids, mask, y = split.batch(b)
@@ -66,15 +71,17 @@ def evaluate(model: MeterModel, split: VQASplit, *, modes: tuple[str, ...] = ("o
                 closest.append(closest_decisions(out))
             correct.append(out.logits.argmax(-1) == y)
             ratios.append(out.flops_ratio)
+            executed.append(out.executed_flops_ratio)
             keeps.append(out.keep_counts.float())
             if progress is not None:
                 progress(b.numel())
-        c, r, k = torch.cat(correct), torch.cat(ratios), torch.cat(keeps)
+        c, r, k, e = torch.cat(correct), torch.cat(ratios), torch.cat(keeps), torch.cat(executed)
         q = torch.quantile(r, torch.tensor([0.1, 0.5, 0.9])).tolist()
         result[mode] = {
             "accuracy": float(c.float().mean()),
             "flops_ratio": {"mean": float(r.mean()), "std": float(r.std()) if r.numel() > 1 else 0.0,
                             "p10": q[0], "p50": q[1], "p90": q[2]},
+            "executed_flops_ratio": {"mean": float(e.mean()), "p50": float(e.median())},
             "keep_per_layer": k.mean(0).tolist(),
         }
         result["per_instance"][mode] = {"ratio": r.tolist(), "correct": c.tolist()}

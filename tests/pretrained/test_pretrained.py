@@ -370,3 +370,6 @@ def test_show_on_an_imported_model_labels_the_pieces(bert_vit, tmp_path):
     ex = explain(model, img, long)
     assert len(ex["words"]) == model.config.max_text_len and ex["words"][0] == "[CLS]" and ex["words"][-1] == "[SEP]"
     assert all(len(layer["words"]) == len(ex["words"]) for layer in ex["layers"])
+    # the cut is said: the pieces past max_text_len ([SEP] stays) are the ones dropped
+    n = model.config.max_text_len
+    assert ex["text_tokens"] > n and len(ex["dropped"]) == ex["text_tokens"] - n and "[SEP]" not in ex["dropped"]

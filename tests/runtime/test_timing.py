@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from trimkit.runtime.timing import latency_summary, median_seconds, time_interleaved
+from trimkit.runtime.timing import latency_summary, median_seconds, speedup, time_interleaved
 
 
 def test_variants_take_turns_after_one_warm_up_each():
@@ -34,3 +34,15 @@ def test_latency_summary():
     s = latency_summary([0.010, 0.020, 0.030], batch=4)
     assert s["p50_ms"] == pytest.approx(20.0) and s["throughput"] == pytest.approx(200.0)
     assert 20.0 < s["p90_ms"] <= 30.0
+
+
+def test_spread_and_noisy_speedups():
+    quiet = latency_summary([0.010] * 9 + [0.0101], batch=1)
+    assert quiet["spread"] < 0.05 and quiet["p10_ms"] == pytest.approx(10.0)
+    noisy = latency_summary([0.001, 0.001, 0.001, 0.001, 0.050], batch=1)  # one stall in five repeats
+    assert noisy["spread"] > 1
+    s = speedup({"p50_ms": 40.0, "spread": 0.1}, {"p50_ms": 10.0, "spread": 0.1})
+    assert s["ratio"] == pytest.approx(4.0) and not s["noisy"]
+    assert speedup(noisy, quiet)["noisy"] and speedup(quiet, noisy)["noisy"]  # either side's noise counts
+    assert speedup({"p50_ms": 1.0}, {"p50_ms": 2.0}) == {"ratio": 0.5, "noisy": False, "spread": 0.0}
+    assert speedup(quiet, noisy, noisy_spread=100.0)["noisy"] is False

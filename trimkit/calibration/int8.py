@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..config import INT8_ACTIVATIONS, INT8_METHODS, INT8_SCOPES, SMOOTH_WHERE
-from ..errors import BadInputError, MissingDependencyError
+from ..errors import BadInputError, import_optional
 
 __all__ = ["quantize_int8", "Int8Result", "quantizable_matmuls", "trimmer_nodes", "CALIBRATION_METHODS",
            "ACTIVATION_TYPES", "QUANT_SCOPES"]
@@ -149,11 +149,10 @@ def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, *, ckpt:
         raise BadInputError(f"{onnx_path}: INT8 calibration needs an fp32 export, this one is {info.precision}")
     if model.tokenizer is None:
         raise BadInputError(f"{ckpt}: checkpoint has no tokenizer for --data {data}")
-    try:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    except ImportError:
-        raise MissingDependencyError("INT8 calibration needs onnxruntime: pip install onnxruntime") from None
+    # a missing or broken install is one line; once imported, the names come from it directly
+    import_optional("onnxruntime.quantization", "INT8 calibration needs onnxruntime: pip install onnxruntime")
     import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     proto = onnx.load(str(onnx_path))
     names, skipped = quantizable_matmuls(proto, scope)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import MissingDependencyError
+from ..errors import import_optional
 
 __all__ = ["answers", "questions", "image_paths", "SHAPES", "COLORS", "question_words", "negated"]
 
@@ -21,11 +21,7 @@ def negated(question: str) -> bool:
 
 
 def _pkg():
-    try:
-        import easy_vqa
-    except ImportError as e:  # pragma: no cover - easy-vqa is a runtime dependency
-        raise MissingDependencyError("easy-VQA needs the `easy-vqa` package: pip install easy-vqa") from e
-    return easy_vqa
+    return import_optional("easy_vqa", "easy-VQA needs the `easy-vqa` package: pip install easy-vqa")
 
 
 def answers() -> list[str]:

@@ -49,6 +49,24 @@ class _Padder(abc.ABC):
     def decode(self, ids: Sequence[int]) -> list[str]:
         return [self.vocab[i] if 0 <= i < len(self.vocab) else UNK for i in ids]
 
+    # whether the text's closing token ([SEP], </s>) stays last when a text is cut to max_len
+    keeps_last = False
+
+    def unknown_words(self, text: str) -> list[str]:
+        """The text's words the vocabulary lacks (each read as the unknown token), once each, in order."""
+        return []
+
+    def dropped(self, text: str) -> list[str]:
+        """The tokens `encode_one` cuts off to fit `max_len` (empty when the text fits)."""
+        tokens = self.words(text)
+        if 1 + len(tokens) <= self.max_len:
+            return []
+        return tokens[self.max_len - 2: -1] if self.keeps_last else tokens[self.max_len - 1:]
+
+    def text_length(self, text: str) -> int:
+        """Tokens the text needs, [CLS] included, before any cut to `max_len`."""
+        return 1 + len(self.words(text))
+
 
 class WordTokenizer(_Padder):
     """Lower-cased alphanumeric words; ids 0/1/2 are [PAD]/[UNK]/[CLS]; [CLS] starts every text."""
@@ -79,6 +97,9 @@ class WordTokenizer(_Padder):
     @property
     def pad_id(self) -> int:
         return 0
+
+    def unknown_words(self, text: str) -> list[str]:
+        return list(dict.fromkeys(w for w in self.words(text) if w not in self.index))
 
     def encode_one(self, text: str) -> list[int]:
         words = self.words(text)
@@ -168,6 +189,11 @@ class WordPieceTokenizer(_Padder):
                 return [UNK]
             start = end
         return pieces
+
+    keeps_last = True
+
+    def unknown_words(self, text: str) -> list[str]:
+        return list(dict.fromkeys(w for w in self._basic(text) if self._pieces(w) == [UNK]))
 
     def words(self, text: str) -> list[str]:
         """The tokens after [CLS] (WordPiece pieces, then [SEP])."""
@@ -271,15 +297,18 @@ class ByteBPETokenizer(_Padder):
         self._cache[piece] = word
         return word
 
+    keeps_last = True
+
+    def unknown_words(self, text: str) -> list[str]:
+        return list(dict.fromkeys(p for p in self.words(text)[:-1] if p not in self.index))
+
     def words(self, text: str) -> list[str]:
         """The BPE tokens after <s> (then </s>)."""
         if self._split is None:
-            try:
-                import regex  # \p{L} / \p{N} classes: the standard library's re has none
-            except ImportError:
-                from ..errors import MissingDependencyError
+            from ..errors import import_optional
 
-                raise MissingDependencyError("RoBERTa's tokenizer needs the regex package: pip install regex") from None
+            # \p{L} / \p{N} classes: the standard library's re has none
+            regex = import_optional("regex", "RoBERTa's tokenizer needs the regex package: pip install regex")
             self._split = regex.compile(_BPE_SPLIT)
         table = _byte_chars()
         out: list[str] = []

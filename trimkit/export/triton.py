@@ -269,13 +269,10 @@ def check_repository(repo: str | os.PathLike, name: str, *, root: str | os.PathL
     config cannot be parsed as Triton would: MissingDependencyError."""
     from google.protobuf import text_format
 
-    from ..errors import MissingDependencyError
+    from ..errors import import_optional
 
-    try:
-        from tritonclient.grpc import model_config_pb2
-    except ImportError:
-        raise MissingDependencyError("checking a Triton config needs tritonclient: pip install 'tritonclient[grpc]'"
-                                     ) from None
+    model_config_pb2 = import_optional("tritonclient.grpc.model_config_pb2", "checking a Triton config needs "
+                                       "tritonclient: pip install 'tritonclient[grpc]'")
     folder = Path(root) if root else Path(repo) / name
     cfg = model_config_pb2.ModelConfig()
     try:

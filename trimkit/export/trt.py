@@ -22,7 +22,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from ..contract import DEFAULT_OPSET, INPUT_NAMES, META_CALIBRATION, META_CONFIG, read_metadata
-from ..errors import BadInputError, CheckFailedError, MissingDependencyError
+from ..errors import BadInputError, CheckFailedError, MissingDependencyError, import_optional
 from ..fileio import atomic_write_group, check_writable, sha256_file
 from .manifest import build_manifest, manifest_path
 from .profiles import Profile, ProfileSpec, resolve_profiles
@@ -36,11 +36,7 @@ INSTALL_HINT = ("make setup-gpu, or pip install 'trimkit[gpu]' (tensorrt>=10) be
 
 def lazy_import_trt():
     """The tensorrt module, or MissingDependencyError (no import at trimkit import time)."""
-    try:
-        import tensorrt as trt  # noqa: PLC0415
-    except ImportError:
-        raise MissingDependencyError(f"TensorRT is not installed: {INSTALL_HINT}") from None
-    return trt
+    return import_optional("tensorrt", f"TensorRT is not installed: {INSTALL_HINT}")
 
 
 def gpu_info() -> dict[str, str] | None:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..config import TEXT, VISION, EncoderSpec
-from ..errors import BadInputError
+from ..errors import BadInputError, import_optional
 
 __all__ = ["HFEncoder", "read_encoder", "read_blip", "SUPPORTED", "BLIP_ARCHITECTURES", "canonical_layers",
            "interpolate_positions"]
@@ -91,11 +91,8 @@ def _load_weights(d: Path) -> dict[str, Tensor]:
     st = d / "model.safetensors"
     index = d / "model.safetensors.index.json"
     if st.exists() or index.exists():
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise BadInputError("reading .safetensors weights needs the safetensors package: "
-                                "pip install safetensors") from None
+        load_file = import_optional("safetensors.torch", "reading .safetensors weights needs the safetensors "
+                                    "package: pip install safetensors").load_file
         files = [st] if st.exists() else sorted({d / f for f in json.loads(index.read_text())["weight_map"].values()})
         out: dict[str, Tensor] = {}
         for f in files:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..config import VISION, EncoderSpec
-from ..errors import BadInputError, MissingDependencyError
+from ..errors import BadInputError, import_optional
 from .hf import _LAYER_PARTS, HFEncoder, _check_complete, canonical_layers
 
 __all__ = ["read_onnx_dinov2"]
@@ -29,11 +29,8 @@ _LINEAR = re.compile(r"^/(?:(\w+)/)?encoder/layer\.(\d+)/(.+)/(MatMul|Add)$")
 def read_onnx_dinov2(path: str | Path, *, pixel_mean: list[float] | None = None,
                      pixel_std: list[float] | None = None) -> HFEncoder:
     """Read the DINOv2 backbone of an ONNX file as an `HFEncoder` (weights in canonical names)."""
-    try:
-        import onnx
-        from onnx import numpy_helper
-    except ImportError:
-        raise MissingDependencyError("reading an ONNX encoder needs onnx: pip install onnx") from None
+    onnx = import_optional("onnx", "reading an ONNX encoder needs onnx: pip install onnx")
+    numpy_helper = import_optional("onnx.numpy_helper", "reading an ONNX encoder needs onnx: pip install onnx")
     p = Path(path)
     try:
         model = onnx.load(str(p))

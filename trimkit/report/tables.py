@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["render_description", "render_eval", "render_verify", "render_bench", "render_budget", "fmt_flops"]
+__all__ = ["render_description", "render_eval", "render_verify", "render_speed", "render_bench", "render_budget",
+           "fmt_flops", "flops_legend", "artifact_label", "bench_runtime_label"]
 
 
 def fmt_flops(x: float) -> str:
@@ -69,14 +70,16 @@ def render_eval(report: dict[str, Any], console) -> None:
     from rich.table import Table
 
     t = Table(title=f"{report['checkpoint']} on {report['data']}/{report['split']} ({report['samples']} questions)")
-    for col in ("mode", "accuracy", "FLOPs ratio mean", "p10", "p50", "p90"):
+    for col in ("mode", "accuracy", "decided", "p10", "p50", "p90", "executed"):
         t.add_column(col, justify="left" if col == "mode" else "right")
     for mode in report["modes"]:
         r = report[mode]
         f = r["flops_ratio"]
+        e = r.get("executed_flops_ratio")
         t.add_row(mode, f"{100 * r['accuracy']:.2f}%", f"{f['mean']:.3f}", f"{f['p10']:.3f}", f"{f['p50']:.3f}",
-                  f"{f['p90']:.3f}")
+                  f"{f['p90']:.3f}", f"{e['mean']:.3f}" if e else "-")
     console.print(t)
+    console.print(flops_legend(report), soft_wrap=False)
     mode = "prune" if "prune" in report["modes"] else report["modes"][-1]
     dec = report[mode].get("decisions")
     k = Table(title=f"mean tokens kept entering each trimmed layer ({mode})"
@@ -95,8 +98,48 @@ def render_eval(report: dict[str, Any], console) -> None:
                       "(small: decisions int8 or fp16 can flip; see trimkit train --relative-margin)")
 
 
+def flops_legend(how: dict[str, Any], *, spread: str = "mean, p10/p50/p90 over questions") -> str:
+    """The legend under a table of FLOPs ratios: what `decided` and `executed` count, and how the executed
+    ratio was run (`how`: batch_size, layout, head_impl, as `evaluate` reports them)."""
+    run = ""
+    if how.get("batch_size"):
+        heads = {"gather": "gathered heads", "mask": "masked heads"}.get(how.get("head_impl", ""), "")
+        run = f" at batch {how['batch_size']}" + (f", {how['layout']} layout" if how.get("layout") else "") + (
+            f", {heads}" if heads else "")
+    return (f"FLOPs ratio = FLOPs / the untrimmed model's on the same input. decided ({spread}): the tokens "
+            f"and heads the trimmers keep. executed: what the model ran{run}, padding and masked heads included.")
+
+
 def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.3g}"
+
+
+RUNTIME_SHORT = {"onnxruntime": "ort", "openvino": "ov", "tensorrt": "trt", "pytorch": "torch"}
+NOISY = "~"  # marks a ratio whose timings spread too wide to trust (`runtime.timing.speedup`)
+
+
+def _ms(x: float) -> str:
+    """Milliseconds in at most 6 characters."""
+    return f"{x:.2f}" if x < 100 else f"{x:.1f}" if x < 1000 else f"{x:.0f}"
+
+
+def _times(ratio: float | None, noisy: bool | None = False) -> str:
+    if ratio is None:
+        return ""
+    text = f"{ratio:.2f}×" if ratio < 10 else f"{ratio:.1f}×" if ratio < 100 else f"{ratio:.0f}×"
+    return (NOISY if noisy else "") + text
+
+
+def _noisy_legend() -> str:
+    from ..runtime.timing import NOISY_SPREAD
+
+    return (f"{NOISY}: either side's spread is over {100 * NOISY_SPREAD:.0f}%, so the ratio is noise (a loaded "
+            "machine), not a speedup")
+
+
+def artifact_label(mode: str, layout: str = "") -> str:
+    """`adaptive (packed)`: an adaptive artifact's row names its token layout (other modes are padded)."""
+    return f"{mode} ({layout})" if mode == "adaptive" and layout else mode
 
 
 def render_verify(report, console) -> None:
@@ -107,30 +150,20 @@ def render_verify(report, console) -> None:
     for rt, rec in runtimes.items():
         n, d = rec["numerics"], rec.get("describe") or {}
         how = ", ".join(f"{k} {d[k]}" for k in ("version", "precision", "threads") if d.get(k) is not None)
-        console.print(f"[bold]{report.artifact}[/bold] ({rt}{f' {how}' if how else ''}, {report.mode}) vs "
-                      f"{report.checkpoint}: {n['samples']} samples, mean FLOPs ratio {n['mean_flops_ratio']:.3f}, "
-                      f"max |err| {n['max_abs_err']:.2e}, mean |err| {n['mean_abs_err']:.2e}, "
-                      f"max rel {n['max_rel_err']:.2e}, decision flips {n['decision_flips']}")
+        executed = n.get("mean_executed_flops_ratio")
+        flops = f"FLOPs ratio decided {n['mean_flops_ratio']:.3f}" + (
+            f", executed {executed:.3f} (batch {n['executed_batch_size']}, {report.layout or 'padded'} layout)"
+            if executed is not None else "")
+        console.print(f"[bold]{escape(report.artifact)}[/bold] ({rt}{f' {how}' if how else ''}, "
+                      f"{artifact_label(report.mode, report.layout)}) vs {escape(report.checkpoint)}: "
+                      f"{n['samples']} samples, {flops}, max |err| {n['max_abs_err']:.2e}, "
+                      f"mean |err| {n['mean_abs_err']:.2e}, max rel {n['max_rel_err']:.2e}, "
+                      f"decision flips {n['decision_flips']}")
     if report.task:
         acc = report.task["accuracy"]
         console.print("accuracy: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in acc.items()))
     if report.speed:
-        names = [k for k in report.speed[0] if isinstance(report.speed[0][k], dict) and k != "speedups"]
-        t = Table(title=f"latency and throughput (artifact: {report.runtime})")
-        for col in ("batch", "text", "runtime", "p50 ms", "p90 ms", "items/s", "vs full", "vs torch"):
-            t.add_column(col, justify="left" if col == "runtime" else "right",
-                         overflow="fold" if col == "runtime" else "ellipsis")
-        for row in report.speed:
-            for i, k in enumerate(names):
-                first = i == 0
-                rt = k[len("artifact["):-1] if k.startswith("artifact[") else report.runtime if k == "artifact" else None
-                sp = row.get("speedups", {}).get(rt) if rt else None
-                vs_full = f"{sp['vs_full']:.2f}×" if sp and sp.get("vs_full") else ""
-                vs_torch = f"{sp['vs_pytorch']:.2f}×" if sp else ""
-                t.add_row(str(row["batch"]) if first else "", str(row["text_len"]) if first else "", escape(k),
-                          f"{row[k]['p50_ms']:.2f}", f"{row[k]['p90_ms']:.2f}", f"{row[k]['throughput']:.0f}",
-                          vs_full, vs_torch, end_section=i == len(names) - 1)
-        console.print(t)
+        render_speed(report, console)
     t = Table(title="checks")
     for col in ("check", "value", "threshold", "result"):
         t.add_column(col, justify="left" if col == "check" else "right")
@@ -147,26 +180,124 @@ def render_verify(report, console) -> None:
     console.print(f"verify {'passed' if report.passed else 'FAILED'} in {report.seconds:.1f} s")
 
 
+def render_speed(report, console) -> None:
+    """verify's speed table: one row per runner and shape, short labels, a legend underneath."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    first = report.speed[0]
+    names = [k for k in first if isinstance(first[k], dict) and k != "speedups"]
+    several = len(report.runtimes) > 1
+
+    def runtime_of(name: str) -> str | None:
+        if name == "artifact" or name == "full-export":
+            return report.runtime
+        if name.endswith("]") and "[" in name:
+            return name[name.index("[") + 1:-1]
+        return None
+
+    def label(name: str) -> str:
+        rt = runtime_of(name)
+        suffix = f" {RUNTIME_SHORT.get(rt, rt)}" if several and rt else ""
+        if name.startswith("artifact"):
+            return artifact_label(report.mode, report.layout) + suffix
+        if name.startswith("full-export"):
+            return "full" + suffix
+        return name.replace("pytorch-", "torch ")
+
+    t = Table(title=f"latency and throughput ({report.runtime}"
+                    + (f" and {', '.join(r for r in report.runtimes if r != report.runtime)}" if several else "")
+                    + ")")
+    for col in ("b", "text", "runner", "p50 ms", "p90 ms", "spread", "items/s", "vs full", "vs torch"):
+        t.add_column(col, justify="left" if col == "runner" else "right", no_wrap=True)
+    for row in report.speed:
+        for i, k in enumerate(names):
+            rt = runtime_of(k) if k.startswith("artifact") else None
+            sp = row.get("speedups", {}).get(rt) if rt else None
+            rec = row[k]
+            t.add_row(str(row["batch"]) if i == 0 else "", str(row["text_len"]) if i == 0 else "", escape(label(k)),
+                      _ms(rec["p50_ms"]), _ms(rec["p90_ms"]),
+                      f"{100 * rec['spread']:.0f}%" if "spread" in rec else "-",
+                      f"{rec['throughput']:.0f}" if rec["throughput"] >= 10 else f"{rec['throughput']:.2g}",
+                      _times(sp.get("vs_full"), sp.get("vs_full_noisy")) if sp else "",
+                      _times(sp.get("vs_pytorch"), sp.get("vs_pytorch_noisy")) if sp else "",
+                      end_section=i == len(names) - 1)
+    console.print(t)
+    rts = ", ".join(f"{RUNTIME_SHORT[r]}: {r}" for r in report.runtimes if r in RUNTIME_SHORT) if several else ""
+    console.print(f"b: batch size; text: text tokens; ms per batch; spread: (p90 - p10) / p50 of the repeats; "
+                  f"vs full / vs torch: p50 of the full export / of PyTorch over the artifact's p50 (above 1: the "
+                  f"artifact is faster); {_noisy_legend()}" + (f"; {rts}" if rts else "") + ".")
+
+
+def bench_runtime_label(name: str) -> str:
+    """`trimkit bench`'s runner names in a few characters: `onnxruntime adaptive@0.5` -> `a@0.5`."""
+    if name == "onnxruntime full":
+        return "full"
+    if name.startswith("onnxruntime adaptive@"):
+        return "a@" + name.split("@", 1)[1]
+    if name == "pytorch off":
+        return "pt off"
+    if name.startswith("pytorch prune@"):
+        return "pt@" + name.split("@", 1)[1]
+    return name
+
+
 def render_bench(result: dict[str, Any], console) -> None:
     from rich.table import Table
 
     t = Table(title=f"accuracy vs FLOPs ratio ({result['data']}, {result['samples']} test questions)")
-    for col in ("target", "accuracy", "FLOPs ratio", "p10", "p90", "static @ same FLOPs"):
+    for col in ("target", "accuracy", "decided", "p10", "p90", "executed", "static"):
         t.add_column(col, justify="right")
-    t.add_row("full", f"{100 * result['full']['accuracy']:.2f}%", "1.000", "", "", "")
+
+    def executed(rec: dict[str, Any]) -> str:
+        return f"{rec['executed_flops_ratio']:.3f}" if rec.get("executed_flops_ratio") is not None else "-"
+
+    t.add_row("full", f"{100 * result['full']['accuracy']:.2f}%", "1.000", "", "", executed(result["full"]), "")
     for p in result["points"]:
         s = p.get("static")
         t.add_row(p["label"], f"{100 * p['accuracy']:.2f}%", f"{p['flops_ratio']:.3f}", f"{p['flops_p10']:.3f}",
-                  f"{p['flops_p90']:.3f}", f"{100 * s['accuracy']:.2f}%" if s else "-")
+                  f"{p['flops_p90']:.3f}", executed(p), f"{100 * s['accuracy']:.2f}%" if s else "-")
     console.print(t)
-    lat = Table(title="latency p50 (ms)")
-    lat.add_column("batch", justify="right")
-    lat.add_column("text", justify="right")
-    for name in result["runtimes"]:
-        lat.add_column(name, justify="right")
-    for r in result["latency"]:
-        lat.add_row(str(r["batch"]), str(r["text_len"]), *(f"{r[name]['p50_ms']:.2f}" for name in result["runtimes"]))
-    console.print(lat)
+    console.print(flops_legend(result.get("executed", {}), spread="mean, p10/p90 over questions")
+                  + " static: the accuracy of static keep ratios at the same mean decided FLOPs ratio.")
+    for i, chunk in enumerate(_fit_columns(result["runtimes"], console.width)):
+        lat = Table(title="latency p50 (ms)" + (" (continued)" if i else ""))
+        lat.add_column("b", justify="right")
+        lat.add_column("text", justify="right")
+        for name in chunk:
+            lat.add_column(bench_runtime_label(name), justify="right", no_wrap=True)
+        for r in result["latency"]:
+            lat.add_row(str(r["batch"]), str(r["text_len"]),
+                        *(_noisy_ms(r[name]) for name in chunk))
+        console.print(lat)
+    from ..runtime.timing import NOISY_SPREAD
+
+    console.print(f"b: batch size; text: text tokens; full: ONNX Runtime, the full export; a@T: ONNX Runtime, the "
+                  f"adaptive export at target T; pt off / pt@T: PyTorch eager, untrimmed / pruned at target T; "
+                  f"{NOISY}: the repeats spread over {100 * NOISY_SPREAD:.0f}% ((p90 - p10) / p50): noise, compare "
+                  f"with care; {result['repeats']} repeats each.")
+
+
+def _fit_columns(names: list[str], width: int) -> list[list[str]]:
+    """The runtimes in groups whose latency table fits `width` (each cell at most 7 characters wide: a
+    marker and `_ms`); many targets continue in another table rather than squeeze the headers."""
+    base = 4 + 7 + 1  # "b" and "text" columns with padding and rules, and the closing rule
+    groups: list[list[str]] = [[]]
+    used = base
+    for name in names:
+        w = max(len(bench_runtime_label(name)), 7) + 3
+        if groups[-1] and used + w > width:
+            groups.append([])
+            used = base
+        groups[-1].append(name)
+        used += w
+    return groups
+
+
+def _noisy_ms(rec: dict[str, float]) -> str:
+    from ..runtime.timing import NOISY_SPREAD
+
+    return (NOISY if rec.get("spread", 0.0) > NOISY_SPREAD else "") + _ms(rec["p50_ms"])
 
 
 def render_budget(rec: dict[str, Any], console) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..contract import INPUT_NAMES, OUTPUT_NAMES
-from ..errors import MissingDependencyError
+from ..errors import import_optional
 
 __all__ = ["ort_session", "ort_feed", "OrtRunner", "load", "INSTALL_HINT"]
 
@@ -17,11 +17,7 @@ _LEVELS = ("basic", "extended", "all")
 
 
 def _import_ort():
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise MissingDependencyError(INSTALL_HINT) from None
-    return ort
+    return import_optional("onnxruntime", INSTALL_HINT)
 
 
 def ort_session(path: str | os.PathLike, *, threads: int | None = None, providers: list[str] | None = None,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..contract import INPUT_NAMES, OUTPUT_NAMES
-from ..errors import BadInputError, MissingDependencyError
+from ..errors import BadInputError, import_optional
 
 __all__ = ["OpenVinoRunner", "load", "import_openvino", "INSTALL_HINT", "PRECISION_HINTS", "compiled_precision"]
 
@@ -26,11 +26,7 @@ _TYPE_NAMES = {"float32": "fp32", "f32": "fp32", "bfloat16": "bf16", "bf16": "bf
 
 def import_openvino():
     """The openvino module, or MissingDependencyError (no import at trimkit import time)."""
-    try:
-        import openvino as ov
-    except ImportError:
-        raise MissingDependencyError(INSTALL_HINT) from None
-    return ov
+    return import_optional("openvino", INSTALL_HINT)
 
 
 def compiled_precision(compiled) -> str:

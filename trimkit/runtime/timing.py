@@ -14,7 +14,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-__all__ = ["time_interleaved", "latency_summary", "median_seconds"]
+__all__ = ["time_interleaved", "latency_summary", "median_seconds", "speedup", "NOISY_SPREAD"]
+
+# A timing whose repeats spread wider than this ((p90 - p10) / p50) is noise-dominated: a ratio of two such
+# timings says more about the machine's load than about the runners, so it is flagged, not headlined.
+NOISY_SPREAD = 0.25
 
 K = TypeVar("K", bound=Hashable)
 
@@ -44,6 +48,19 @@ def median_seconds(times: Mapping[K, list[float]]) -> dict[K, float]:
 
 
 def latency_summary(seconds: list[float], batch: int) -> dict[str, float]:
-    """p50/p90 latency in ms and throughput (samples/s at p50) of a batch's timings."""
+    """p10/p50/p90 latency in ms, throughput (samples/s at p50) and spread ((p90 - p10) / p50, 0 for one
+    repeat) of a batch's timings."""
+    p10, p50, p90 = (float(q) for q in np.quantile(seconds, [0.1, 0.5, 0.9]))
     p50 = statistics.median(seconds)
-    return {"p50_ms": 1000 * p50, "p90_ms": 1000 * float(np.quantile(seconds, 0.9)), "throughput": batch / p50}
+    return {"p50_ms": 1000 * p50, "p90_ms": 1000 * p90, "p10_ms": 1000 * p10, "throughput": batch / p50,
+            "spread": (p90 - p10) / p50 if p50 > 0 else 0.0}
+
+
+def speedup(reference: dict[str, float], candidate: dict[str, float], *,
+            noisy_spread: float = NOISY_SPREAD) -> dict[str, float | bool]:
+    """How many times faster `candidate` is than `reference` (two `latency_summary` records, p50 over p50),
+    and whether that ratio is noise: either side's spread above `noisy_spread`. Records without a spread
+    (older JSON) are taken as quiet."""
+    spread = max(reference.get("spread", 0.0), candidate.get("spread", 0.0))
+    return {"ratio": reference["p50_ms"] / candidate["p50_ms"], "noisy": bool(spread > noisy_spread),
+            "spread": spread}

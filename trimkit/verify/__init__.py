@@ -22,6 +22,7 @@ from ..contract import TRIM_MODE_OF, artifact_metadata, check_match, tolerance
 from ..errors import BadInputError
 from ..export.profiles import check_shapes_in_profiles
 from ..runtime import load_runner
+from ..runtime.timing import speedup
 from ..runtime.torch import TorchRunner
 from . import checks
 from .collect import batch_shapes, collect_outputs_many, collect_speed
@@ -86,11 +87,12 @@ def verify(ckpt: str | os.PathLike, artifact: str | os.PathLike, *, data: str = 
         arts[rt] = load_runner(rt, artifact, threads=threads,
                                precision=run_precision if rt in RUNTIME_PRECISIONS else graph_precision, **kw)
     ref, base = TorchRunner(model, trim_mode), TorchRunner(model, "off")
-    report = VerifyReport(str(ckpt), str(artifact), chosen[0], info.mode)
+    report = VerifyReport(str(ckpt), str(artifact), chosen[0], info.mode, layout=info.layout)
 
     # run: numerics + task on the data at the largest batch size, every runtime on the same batches
     say(f"comparing {', '.join(chosen)} with PyTorch ({trim_mode}) on {samples} {data} samples ...")
-    outs = collect_outputs_many(model, trim_mode, arts, ref, base, data, samples, max(batch_sizes), seed)
+    graph = {"layout": info.layout, "head_impl": info.config.get("head_impl", model.head_impl)}
+    outs = collect_outputs_many(model, trim_mode, arts, ref, base, data, samples, max(batch_sizes), seed, graph)
 
     # compare, per runtime, at the tolerance of the graph's precision and the runtime's inference precision
     for rt, out in outs.items():
@@ -106,6 +108,9 @@ def verify(ckpt: str | os.PathLike, artifact: str | os.PathLike, *, data: str = 
         logits, needed = checks.logits_check(out.ref_logits, out.ref_counts, out.art_logits, out.art_counts,
                                              atol=a, rtol=r, runtime=rt)
         num["passing_atol"] = needed
+        # what the artifact runs for these samples at this batch size (decided: `mean_flops_ratio`)
+        num["mean_executed_flops_ratio"] = float(out.executed_ratio.mean())
+        num["executed_batch_size"] = max(batch_sizes)
         rt_checks = [logits, *checks.agreement_checks(num, agree)]
         acc = None
         if out.labels is not None:
@@ -141,15 +146,18 @@ def verify(ckpt: str | os.PathLike, artifact: str | os.PathLike, *, data: str = 
         speed_runners[f"pytorch-{trim_mode}"] = ref
         report.speed = collect_speed(model, speed_runners, batch_sizes, text_lens, repeats, seed, say)
     torch_name = f"pytorch-{trim_mode}"
-    for row in report.speed:
-        row["speedups"] = {rt: {"vs_full": row[full_of[rt]]["p50_ms"] / row[names[rt]]["p50_ms"]
-                                if rt in full_of else None,
-                                "vs_pytorch": row[torch_name]["p50_ms"] / row[names[rt]]["p50_ms"]}
-                           for rt in chosen}
+    for row in report.speed:  # p50 over p50; `*_noisy`: either side's repeats spread too wide to trust it
+        row["speedups"] = {}
+        for rt in chosen:
+            vs_full = speedup(row[full_of[rt]], row[names[rt]]) if rt in full_of else None
+            vs_torch = speedup(row[torch_name], row[names[rt]])
+            row["speedups"][rt] = {"vs_full": vs_full and vs_full["ratio"], "vs_full_noisy": vs_full and vs_full["noisy"],
+                                   "vs_pytorch": vs_torch["ratio"], "vs_pytorch_noisy": vs_torch["noisy"]}
     if min_speedup is not None:
         for rt in chosen:
             key = "vs_full" if rt in full_of else "vs_pytorch"
-            rows = [{f"speedup_{key}": r["speedups"][rt][key]} for r in report.speed]
+            rows = [{f"speedup_{key}": r["speedups"][rt][key], f"speedup_{key}_noisy": r["speedups"][rt][f"{key}_noisy"]}
+                    for r in report.speed]
             c = checks.speed_check(rows, f"speedup_{key}", min_speedup)
             c.runtime = rt
             report.checks.append(c)

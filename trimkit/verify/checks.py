@@ -88,10 +88,14 @@ def accuracy_check(acc: dict[str, float], max_drop_points: float) -> Check:
 
 
 def speed_check(rows: list[dict[str, Any]], key: str, min_speedup: float) -> Check:
-    """The slowest shape's speedup (`key`: speedup_vs_full or speedup_vs_pytorch) reaches `min_speedup`."""
-    values = [r[key] for r in rows if r.get(key) is not None]
-    worst = min(values) if values else None
-    return Check(f"min_{key}", worst is not None and worst >= min_speedup, worst, min_speedup, ">=", "slowest shape")
+    """The slowest shape's speedup (`key`: speedup_vs_full or speedup_vs_pytorch) reaches `min_speedup`; a
+    row's `<key>_noisy` flag (`timing.speedup`) is named in the detail, since the verdict then rests on noise."""
+    measured = [r for r in rows if r.get(key) is not None]
+    worst = min(measured, key=lambda r: r[key]) if measured else None
+    detail = "slowest shape" + ("; its timings are noisy (spread over the limit): rerun on a quiet machine"
+                                if worst is not None and worst.get(f"{key}_noisy") else "")
+    value = worst[key] if worst is not None else None
+    return Check(f"min_{key}", value is not None and value >= min_speedup, value, min_speedup, ">=", detail)
 
 
 def polygraphy_compare(ref: np.ndarray, art: np.ndarray, atol: float, rtol: float, runtime: str) -> bool:

@@ -3,6 +3,7 @@ untrimmed, over the same batches, and interleaved timings per shape. No verdicts
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -29,8 +30,9 @@ class Outputs:
     art_logits: np.ndarray  # (N, labels)
     art_counts: np.ndarray  # (N, layers, 2)
     full_logits: np.ndarray  # (N, labels) PyTorch untrimmed
-    flops_ratio: np.ndarray  # (N,) PyTorch's executed FLOPs ratio in the trim mode
+    flops_ratio: np.ndarray  # (N,) PyTorch's decided FLOPs ratio in the trim mode
     labels: np.ndarray | None  # (N,) or None for random inputs
+    executed_ratio: np.ndarray | None = None  # (N,) executed FLOPs ratio in the artifact's layout and head pruning
 
 
 def batches(model, data: str, samples: int, batch_size: int, seed: int) -> Iterator[tuple[np.ndarray, ...]]:
@@ -81,10 +83,11 @@ def batch_shapes(model, data: str, samples: int, batch_size: int, seed: int) -> 
 
 def collect_outputs_many(model, trim_mode: str, artifacts: dict[str, Runner], reference: Runner,
                          baseline: Runner, data: str, samples: int, batch_size: int,
-                         seed: int) -> dict[str, Outputs]:
+                         seed: int, graph: dict[str, str] | None = None) -> dict[str, Outputs]:
     """Run PyTorch (trimmed and untrimmed) once and every artifact runner over the same batches;
-    NaN/Inf input pixels are bad input (exit 2)."""
-    keys = ("rl", "rc", "fl", "fr", "y") + tuple(f"{k}:{name}" for name in artifacts for k in ("al", "ac"))
+    NaN/Inf input pixels are bad input (exit 2). `graph`: the artifact's model attributes ("layout",
+    "head_impl") under which the FLOPs ratios are counted, so that the executed ratio is the artifact's."""
+    keys = ("rl", "rc", "fl", "fr", "er", "y") + tuple(f"{k}:{name}" for name in artifacts for k in ("al", "ac"))
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     labelled = True
     for pv, ids, mask, y in batches(model, data, samples, batch_size, seed):
@@ -98,16 +101,31 @@ def collect_outputs_many(model, trim_mode: str, artifacts: dict[str, Runner], re
             parts[lk].append(logits)
             if ck:
                 parts[ck].append(counts)
-        with torch.no_grad():
+        with torch.no_grad(), _as_graph(model, graph or {}):
             out = model(*(torch.from_numpy(a) for a in (pv, ids, mask)), mode=trim_mode)
         parts["fr"].append(out.flops_ratio.numpy())
+        parts["er"].append(out.executed_flops_ratio.numpy())
         if y is None:
             labelled = False
         else:
             parts["y"].append(y)
     cat = {k: np.concatenate(v) for k, v in parts.items() if v}
     return {name: Outputs(cat["rl"], cat["rc"], cat[f"al:{name}"], cat[f"ac:{name}"], cat["fl"], cat["fr"],
-                          cat["y"] if labelled else None) for name in artifacts}
+                          cat["y"] if labelled else None, cat["er"]) for name in artifacts}
+
+
+@contextlib.contextmanager
+def _as_graph(model, attrs: dict[str, str]) -> Iterator[None]:
+    """The model's layout and head pruning set to an artifact's for one forward, then back: the reference
+    runner shares the model and keeps its own."""
+    saved = {k: getattr(model, k) for k in attrs}
+    for k, v in attrs.items():
+        setattr(model, k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(model, k, v)
 
 
 def collect_outputs(model, trim_mode: str, artifact: Runner, reference: Runner, baseline: Runner,

@@ -35,6 +35,7 @@ class VerifyReport:
     # every runtime verify ran (the first is `runtime`, whose numbers also fill `numerics` and `task`):
     # runtime -> {"describe": runner.describe(), "numerics": {...}, "accuracy": float | None}
     runtimes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    layout: str = ""  # the artifact's token layout (`trimkit_layout`): packed or padded
 
     @property
     def passed(self) -> bool:
