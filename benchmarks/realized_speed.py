@@ -157,8 +157,13 @@ def main() -> None:
     ap.add_argument("--results", default="realized_speed", help="result file stem under benchmarks/results/")
     ap.add_argument("--reuse", action="store_true",
                     help="reuse the workdir's calibrated thresholds and exports from an earlier run of this code")
+    ap.add_argument("--markdown-only", action="store_true",
+                    help="rewrite results/<--results>.md from its .json (e.g. after a run was stopped) and exit")
     timing_args(ap, batches=4, repeats=3, workdir="realized")
     args = ap.parse_args()
+    if args.markdown_only:
+        write_markdown(json.loads((RESULTS / f"{args.results}.json").read_text()))
+        return
     args.ratios = [float(r) for r in args.ratios.split(",")]
     if not (args.preset or args.random_ckpt or args.ckpt):
         args.preset = ["base"]
@@ -231,6 +236,7 @@ def main() -> None:
             rec["graph_nodes"][name] = {v: graph_node_counts(f)["total"] for v, f in files.items()
                                         if not v.startswith(f"{base}.dense")}
             save_json(RESULTS / f"{args.results}.json", rec)
+            write_markdown(rec)  # after every table: a stopped run keeps what it measured
             console.print(rec["runs"][f"{name}/b{bs}"])
     write_markdown(rec)
 
