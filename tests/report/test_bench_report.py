@@ -5,12 +5,8 @@ import pytest
 
 from trimkit.report.bench import _markdown, accuracy_figure, kept_tokens_figure, latency_figure
 from trimkit.report.plots import pyplot
-from trimkit.runtime.timing import latency_summary
 
-
-def timing(p50_ms: float, spread: float = 0.02) -> dict[str, float]:
-    s = p50_ms / 1000
-    return latency_summary([s * (1 - spread / 2), s, s, s, s * (1 + spread / 2)], batch=1)
+from .records import timing
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..runtime.timing import NOISY_SPREAD, speedup
+from ..runtime.timing import NOISY_SPREAD, SPREAD, speedup
 from .tables import NOISY, flops_legend
 
 __all__ = ["write_report", "REPORT_FILES", "accuracy_figure", "latency_figure", "kept_tokens_figure"]
@@ -145,7 +145,7 @@ def _markdown(result: dict[str, Any]) -> str:
     names = result["runtimes"]
     lines += ["", "## Latency vs text length", "", "![latency](latency_vs_text_len.png)", "",
               "p50 ms; in brackets, how many times faster each adaptive export is than the full export (p50 over "
-              f"p50). {NOISY} marks a timing whose repeats spread over {100 * NOISY_SPREAD:.0f}% ((p90 - p10) / p50) "
+              f"p50). {NOISY} marks a timing whose repeats spread over {100 * NOISY_SPREAD:.0f}% ({SPREAD}) "
               "and a ratio with such a timing on either side: noise from a loaded machine, not a speedup.", "",
               "| batch | text | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for r in result["latency"]:

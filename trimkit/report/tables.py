@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..runtime.timing import NOISY_SPREAD, SPREAD
+
 __all__ = ["render_description", "render_eval", "render_verify", "render_speed", "render_bench", "render_budget",
            "fmt_flops", "flops_legend", "artifact_label", "bench_runtime_label"]
 
@@ -131,8 +133,6 @@ def _times(ratio: float | None, noisy: bool | None = False) -> str:
 
 
 def _noisy_legend() -> str:
-    from ..runtime.timing import NOISY_SPREAD
-
     return (f"{NOISY}: either side's spread is over {100 * NOISY_SPREAD:.0f}%, so the ratio is noise (a loaded "
             "machine), not a speedup")
 
@@ -208,7 +208,7 @@ def render_speed(report, console) -> None:
     t = Table(title=f"latency and throughput ({report.runtime}"
                     + (f" and {', '.join(r for r in report.runtimes if r != report.runtime)}" if several else "")
                     + ")")
-    for col in ("b", "text", "runner", "p50 ms", "p90 ms", "spread", "items/s", "vs full", "vs torch"):
+    for col in ("b", "text", "runner", "p50 ms", "spread", "vs full", "vs torch"):  # fits 80 columns
         t.add_column(col, justify="left" if col == "runner" else "right", no_wrap=True)
     for row in report.speed:
         for i, k in enumerate(names):
@@ -216,15 +216,14 @@ def render_speed(report, console) -> None:
             sp = row.get("speedups", {}).get(rt) if rt else None
             rec = row[k]
             t.add_row(str(row["batch"]) if i == 0 else "", str(row["text_len"]) if i == 0 else "", escape(label(k)),
-                      _ms(rec["p50_ms"]), _ms(rec["p90_ms"]),
-                      f"{100 * rec['spread']:.0f}%" if "spread" in rec else "-",
-                      f"{rec['throughput']:.0f}" if rec["throughput"] >= 10 else f"{rec['throughput']:.2g}",
+                      _ms(rec["p50_ms"]), f"{100 * rec['spread']:.0f}%" if "spread" in rec else "-",
                       _times(sp.get("vs_full"), sp.get("vs_full_noisy")) if sp else "",
                       _times(sp.get("vs_pytorch"), sp.get("vs_pytorch_noisy")) if sp else "",
                       end_section=i == len(names) - 1)
     console.print(t)
     rts = ", ".join(f"{RUNTIME_SHORT[r]}: {r}" for r in report.runtimes if r in RUNTIME_SHORT) if several else ""
-    console.print(f"b: batch size; text: text tokens; ms per batch; spread: (p90 - p10) / p50 of the repeats; "
+    console.print(f"b: batch size; text: text tokens; ms per batch (p90 and throughput: --json); spread: "
+                  f"{SPREAD} of the repeats; "
                   f"vs full / vs torch: p50 of the full export / of PyTorch over the artifact's p50 (above 1: the "
                   f"artifact is faster); {_noisy_legend()}" + (f"; {rts}" if rts else "") + ".")
 
@@ -270,11 +269,9 @@ def render_bench(result: dict[str, Any], console) -> None:
             lat.add_row(str(r["batch"]), str(r["text_len"]),
                         *(_noisy_ms(r[name]) for name in chunk))
         console.print(lat)
-    from ..runtime.timing import NOISY_SPREAD
-
     console.print(f"b: batch size; text: text tokens; full: ONNX Runtime, the full export; a@T: ONNX Runtime, the "
                   f"adaptive export at target T; pt off / pt@T: PyTorch eager, untrimmed / pruned at target T; "
-                  f"{NOISY}: the repeats spread over {100 * NOISY_SPREAD:.0f}% ((p90 - p10) / p50): noise, compare "
+                  f"{NOISY}: the repeats spread over {100 * NOISY_SPREAD:.0f}% ({SPREAD}): noise, compare "
                   f"with care; {result['repeats']} repeats each.")
 
 
@@ -295,8 +292,6 @@ def _fit_columns(names: list[str], width: int) -> list[list[str]]:
 
 
 def _noisy_ms(rec: dict[str, float]) -> str:
-    from ..runtime.timing import NOISY_SPREAD
-
     return (NOISY if rec.get("spread", 0.0) > NOISY_SPREAD else "") + _ms(rec["p50_ms"])
 
 
