@@ -199,7 +199,7 @@ def main() -> None:
                                    mode="adaptive", head_impl="mask", layout="packed")
         model.trim = saved
         # the untrimmed graphs do not depend on the trimmers: one per model, shared by its ratios
-        base = name.split(" ")[0]
+        base = name.split(" ")[0] if kind == "untrained" else f"{name}.trained"  # a preset or checkpoint name
         for variant, opt in (("full", False), ("full-opt", True)):
             key = f"{base}.{variant}"
             if key not in shared:

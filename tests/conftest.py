@@ -77,9 +77,6 @@ def _gpu_ready() -> str | None:
     return None
 
 
-_MEMO: list = [None]  # the session's memo, for the terminal summary after fixtures are torn down
-
-
 class _ExportMemo:
     """`torch.onnx.export` of a given model in a given mode is deterministic and takes 8-16 s even for the tiny
     preset; many tests export the same model the same way (verify's full export above all). The memo keys the
@@ -99,7 +96,8 @@ class _ExportMemo:
         import json
 
         h = hashlib.sha256(json.dumps([mode, opset, precision, str(model.layout), str(model.head_impl),
-                                       model.config.to_dict(), model.trim.to_dict()], sort_keys=True,
+                                       model.config.to_dict(), model.trim.to_dict(),
+                                       _tokenizer_state(model)], sort_keys=True,
                                       default=str).encode())
         for name, t in model.state_dict().items():
             h.update(name.encode())
@@ -133,7 +131,7 @@ def export_memo(tmp_path_factory):
     folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "export-memo"
     folder.mkdir(exist_ok=True)
     memo = _ExportMemo(onnx_export._export_proto, folder)
-    onnx_export._export_proto = _MEMO[0] = memo
+    onnx_export._export_proto = memo
     try:
         yield memo
     finally:
@@ -173,7 +171,8 @@ def exported(tmp_path_factory):
     return paths
 
 
-def pytest_terminal_summary(terminalreporter):
-    memo = _MEMO[0]
-    if memo is not None:
-        terminalreporter.write_line(f"export memo: {memo.traced} graphs traced, {memo.hits} reused")
+
+def _tokenizer_state(model):
+    """What the tokenizer stamps into the graph's metadata (and feeds the trace's example text)."""
+    tok = getattr(model, "tokenizer", None)
+    return tok.to_dict() if hasattr(tok, "to_dict") else type(tok).__name__

@@ -202,3 +202,9 @@ def test_import_optional_tells_missing_from_broken_from_interrupted(tmp_path, mo
         import_optional("trimkit_broken_pkg", "install me")
     with pytest.raises(KeyboardInterrupt):
         import_optional("trimkit_cut_pkg", "install me")
+    # a package whose own dependency is missing: the install hint and that dependency, not "reinstall it"
+    (tmp_path / "trimkit_dep_pkg").mkdir()
+    (tmp_path / "trimkit_dep_pkg" / "__init__.py").write_text("")
+    (tmp_path / "trimkit_dep_pkg" / "sub.py").write_text("import trimkit_missing_dep\n")
+    with pytest.raises(MissingDependencyError, match=r"^install me \(it needs trimkit_missing_dep"):
+        import_optional("trimkit_dep_pkg.sub", "install me")

@@ -382,6 +382,17 @@ def export(
     if fmt is not ExportFormat.triton and (max_batch is not None or instance_count != 1 or
                                            backend is not TritonBackend.onnxruntime):
         raise typer.BadParameter("--backend/--max-batch/--instance-count go with --format triton")
+    graph_options = {"--mode": mode is not ExportMode.adaptive, "--precision": precision is not ExportPrecision.fp32,
+                     "--heads": heads is not HeadImpl.mask, "--layout": layout is not Layout.packed,
+                     "--keep-ratios": keep_ratios is not None, "--opset": opset != DEFAULT_OPSET}
+    given = [name for name, changed in graph_options.items() if changed]
+    if source.suffix in (".onnx", ".xml", ".plan", ".engine", ".trt") and given:
+        raise typer.BadParameter(f"{', '.join(given)} shape a graph exported from a checkpoint; {source.name} is "
+                                 "already exported (export the checkpoint again with them)")
+    if layout is not Layout.packed and mode is not ExportMode.adaptive:
+        raise typer.BadParameter(f"--layout applies to --mode adaptive (a {mode.value} graph has one layout)")
+    if fmt is ExportFormat.triton and (onnx_out or workspace != 4.0):
+        raise typer.BadParameter("--onnx-out/--workspace go with --format trt")
     if fmt is ExportFormat.onnx:
         from .export.onnx import to_onnx
 

@@ -51,10 +51,13 @@ def import_optional(name: str, missing: str) -> ModuleType:
     from inside it. The first is named as such, the second stays the KeyboardInterrupt it is."""
     try:
         return importlib.import_module(name)
-    except ImportError as e:
+    except (ImportError, RuntimeError) as e:  # some packages re-raise a missing dependency as RuntimeError
         if _caused_by_interrupt(e):
             raise KeyboardInterrupt from e
         top = name.partition(".")[0]
+        needed = getattr(e, "name", None) if isinstance(e, ModuleNotFoundError) else None
+        if needed and needed.partition(".")[0] != top:  # the package is fine; a dependency of it is missing
+            raise MissingDependencyError(f"{missing} (it needs {needed.partition('.')[0]}, which is not installed)") from None
         try:
             installed = importlib.util.find_spec(top) is not None
         except (ImportError, ValueError):

@@ -88,3 +88,16 @@ def test_int8_graph_runs_on_openvino(exported, tmp_path):
     xml = tmp_path / "m.int8.xml"
     res = to_openvino(int8, xml)
     assert res.manifest_data["precision"] == "int8" and json.loads(ir_metadata(xml)["trimkit_calibration"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--layout", "padded"], "--layout shape a graph exported from a checkpoint"),
+    (["--heads", "gather", "--opset", "19"], "--heads, --opset shape a graph"),
+])
+def test_graph_options_on_an_exported_artifact_are_refused(exported, tmp_path, capsys, args, message):
+    from trimkit.cli import main
+
+    assert main(["export", str(exported["adaptive"]), "--format", "openvino", "--out", str(tmp_path / "m.xml"),
+                 *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and not list(tmp_path.iterdir())

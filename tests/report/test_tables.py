@@ -68,7 +68,7 @@ def test_verify_tables_fit_100_columns_with_the_layout_and_noisy_ratios_flagged(
         assert header in text
     assert "adaptive (packed)" in text and "full" in text and "torch prune" in text
     assert "~540×" in text and "1908×" in text  # noisy at batch 1 (flagged), quiet at batch 8 (not)
-    assert "~: either side's spread" in flat(text)  # the legend says what the marker means
+    assert "~: either side's repeats spread" in flat(text)  # the legend says what the marker means
     assert "decided 0.499" in flat(text) and "executed 0.545" in flat(text)
     if len(runtimes) > 1:
         assert "adaptive (packed) ov" in text and "ov: openvino" in flat(text)

@@ -146,7 +146,7 @@ def _markdown(result: dict[str, Any]) -> str:
     lines += ["", "## Latency vs text length", "", "![latency](latency_vs_text_len.png)", "",
               "p50 ms; in brackets, how many times faster each adaptive export is than the full export (p50 over "
               f"p50). {NOISY} marks a timing whose repeats spread over {100 * NOISY_SPREAD:.0f}% ({SPREAD}) "
-              "and a ratio with such a timing on either side: noise from a loaded machine, not a speedup.", "",
+              "and a ratio with such a timing on either side: an imprecise ratio.", "",
               "| batch | text | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for r in result["latency"]:
         full = r["onnxruntime full"]

@@ -133,8 +133,8 @@ def _times(ratio: float | None, noisy: bool | None = False) -> str:
 
 
 def _noisy_legend() -> str:
-    return (f"{NOISY}: either side's spread is over {100 * NOISY_SPREAD:.0f}%, so the ratio is noise (a loaded "
-            "machine), not a speedup")
+    return (f"{NOISY}: either side's repeats spread over {100 * NOISY_SPREAD:.0f}% ({SPREAD}), so the ratio is "
+            "imprecise")
 
 
 def artifact_label(mode: str, layout: str = "") -> str:
