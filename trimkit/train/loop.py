@@ -155,7 +155,9 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.set:
+        if self.set:  # the handler this one replaced (the CLI's) records the interruption and raises
+            if callable(self._old):
+                self._old(signum, frame)
             raise KeyboardInterrupt
         self.set = True
 
