@@ -97,7 +97,7 @@ def test_bench_tables_fit_100_columns(targets):
     for header in ("decided", "executed", "static", "full", "a@0.5", "pt off", f"pt@{targets[0]}"):
         assert header in text
     assert "~1234" in text and " 1234 " in text  # noisy PyTorch timings flagged, quiet ONNX Runtime ones not
-    assert "executed: what the model ran at batch 256, packed layout, gathered heads" in flat(text)
+    assert "executed: what the model ran in batches of up to 256, packed layout, gathered heads" in flat(text)
     assert "(continued)" in text if len(targets) > 5 else "(continued)" not in text
 
 
@@ -111,4 +111,4 @@ def test_eval_table_states_decided_and_executed_flops():
     text = rendered(render_eval, report)
     assert_fits(text)
     assert "decided" in text and "executed" in text and "0.560" in text
-    assert "what the model ran at batch 256, packed layout, gathered heads" in flat(text)
+    assert "what the model ran in batches of up to 256, packed layout, gathered heads" in flat(text)

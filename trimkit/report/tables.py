@@ -106,7 +106,7 @@ def flops_legend(how: dict[str, Any], *, spread: str = "mean, p10/p50/p90 over q
     run = ""
     if how.get("batch_size"):
         heads = {"gather": "gathered heads", "mask": "masked heads"}.get(how.get("head_impl", ""), "")
-        run = f" at batch {how['batch_size']}" + (f", {how['layout']} layout" if how.get("layout") else "") + (
+        run = f" in batches of up to {how['batch_size']}" + (f", {how['layout']} layout" if how.get("layout") else "") + (
             f", {heads}" if heads else "")
     return (f"FLOPs ratio = FLOPs / the untrimmed model's on the same input. decided ({spread}): the tokens "
             f"and heads the trimmers keep. executed: what the model ran{run}, padding and masked heads included.")
@@ -152,7 +152,7 @@ def render_verify(report, console) -> None:
         how = ", ".join(f"{k} {d[k]}" for k in ("version", "precision", "threads") if d.get(k) is not None)
         executed = n.get("mean_executed_flops_ratio")
         flops = f"FLOPs ratio decided {n['mean_flops_ratio']:.3f}" + (
-            f", executed {executed:.3f} (batch {n['executed_batch_size']}, {report.layout or 'padded'} layout)"
+            f", executed {executed:.3f} (batches of up to {n['executed_batch_size']}, {report.layout or 'padded'} layout)"
             if executed is not None else "")
         console.print(f"[bold]{escape(report.artifact)}[/bold] ({rt}{f' {how}' if how else ''}, "
                       f"{artifact_label(report.mode, report.layout)}) vs {escape(report.checkpoint)}: "
@@ -271,7 +271,7 @@ def render_bench(result: dict[str, Any], console) -> None:
         console.print(lat)
     console.print(f"b: batch size; text: text tokens; full: ONNX Runtime, the full export; a@T: ONNX Runtime, the "
                   f"adaptive export at target T; pt off / pt@T: PyTorch eager, untrimmed / pruned at target T; "
-                  f"{NOISY}: the repeats spread over {100 * NOISY_SPREAD:.0f}% ({SPREAD}): noise, compare "
+                  f"{NOISY}: the repeats spread over {100 * NOISY_SPREAD:.0f}% ({SPREAD}): imprecise, compare "
                   f"with care; {result['repeats']} repeats each.")
 
 
