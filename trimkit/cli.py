@@ -393,11 +393,13 @@ def export(
         raise typer.BadParameter(f"--layout applies to --mode adaptive (a {mode.value} graph has one layout)")
     if fmt is ExportFormat.triton and (onnx_out or workspace != 4.0):
         raise typer.BadParameter("--onnx-out/--workspace go with --format trt")
+    builds_engine = fmt is ExportFormat.trt or (backend is TritonBackend.tensorrt and
+                                                source.suffix not in (".plan", ".engine", ".trt"))
+    if not builds_engine and (profile or profile_set or timing_cache or onnx_out):
+        raise typer.BadParameter("--profile/--profile-set/--timing-cache/--onnx-out go with a TensorRT engine build")
     if fmt is ExportFormat.onnx:
         from .export.onnx import to_onnx
 
-        if profile or profile_set or timing_cache or onnx_out:
-            raise typer.BadParameter("--profile/--profile-set/--timing-cache/--onnx-out go with --format trt")
         res = to_onnx(source, out, mode=mode.value, opset=opset, precision=precision.value, keep_ratios=keep_ratios,
                       head_impl=heads.value, layout=layout.value, ort_optimize=ort_optimize, force=force, log=log)
         typer.echo(f"wrote {res.path} ({res.size_bytes / 2**20:.1f} MiB, {res.mode}, opset {res.opset}, "
@@ -406,8 +408,6 @@ def export(
     if fmt is ExportFormat.openvino:
         from .export.openvino import to_openvino
 
-        if profile or profile_set or timing_cache or onnx_out:
-            raise typer.BadParameter("--profile/--profile-set/--timing-cache/--onnx-out go with --format trt")
         ov = to_openvino(source, out, mode=mode.value, precision=precision.value, opset=opset, keep_ratios=keep_ratios,
                          head_impl=heads.value, layout=layout.value, force=force, log=log)
         typer.echo(f"wrote {ov.xml}, {ov.bin.name} and {ov.manifest.name} (OpenVINO {ov.openvino_version})")
@@ -415,10 +415,6 @@ def export(
     from .export.profiles import ProfileSpec
     from .export.trt import export_engine
 
-    builds_engine = fmt is ExportFormat.trt or (backend is TritonBackend.tensorrt and
-                                                source.suffix not in (".plan", ".engine", ".trt"))
-    if not builds_engine and (profile or profile_set or timing_cache or onnx_out):
-        raise typer.BadParameter("--profile/--profile-set/--timing-cache/--onnx-out go with a TensorRT engine build")
     profiles = ProfileSpec(tuple(profile or ()), tuple(profile_set or ())) if builds_engine else None
     if fmt is ExportFormat.triton:
         from .export.triton import to_triton
