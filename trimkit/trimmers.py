@@ -27,6 +27,7 @@ __all__ = [
     "margin_terms",
     "Decisions",
     "select_topk_sorted",
+    "select_compact",
     "gather_tokens",
     "static_count",
     "select_static",
@@ -162,6 +163,22 @@ def select_topk_sorted(keep: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
     idx, _ = torch.topk(idx, k, dim=1, largest=False)  # sort (B, k) ascending; [CLS] stays at slot 0
     alive = torch.gather(keep, 1, idx)  # (B, k)
     return idx, alive
+
+
+def select_compact(keep: Tensor) -> tuple[Tensor, Tensor]:
+    """Order-preserving compaction for packed rows, with no TopK and no sort.
+
+    keep: (B, N) float in {0, 1}. Returns `slots` (T,) int64, the flat positions b * N + i of the kept tokens
+    in ascending order (sample-major, each sample's in position order), and `alive` (B, k), the weights of
+    the new grid, k = the batch's largest keep count: sample b's kept tokens take its slots 0 .. k_b - 1 and
+    fillers the rest, so a sample meets its keys in the same order in any batch.
+    """
+    count = keep.sum(dim=1)  # (B,)
+    k = count.max().to(torch.int64).item()  # data-dependent: the new grid's width in the exported graph
+    torch._check(k >= 1)
+    torch._check(k <= keep.shape[1])
+    alive = (torch.arange(k, device=keep.device, dtype=keep.dtype) < count[:, None]).to(keep.dtype)  # (B, k)
+    return torch.nonzero(keep.reshape(-1) > 0).squeeze(1), alive
 
 
 def static_count(n: int, ratio: float) -> int:

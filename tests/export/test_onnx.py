@@ -46,10 +46,12 @@ def test_contract(exported):
     assert not [f for f in exported["adaptive"].parent.iterdir() if f.suffix == ".data"]  # one file
 
 
-def test_topk_and_gather_in_adaptive_not_in_full(exported):
+def test_selection_ops_in_adaptive_not_in_full(exported):
+    """The default (packed) adaptive graph selects tokens by an order-preserving compaction (NonZero + Gather),
+    with no TopK; the full graph selects nothing. (The padded layout's TopK: tests/export/test_packed.py.)"""
     adaptive, full = ops(exported["adaptive"]), ops(exported["full"])
-    assert {"TopK", "GatherElements"} <= adaptive
-    assert not {"TopK", "GatherElements", "GatherND"} & full
+    assert {"NonZero", "Gather"} <= adaptive and "TopK" not in adaptive
+    assert not {"TopK", "NonZero", "GatherElements", "GatherND"} & full
 
 
 def test_default_opset_has_one_gelu_node(exported):

@@ -113,6 +113,15 @@ def layouts(tmp_path_factory):
                    for lay in ("packed", "padded")}
 
 
+def test_padded_selects_by_topk_packed_by_compaction(layouts):
+    """Padded: TopK -> sort (a second TopK) -> Gather per sample. Packed: NonZero over the keep masks, no TopK
+    (token and head selection alike)."""
+    _, paths = layouts
+    ops = {lay: [n.op_type for n in onnx.load(str(p)).graph.node] for lay, p in paths.items()}
+    assert ops["padded"].count("TopK") >= 2 and "GatherElements" in ops["padded"]
+    assert "TopK" not in ops["packed"] and "NonZero" in ops["packed"]
+
+
 @pytest.mark.slow
 def test_packed_graph_executes_per_sample_work(layouts, tmp_path):
     """On a batch whose samples keep different counts, the packed graph's token-wise MatMuls do exactly the sum

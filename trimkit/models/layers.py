@@ -45,26 +45,39 @@ class HeadChoice:
 
 @dataclass
 class Packing:
-    """Where the packed rows (T, C) of a stream sit in its padded (B, k) grid.
+    """Where the packed rows (T, C) of a stream sit in its padded (B, k) grid (`Packing.of` builds one).
 
-    rows: (T,) int64 flat grid positions b * k + j of the kept tokens, ascending (sample-major);
+    rows: (T,) int64 flat grid slots b * k + j of the kept tokens, ascending (sample-major);
+    sample: (T,) int64 the sample of each row;
+    src: (B * k,) int64 the packed row each grid slot reads: its own row where the slot is live, at a filler
+         the row of the last live slot before it (slot 0, [CLS], is always live: a row of the same sample);
     weight: (B, k) key weights of the grid in {0, 1} (1 exactly at `rows`; fillers 0).
     """
 
     rows: Tensor
+    sample: Tensor
+    src: Tensor
     weight: Tensor
 
+    @classmethod
+    def of(cls, weight: Tensor) -> Packing:
+        """The packing of the live slots (weight > 0) of a (B, k) grid whose slot 0 is live in every sample."""
+        k = weight.shape[1]
+        live = torch.nonzero(weight > 0)  # (T, 2): (sample, slot), sample-major
+        sample = live[:, 0]
+        src = (weight.reshape(-1).cumsum(dim=0) - 1).to(torch.int64)  # live slots before each slot, minus one
+        return cls(sample * k + live[:, 1], sample, src, weight)
+
     @property
-    def sample(self) -> Tensor:
-        """(T,) int64 the sample of each row (rows are non-negative: a truncating Div, one graph node, where
-        floor division costs ten)."""
-        return torch.div(self.rows, self.weight.shape[1], rounding_mode="trunc")
+    def cls_rows(self) -> Tensor:
+        """(B,) int64 the row of each sample's [CLS] (grid slot 0)."""
+        return self.src.view(self.weight.shape)[:, 0]
 
     def to_grid(self, x: Tensor) -> Tensor:
-        """(T, C) packed rows -> (B, k, C) padded view, fillers zero; (T,) -> (B, k)."""
-        b, k = self.weight.shape
-        rest = x.shape[1:]
-        return x.new_zeros((b * k, *rest)).index_copy(0, self.rows, x).view(b, k, *rest)  # (B, k[, C])
+        """(T, C) packed rows -> (B, k, C) padded view; (T,) -> (B, k). A filler holds a copy of a live row of its
+        own sample: finite, never a key (weight 0), and its query output is never read back (`to_rows`), so the
+        result is exact without zero-filling (one Gather in a graph, where a zero-filled scatter costs ten)."""
+        return x.index_select(0, self.src).view(*self.weight.shape, *x.shape[1:])
 
     def to_rows(self, g: Tensor) -> Tensor:
         """(B, k, C) padded view -> (T, C) packed rows."""

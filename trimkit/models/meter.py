@@ -41,6 +41,7 @@ from ..trimmers import (
     gather_tokens,
     head_gate,
     margin_terms,
+    select_compact,
     select_static,
     select_topk_sorted,
     static_count,
@@ -123,15 +124,14 @@ class _Stream:
     pos: Tensor  # (B, N) int64 original positions of the grid's slots
     n_orig: int  # token count before any pruning
     pack: Packing | None = None  # packed layout: where the rows of x sit in the (B, N) grid
-    cls_rows: Tensor | None = None  # packed layout: (B,) int64 row of each sample's [CLS]
 
     def cls(self) -> Tensor:
         """(B, D) the [CLS] states (grid slot 0: [CLS] is never pruned)."""
-        return self.x[:, 0] if self.pack is None else self.x.index_select(0, self.cls_rows)
+        return self.x[:, 0] if self.pack is None else self.x.index_select(0, self.pack.cls_rows)
 
     def grid(self) -> Tensor:
         """(B, N, D) hidden states on the grid (packed fillers are zeros)."""
-        return self.x if self.pack is None else self.pack.to_grid(self.x)
+        return self.x if self.pack is None else self.pack.to_grid(self.x) * self.pack.weight[..., None]
 
 
 class MeterModel(nn.Module):
@@ -407,7 +407,7 @@ class MeterModel(nn.Module):
                 trimmer = self.token_trimmers[trim_index][m]
                 if isinstance(trimmer, Idle):
                     continue
-                sample = None if s.pack is None else s.pack.sample  # (T,) sample of each row
+                sample = None if s.pack is None else s.pack.sample  # (T,) the sample of each row
                 if decisions is not None:  # decisions on tokens alive here; [CLS] is always kept
                     logits, scale = trimmer.scored(s.x, cls[m], cls[1 - m], sample)  # (B, N) or (T,) each
                     if s.pack is not None:
@@ -419,7 +419,7 @@ class MeterModel(nn.Module):
                 else:
                     logits = trimmer(s.x, cls[m], cls[1 - m], sample)  # (B, N), or (T,) for packed rows
                     if s.pack is not None:
-                        logits = s.pack.to_grid(logits)  # (B, N); fillers 0, never kept (weight 0)
+                        logits = s.pack.to_grid(logits)  # (B, N); fillers never kept (weight 0)
                 if mode == "static":
                     self._static_tokens(s, logits, t.static_keep_ratios[trim_index][m])
                 else:
@@ -449,15 +449,8 @@ class MeterModel(nn.Module):
     @staticmethod
     def _pack(s: _Stream) -> None:
         """Padded (B, N, D) -> packed rows (T, D) of the live tokens (weight > 0)."""
-        rows = torch.nonzero(s.weight.reshape(-1) > 0).squeeze(1)  # (T,) ascending: sample-major
-        s.x = s.x.reshape(-1, s.x.shape[-1]).index_select(0, rows)  # (T, D)
-        MeterModel._set_pack(s, rows, s.weight)
-
-    @staticmethod
-    def _set_pack(s: _Stream, rows: Tensor, weight: Tensor) -> None:
-        s.pack = Packing(rows, weight)
-        n = weight.sum(dim=1)  # (B,) rows per sample; [CLS] (grid slot 0) is each sample's first
-        s.cls_rows = (n.cumsum(dim=0) - n).to(torch.int64)  # (B,)
+        s.pack = Packing.of(s.weight)
+        s.x = s.x.reshape(-1, s.x.shape[-1]).index_select(0, s.pack.rows)  # (T, D)
 
     def encode_vision(self, pixel_values: Tensor) -> Tensor:
         """Embedding + the untrimmed vision encoder (+ its final norm): (B, 3, H, W) -> (B, 1 + P, D)."""
@@ -491,20 +484,18 @@ class MeterModel(nn.Module):
             return
         # weights and gate are {0, 1} floats: their product is the keep mask, and `alive` comes back as
         # the next weights (fillers 0, pruned from here on) without bool round trips in the graph
+        if packed:
+            slots, alive = select_compact(s.weight * gate)  # (T',) flat slots of the old grid, (B, k) new grid
+            pack = Packing.of(alive)
+            s.pos = pack.to_grid(s.pos.reshape(-1).index_select(0, slots))  # (B, k); fillers repeat a live position
+            src = slots if s.pack is None else s.pack.src.index_select(0, slots)  # old grid slot -> old packed row
+            s.x = s.x.reshape(-1, s.x.shape[-1]).index_select(0, src)  # (T', D)
+            s.weight, s.pack = alive, pack
+            return
         idx, alive = select_topk_sorted(s.weight * gate, logits)  # (B, k), (B, k)
         s.pos = torch.gather(s.pos, 1, idx)  # (B, k)
-        if not packed:
-            s.x = gather_tokens(s.x, idx)  # (B, k, D)
-            s.weight = alive
-            return
-        b, n = s.weight.shape
-        rows = torch.nonzero(alive.reshape(-1) > 0).squeeze(1)  # (T',) kept slots of the new (B, k) grid
-        src = (idx + torch.arange(b, device=idx.device)[:, None] * n).reshape(-1).index_select(0, rows)  # (T',) slots of the old grid
-        if s.pack is not None:  # old grid slot -> old packed row: the live slots before it
-            src = (s.weight.reshape(-1).cumsum(dim=0) - 1).to(torch.int64).index_select(0, src)  # (T',)
-        s.x = s.x.reshape(-1, s.x.shape[-1]).index_select(0, src)  # (T', D)
+        s.x = gather_tokens(s.x, idx)  # (B, k, D)
         s.weight = alive
-        self._set_pack(s, rows, alive)
 
     def _static_tokens(self, s: _Stream, logits: Tensor, ratio: float) -> None:
         k = torch.sym_min(static_count(s.n_orig, ratio), s.x.shape[1])  # from input shapes only
@@ -540,7 +531,7 @@ class MeterModel(nn.Module):
     def _orig_mask(s: _Stream) -> Tensor:
         """Keep mask over the original positions, (B, N_orig)."""
         out = torch.zeros(s.weight.shape[0], s.n_orig, dtype=s.weight.dtype, device=s.weight.device)
-        return out.scatter(1, s.pos, s.weight)
+        return out.scatter_add(1, s.pos, s.weight)  # packed fillers repeat a live position with weight 0
 
     @staticmethod
     def _head_mask(h: HeadChoice | None, b: int, ref: Tensor, n: int) -> Tensor:
