@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -73,19 +74,27 @@ class Packing:
         """(B,) int64 the row of each sample's [CLS] (grid slot 0)."""
         return self.src.view(self.weight.shape)[:, 0]
 
-    def to_grid(self, x: Tensor) -> Tensor:
-        """(T, C) packed rows -> (B, k, C) padded view; (T,) -> (B, k). A filler holds a copy of a live row of its
-        own sample: finite, never a key (weight 0), and its query output is never read back (`to_rows`), so the
-        result is exact without zero-filling (one Gather in a graph, where a zero-filled scatter costs ten)."""
-        return x.index_select(0, self.src).view(*self.weight.shape, *x.shape[1:])
+    @cached_property
+    def key_bias(self) -> Tensor:
+        """(B, 1, 1, k) log of the key weights (0 live, -inf fillers): the additive attention mask, made once per
+        grid for every attention module that reads these keys."""
+        return torch.log(self.weight)[:, None, None, :]
+
+    def to_grid(self, x: Tensor, *tail: int) -> Tensor:
+        """(T, C) packed rows -> (B, k, C) padded view, or (B, k, *tail) (one reshape where a view of the view
+        would add a second); (T,) -> (B, k). A filler holds a copy of a live row of its own sample: finite, never
+        a key (weight 0), and its query output is never read back (`to_rows`), so the result is exact without
+        zero-filling (one Gather in a graph, where a zero-filled scatter costs ten)."""
+        return x.index_select(0, self.src).view(*self.weight.shape, *(tail or x.shape[1:]))
 
     def to_rows(self, g: Tensor) -> Tensor:
-        """(B, k, C) padded view -> (T, C) packed rows."""
-        return g.reshape(-1, g.shape[-1]).index_select(0, self.rows)  # (T, C)
+        """(B * k, C) rows of the padded view -> (T, C) packed rows."""
+        return g.index_select(0, self.rows)  # (T, C)
 
 
-def _grid(x: Tensor, pack: Packing | None) -> Tensor:
-    return x if pack is None else pack.to_grid(x)
+def _grid(x: Tensor, pack: Packing | None, *tail: int) -> Tensor:
+    """Rows (T, C) of a packed stream, or a padded (B, N, C) tensor -> (B, N, *tail)."""
+    return x.view(*x.shape[:2], *tail) if pack is None else pack.to_grid(x, *tail)
 
 
 def masked_softmax(scores: Tensor, key_weight: Tensor) -> Tensor:
@@ -157,10 +166,8 @@ class Attention(nn.Module):
             bias = torch.cat([self.q_proj.bias.view(1, h, dh), self.kv_proj.bias.view(2, h, dh)])  # (3, H, dh)
             if kept is not None:
                 w, bias = w.index_select(1, kept), bias.index_select(1, kept)  # (3, kh, dh, D), (3, kh, dh)
-            qkv = _grid(F.linear(x, w.reshape(-1, d), bias.reshape(-1)), x_pack)  # (B, N, 3*kh*dh)
-            b, n = qkv.shape[:2]
-            qkv = qkv.view(b, n, 3, -1, dh).permute(2, 0, 3, 1, 4)  # (3, B, kh, N, dh)
-            q, k, v = qkv[0], qkv[1], qkv[2]
+            qkv = _grid(F.linear(x, w.reshape(-1, d), bias.reshape(-1)), x_pack, 3, -1, dh)  # (B, N, 3, kh, dh)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, kh, N, dh) each
         else:
             wq, bq, wkv, bkv = self.q_proj.weight, self.q_proj.bias, self.kv_proj.weight, self.kv_proj.bias
             if kept is not None:
@@ -168,23 +175,24 @@ class Attention(nn.Module):
                 bq = bq.view(h, dh).index_select(0, kept).reshape(-1)  # (kh*dh,)
                 wkv = wkv.view(2, h, dh, dk).index_select(1, kept).reshape(-1, dk)  # (2*kh*dh, Dk)
                 bkv = bkv.view(2, h, dh).index_select(1, kept).reshape(-1)  # (2*kh*dh,)
-            q = _grid(F.linear(x, wq, bq), x_pack)  # (B, Nq, kh*dh)
-            kv = _grid(F.linear(y, wkv, bkv), y_pack)  # (B, Nk, 2*kh*dh)
-            b = q.shape[0]
-            q = q.view(b, q.shape[1], -1, dh).transpose(1, 2)  # (B, kh, Nq, dh)
-            kv = kv.view(b, kv.shape[1], 2, -1, dh).permute(2, 0, 3, 1, 4)  # (2, B, kh, Nk, dh)
-            k, v = kv[0], kv[1]
+            q = _grid(F.linear(x, wq, bq), x_pack, -1, dh).transpose(1, 2)  # (B, kh, Nq, dh)
+            k, v = _grid(F.linear(y, wkv, bkv), y_pack, 2, -1, dh).permute(2, 0, 3, 1, 4).unbind(0)  # (B, kh, Nk, dh)
         wo = self.out_proj.weight
         if kept is not None:
             wo = wo.view(-1, h, dh).index_select(1, kept).reshape(wo.shape[0], -1)  # (D, kh*dh)
         scores = (q @ k.transpose(-1, -2)) * self.scale  # (B, kh, Nq, Nk)
-        attn = masked_softmax(scores, key_weight[:, None, None, :].to(scores.dtype))
+        if y_pack is not None:  # inference only (packing is a prune-mode layout): the grid's shared log-weights
+            attn = torch.softmax(scores + y_pack.key_bias.to(scores.dtype), dim=-1)
+        else:
+            attn = masked_softmax(scores, key_weight[:, None, None, :].to(scores.dtype))
         ctx = attn @ v  # (B, kh, Nq, dh)
         if heads is not None and heads.gate is not None:
             ctx = ctx * heads.gate[:, :, None, None].to(ctx.dtype)  # heads this sample dropped -> 0
-        ctx = ctx.transpose(1, 2).reshape(b, ctx.shape[2], -1)  # (B, Nq, kh*dh)
+        ctx = ctx.transpose(1, 2)  # (B, Nq, kh, dh)
         if x_pack is not None:
-            ctx = x_pack.to_rows(ctx)  # (Tq, kh*dh)
+            ctx = x_pack.to_rows(ctx.reshape(-1, ctx.shape[2] * dh))  # (Tq, kh*dh)
+        else:
+            ctx = ctx.reshape(*ctx.shape[:2], -1)  # (B, Nq, kh*dh)
         return F.linear(ctx, wo, self.out_proj.bias)  # (Tq, D) or (B, Nq, D)
 
     def _project_dense(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:

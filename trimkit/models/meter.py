@@ -523,6 +523,7 @@ class MeterModel(nn.Module):
             return HeadChoice(gate=gate)
         if self.layout == "packed":  # packed rows mix samples in one matmul: one weight set for the batch
             kept = torch.nonzero(gate.amax(dim=0) > 0).squeeze(1)  # (kh,) union over the batch, ascending
+            torch._check(kept.shape[0] >= 1)  # every sample keeps a head (`head_gate`): reshapes by kh are safe
             return HeadChoice(gate=gate.index_select(1, kept), kept=kept)  # (B, kh): each sample's own choice among them
         idx, alive = select_topk_sorted(gate, logits)  # (B, kh), float alive flags
         return HeadChoice(gate=alive, idx=idx)
