@@ -11,11 +11,12 @@ Trim modes, all on the same weights:
 - `mask`:  training-style masking (hard Gumbel-sigmoid with straight-through gradients in
            training, deterministic thresholds in eval); pruned tokens stay in the tensors but
            are removed as keys, pruned heads are zeroed;
-- `prune`: tokens and heads physically removed per instance (TopK -> sort -> Gather), with
-           batch-invariant filler slots; the path the ONNX export traces. Two token layouts
-           (`model.layout`): "packed" (default) runs the token-wise work after the first trimmed layer
-           on the batch's kept tokens as one (sum_b k_b, D) matrix and only the attention products per
-           sample on the padded (B, k_max) view; "padded" runs everything on (B, k_max, D);
+- `prune`: tokens and heads physically removed per instance, with batch-invariant filler slots; the
+           path the ONNX export traces. Two token layouts (`model.layout`): "packed" (default) selects by
+           an order-preserving compaction (NonZero -> Gather), runs the token-wise work after the first
+           trimmed layer on the batch's kept tokens as one (sum_b k_b, D) matrix and only the attention
+           products per sample on the padded (B, k_max) view; "padded" selects by TopK -> sort -> Gather
+           and runs everything on (B, k_max, D);
 - `static`: calibrated per-layer keep ratios (`TrimConfig.static_keep_ratios`) and head counts:
            the k highest-scoring tokens/heads, k derived from input shapes only (always padded: k is
            the same for every sample, so there is no padding to remove).
