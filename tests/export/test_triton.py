@@ -81,6 +81,21 @@ def test_tensorrt_repository_from_an_engine_maps_profiles(exported, tmp_path):
         to_triton(engine, tmp_path / "repo", backend="tensorrt", name="other")
 
 
+def test_tensorrt_option_errors_come_before_the_tensorrt_check(exported, tmp_path):
+    """Without TensorRT (as here) the profile and --max-batch errors are still the ones reported: they are checked
+    against the profiles the engine would get before TensorRT is looked for or anything is built."""
+    from trimkit.export.profiles import ProfileSpec
+
+    with pytest.raises(BadInputError, match="exceeds the engine's largest profile batch 8"):
+        to_triton(exported["adaptive"], tmp_path / "repo", backend="tensorrt", max_batch=16)  # default profile: 1:8:8
+    with pytest.raises(BadInputError, match="largest profile batch 4"):
+        to_triton(exported["ckpt"], tmp_path / "repo", backend="tensorrt", max_batch=16,
+                  profiles=ProfileSpec(profile=("batch=1:2:4",)))
+    with pytest.raises(BadInputError, match="unknown axis"):
+        to_triton(exported["ckpt"], tmp_path / "repo", backend="tensorrt", profiles=ProfileSpec(profile=("image=1",)))
+    assert not (tmp_path / "repo").exists()
+
+
 def test_check_repository_finds_a_config_that_does_not_match(exported, tmp_path):
     res = to_triton(exported["adaptive"], tmp_path / "repo", name="trim")
     text = res.config.read_text()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..contract import DEFAULT_OPSET
+from ..contract import DEFAULT_OPSET, ENGINE_SUFFIXES
 from ..errors import BadInputError, CheckFailedError
 from ..fileio import sha256_file
 
@@ -102,6 +102,27 @@ def _model_name(source: Path, name: str | None) -> str:
     return n
 
 
+def _engine_profiles(source: Path, profiles) -> list:
+    """The profiles a TensorRT model will have: an engine's (from its manifest), or those `profiles` resolve to
+    for the model a checkpoint or trimkit ONNX file holds (read for its config only)."""
+    from ..checkpoint import read_checkpoint
+    from ..config import ModelConfig
+    from .manifest import read_manifest
+    from .profiles import resolve_profiles
+    from .trt import onnx_model_config
+
+    if source.suffix in ENGINE_SUFFIXES:
+        return read_manifest(source)["profiles"]
+    if source.suffix == ".onnx":
+        config = onnx_model_config(source)[0]
+    else:
+        try:
+            config = ModelConfig.from_dict(read_checkpoint(source)["model_config"])
+        except (TypeError, ValueError) as e:
+            raise BadInputError(f"{source}: invalid config: {e}") from None
+    return resolve_profiles(profiles, config)
+
+
 def _stage_artifact(source: Path, backend: str, version_dir: Path, *, mode, precision, opset, keep_ratios,
                     head_impl, layout, profiles, timing_cache, log) -> tuple[Path, dict[str, str], list | None]:
     """Put the artifact (and its manifest) into the version folder; (artifact, metadata, engine profiles)."""
@@ -140,7 +161,7 @@ def _stage_artifact(source: Path, backend: str, version_dir: Path, *, mode, prec
         return target, ir_metadata(target), None
     from .manifest import manifest_path, read_manifest
 
-    if source.suffix in (".plan", ".engine", ".trt"):
+    if source.suffix in ENGINE_SUFFIXES:
         man = read_manifest(source)
         if sha256_file(source) != man.get("engine_sha256", sha256_file(source)):
             raise BadInputError(f"{source}: the engine does not match its manifest (engine_sha256 differs)")
@@ -184,10 +205,15 @@ def to_triton(source: str | os.PathLike, out: str | os.PathLike, *, backend: str
     final = repo / model
     if final.exists() and not force:
         raise BadInputError(f"{final}: already exists; pass --force to overwrite")
-    if backend == "tensorrt" and source.suffix not in (".plan", ".engine", ".trt"):
-        from .trt import check_trt_ready
+    if backend == "tensorrt":
+        # the profiles and --max-batch against them: option errors come before the TensorRT check and the build
+        largest = max(p.batch[2] for p in _engine_profiles(source, profiles))
+        if max_batch is not None and max_batch > largest:
+            raise BadInputError(f"--max-batch {max_batch} exceeds the engine's largest profile batch {largest}")
+        if source.suffix not in ENGINE_SUFFIXES:
+            from .trt import check_trt_ready
 
-        check_trt_ready()  # before anything is created
+            check_trt_ready()  # before anything is created
     elif backend == "openvino":
         from ..runtime.openvino import import_openvino
 
