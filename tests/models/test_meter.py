@@ -247,3 +247,15 @@ def test_encode_vision_is_the_forward_passes_vision_encoder():
         encoded = model.encode_vision(pv)
     assert encoded.shape == states.shape == (3, 1 + model.config.num_patches, model.config.hidden_size)
     torch.testing.assert_close(encoded, states, atol=1e-6, rtol=0)
+
+
+def test_outputs_without_accounting_say_so(tiny_model):
+    """accounting=False (what the export traces) gives the same logits and no FLOPs; asking for a ratio says why."""
+    inputs = make_inputs(tiny_model, 2, 5, seed=1)
+    with torch.no_grad():
+        bare, full = (tiny_model(*inputs, mode="prune", accounting=a) for a in (False, True))
+    torch.testing.assert_close(bare.logits, full.logits, atol=0, rtol=0)
+    assert bare.layer_flops is None and full.flops_ratio.shape == (2,)
+    for attr in ("flops_ratio", "executed_flops_ratio"):
+        with pytest.raises(ValueError, match="accounting=False"):
+            getattr(bare, attr)

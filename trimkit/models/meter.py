@@ -102,13 +102,19 @@ class TrimOutput:
     @property
     def flops_ratio(self) -> Tensor:
         """(B,) *decided* FLOPs(trimmed) / FLOPs(full) per instance: the tokens and heads the trimmers keep."""
+        self._need_accounting()
         return self.layer_flops.sum(dim=1) / self.full_layer_flops.sum(dim=1)
 
     @property
     def executed_flops_ratio(self) -> Tensor:
         """(B,) *executed* FLOPs / FLOPs(full) per instance: its share of what the batch ran (at batch 1, what
         the artifact runs for it alone; masked heads count as run)."""
+        self._need_accounting()
         return self.executed_layer_flops.sum(dim=1) / self.full_layer_flops.sum(dim=1)
+
+    def _need_accounting(self) -> None:
+        if self.full_layer_flops is None:
+            raise ValueError("this output has no FLOPs accounting: the forward ran with accounting=False")
 
     @property
     def margin_penalty(self) -> Tensor | None:
