@@ -127,6 +127,7 @@ def flops_of(model, batches) -> dict[str, float]:
 # Variants timed side by side, a group at a time: an ONNX Runtime session of the `base` graph holds ~2.4 GB (its
 # weights and their prepacked copies), and all nine at once do not fit in 24 GiB (six do). Every ratio is taken inside one
 # group (`row`); `full` is in each group as the reference.
+OVERHEAD = ("full", "keep-all")  # timed first, with --overhead-repeats: ratios come from the first group holding both
 GROUPS = (("full", "packed", "packed-mask", "keep-all", "dense"),
           ("full", "full-opt", "padded", "packed-mask", "packed", "dense-opt"))
 OPENVINO_GROUP = ("full", "ov-full", "ov-packed-mask", "ov-packed", "ov-dense")
@@ -190,19 +191,29 @@ def main() -> None:
                     help="reuse the workdir's calibrated thresholds and exports from an earlier run of this code")
     ap.add_argument("--markdown-only", action="store_true",
                     help="rewrite results/<--results>.md from its .json (e.g. after a run was stopped) and exit")
+    ap.add_argument("--overhead-repeats", type=int, default=12,
+                    help="interleaved repeats of the keep-all overhead (full vs keep-all alone: a few-percent effect)")
+    ap.add_argument("--overhead-only", action="store_true",
+                    help="time only the keep-all overhead and put it into results/<--results>.json (implies --reuse)")
     timing_args(ap, batches=4, repeats=3, workdir="realized")
     args = ap.parse_args()
     if args.markdown_only:
         write_markdown(json.loads((RESULTS / f"{args.results}.json").read_text()))
         return
+    args.reuse = args.reuse or args.overhead_only
     args.ratios = [float(r) for r in args.ratios.split(",")]
     if not (args.preset or args.random_ckpt or args.ckpt):
         args.preset = ["base"]
     args.workdir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     console = Console()
-    rec = {"threads": args.threads, "batches": args.batches, "repeats": args.repeats, "results": args.results,
-           "reproduce": "python benchmarks/realized_speed.py " + " ".join(sys.argv[1:]), "runs": {}, "graph_nodes": {}}
+    command = "python benchmarks/realized_speed.py " + " ".join(sys.argv[1:])
+    if args.overhead_only:
+        rec = json.loads((RESULTS / f"{args.results}.json").read_text())
+        rec.update(overhead_repeats=args.overhead_repeats, overhead_reproduce=command)
+    else:
+        rec = {"threads": args.threads, "batches": args.batches, "repeats": args.repeats, "results": args.results,
+               "overhead_repeats": args.overhead_repeats, "reproduce": command, "runs": {}, "graph_nodes": {}}
     shared = {}  # exports that do not depend on the trimmers, per model
     for name, (model, ratio), kind in models_to_run(args):
         c = model.config
@@ -240,30 +251,40 @@ def main() -> None:
         for bs in [int(b) for b in args.batch_sizes.split(",")]:
             rows = torch.randperm(len(data.test), generator=g)[: args.batches * bs].view(args.batches, bs)
             batches = [data.test.batch(r, trim_padding=True)[:3] for r in rows]
-            fl = flops_of(model, batches)
-            size, dense_ratio = dense_size(c, fl["r"], statistics.mean(float(m.sum(1).float().mean())
-                                                                       for _, _, m in batches))
+            old = rec["runs"].get(f"{name}/b{bs}") if args.overhead_only else None
+            if args.overhead_only and old is None:
+                raise SystemExit(f"--overhead-only: {args.results}.json has no {name}/b{bs} table to add to")
+            if old is None:
+                fl = flops_of(model, batches)
+                size, dense_ratio = dense_size(c, fl["r"], statistics.mean(float(m.sum(1).float().mean())
+                                                                           for _, _, m in batches))
+            else:  # the earlier run's FLOPs and dense size (its batches are these: same seed, same draws)
+                fl = {k: v for k, v in old.items() if k in ("r", "decided", "r_heads_masked") or k.startswith("exec_")}
+                size, dense_ratio = old["dense_size"], old["dense_ratio"]
             key = f"{base}.dense{size}"
-            if key not in shared:
+            if key not in shared and old is None:
                 dm = dense_model(model, size)
                 shared[key] = export(dm, args.workdir / f"{key}.onnx", console, args.reuse, mode="full")
                 shared[key + "-opt"] = export(dm, args.workdir / f"{key}-opt.onnx", console, args.reuse,
                                               mode="full", ort_optimize=True)
-            files[key], files[key + "-opt"] = shared[key], shared[key + "-opt"]
             feeds = [ort_feed(*b) for b in batches]
             dense_feeds = [ort_feed(torch.rand(pv.shape[0], 3, size, size, generator=g) * 2 - 1, ids, mask)
                            for pv, ids, mask in batches]
             timed = {v: files[v] for v in ("full", "full-opt", *ADAPTIVE, "keep-all")}
-            timed.update({"dense": files[key], "dense-opt": files[key + "-opt"]})
+            timed.update({"dense": shared.get(key), "dense-opt": shared.get(key + "-opt")})
             groups = []  # one interleaved run per group: a session holds its weights twice (prepacked)
-            for members in GROUPS if not args.openvino else (*GROUPS, OPENVINO_GROUP):
+            with open_passes(OVERHEAD, timed, feeds, dense_feeds, args.threads) as passes:
+                med = time_interleaved(passes, args.overhead_repeats, console, f"{name} batch {bs}: keep-all overhead")
+            groups.append({v: 1000 * t for v, t in med.items()})
+            if old is not None:
+                groups += [grp for grp in old["groups_ms"] if set(grp) != set(OVERHEAD)]
+            for members in () if old is not None else GROUPS if not args.openvino else (*GROUPS, OPENVINO_GROUP):
                 with open_passes(members, timed, feeds, dense_feeds, args.threads) as passes:
                     med = time_interleaved(passes, args.repeats, console, f"{name} batch {bs}: {', '.join(members)}")
                 groups.append({v: 1000 * t for v, t in med.items()})
             x = rec["runs"][f"{name}/b{bs}"] = row(name, kind, bs, fl, groups, size, dense_ratio)
             x["derived"] = derive(x)
-            rec["graph_nodes"][name] = {v: graph_node_counts(f)["total"] for v, f in files.items()
-                                        if not v.startswith(f"{base}.dense")}
+            rec["graph_nodes"][name] = {v: graph_node_counts(f)["total"] for v, f in files.items()}
             save_json(RESULTS / f"{args.results}.json", rec)
             write_markdown(rec)  # after every table: a stopped run keeps what it measured
             console.print({v: {k: y[k] for k in ("r", "speedup", "ideal", "checks")} for v, y in x["derived"]["variants"].items()})
@@ -339,7 +360,9 @@ def derive(x: dict) -> dict:
 def write_markdown(rec: dict) -> None:
     lines = ["# Realized speed of the adaptive export (issue 27)", "",
              f"ONNX Runtime CPU, {rec['threads']} threads, easy-VQA test questions, {rec['batches']} batches x "
-             f"{rec['repeats']} interleaved repeats per table; medians. Reproduce: `{rec['reproduce']}`.", "",
+             f"{rec['repeats']} interleaved repeats per table ({rec.get('overhead_repeats', rec['repeats'])} for "
+             f"the keep-all overhead); medians. Reproduce: `{rec['reproduce']}`"
+             + (f", then `{rec['overhead_reproduce']}`" if "overhead_reproduce" in rec else "") + ".", "",
              "| model / batch | export | r | decided | exec/ps | full ms | ms | ×full | ×opt | 1/r | dense× | targets |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     derived = {key: derive(x) for key, x in rec["runs"].items()}
@@ -383,8 +406,8 @@ def write_markdown(rec: dict) -> None:
               "of its samples' r-work (1.00 = no padding; — not recorded by the run); ×full, ×opt = speedup vs "
               "`full` and vs the ORT-optimized `full-opt`; dense× = `full` / a dense model at the image size "
               "matching r (the ceiling). Variants are timed in groups of at most six sessions (memory), each group "
-              f"with `full`: {'; '.join(', '.join(g) for g in GROUPS + (OPENVINO_GROUP,))}; every ratio is taken "
-              "inside one group. Untrained rows: random trimmers calibrated to the ratio; only "
+              f"with `full`: {'; '.join(', '.join(g) for g in (OVERHEAD, *GROUPS, OPENVINO_GROUP))}; every ratio "
+              "is taken inside one group (the first that holds both). Untrained rows: random trimmers calibrated to the ratio; only "
               "speed is measured."]
     (RESULTS / f"{rec['results']}.md").write_text("\n".join(lines) + "\n")
 
