@@ -2,7 +2,7 @@
 
 Nothing here imports a model. The training path (`mask` mode: hard Gumbel-sigmoid with
 straight-through gradients) and the inference path (`prune` mode and the ONNX export:
-deterministic threshold -> per-sample keep count -> TopK -> sort -> Gather) share the
+deterministic threshold -> per-sample keep count -> TopK -> sort -> Gather, or a compaction) share the
 scoring code (`TokenTrimmer.forward`, `HeadTrimmer.forward`) and the helpers below.
 """
 

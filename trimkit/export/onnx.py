@@ -1,7 +1,8 @@
 """ONNX export with the adaptive pruning alive.
 
-`adaptive`: trimmer scores -> per-sample keep counts -> k = batch max -> TopK(k) -> sort -> Gather,
-for tokens and heads (the model's `prune` path, traced by torch.export with a data-dependent k);
+`adaptive`: trimmer scores -> per-sample keep counts -> k = batch max -> selection, for tokens and heads (the
+model's `prune` path, traced by torch.export with a data-dependent k): NonZero compaction + Gather in the packed
+layout (the default), TopK(k) -> sort -> Gather in the padded one;
 `static`: calibrated per-layer keep ratios, k from input shapes only; `full`: no pruning.
 
 Every export is checked before it is kept: onnx.checker (full check), then ONNX Runtime against
