@@ -207,9 +207,11 @@ def to_triton(source: str | os.PathLike, out: str | os.PathLike, *, backend: str
         raise BadInputError(f"{final}: already exists; pass --force to overwrite")
     if backend == "tensorrt":
         # the profiles and --max-batch against them: option errors come before the TensorRT check and the build
-        largest = max(p.batch[2] for p in _engine_profiles(source, profiles))
+        profiles = _engine_profiles(source, profiles)  # resolved once; the build takes them as they are
+        largest = max(p.batch[2] for p in profiles)
         if max_batch is not None and max_batch > largest:
             raise BadInputError(f"--max-batch {max_batch} exceeds the engine's largest profile batch {largest}")
+        max_batch = max_batch or largest
         if source.suffix not in ENGINE_SUFFIXES:
             from .trt import check_trt_ready
 
@@ -232,11 +234,7 @@ def to_triton(source: str | os.PathLike, out: str | os.PathLike, *, backend: str
         # keep_counts' middle axis (trimmed layers) as the artifact declares it
         io["output"][1]["dims"][0] = _artifact_io(artifact)["keep_counts"][1][1]
         profile_ids = None
-        if engine_profiles is not None:
-            largest = max(p.batch[2] for p in engine_profiles)
-            max_batch = largest if max_batch is None else max_batch
-            if max_batch > largest:
-                raise BadInputError(f"--max-batch {max_batch} exceeds the engine's largest profile batch {largest}")
+        if engine_profiles is not None:  # max_batch was checked against them above
             profile_ids = list(range(len(engine_profiles)))
         max_batch = max_batch or DEFAULT_MAX_BATCH
         text = render_config(model, backend, io, max_batch=max_batch, instance_count=instance_count,
