@@ -5,8 +5,8 @@ One interleaved ONNX Runtime run (CPU, 2 threads, medians) per model and batch s
                  optimizations, saved (`to_onnx(ort_optimize=True)`; the transformer fusions of
                  `onnxruntime.transformers` target BERT/ViT attention subgraphs this exporter does not emit);
   - `padded`     adaptive export, padded layout, heads masked (the export before the packed layout);
-  - `packed`     adaptive export, packed layout, heads gathered once per batch (the default);
-  - `packed-mask` adaptive export, packed layout, heads masked;
+  - `packed`     adaptive export, packed layout, heads gathered once per batch;
+  - `packed-mask` adaptive export, packed layout, heads masked (the default export);
   - `keep-all`   `packed-mask` (the default export) with every trimmer keeping everything (thresholds -1e4):
                  the trimmers' and the layout's overhead;
   - `dense`, `dense-opt`  the dense ceiling: the untrimmed model at the image size whose full FLOPs come
@@ -18,14 +18,15 @@ layers, width 768) and checkpoints given with `--random-ckpt NAME=PATH` (e.g. an
 (`match_adaptive_budget`) sets to each `--ratios` FLOPs ratio on easy-VQA validation questions: only speed
 is measured there, not accuracy. Trained checkpoints (`--ckpt NAME=PATH`) run as they are.
 
-The variants are timed in groups (`GROUPS`; each with `full` as the reference), one interleaved run per group:
-nine `base` sessions at once do not fit in memory. Every ratio is taken inside one group.
+The variants are timed in groups (`OVERHEAD` first with `--overhead-repeats`, then `GROUPS`; each with `full`
+as the reference), one interleaved run per group: nine `base` sessions at once do not fit in memory. Every
+ratio is taken inside one group.
 
-Per row: r = mean per-sample FLOPs ratio counting only executed work (each sample alone through the
-`packed` artifact: its kept tokens, its kept heads since they are gathered), the decided ratio beside it,
-executed / per-sample FLOPs of the batch for `packed` and `padded` (padding overhead), speedups vs `full`
-and vs `full-opt`, 1/r, the dense ceiling, and the issue's targets. `--openvino` adds OpenVINO (f32,
-same threads) for full / packed / dense. Results: benchmarks/results/<--results>.{json,md}.
+Per row, for the default export and for `packed` (`HEADLINE`): r = mean per-sample FLOPs ratio counting only
+the work that artifact executes (each sample alone through it; masked heads count as run), the decided ratio
+beside it, executed / per-sample FLOPs of the batch (padding overhead), speedups vs `full` and vs `full-opt`,
+1/r, the dense ceiling, and the issue's targets. `--openvino` adds OpenVINO (f32, same threads) for full,
+both headline exports and dense. Results: benchmarks/results/<--results>.{json,md}.
 
     python benchmarks/realized_speed.py --preset base --ratios 0.5,0.33 [--ckpt small-t0.5=PATH ...]
         [--random-ckpt blip=PATH] [--batches 4] [--repeats 3] [--openvino]
@@ -147,6 +148,13 @@ def open_passes(members, files: dict, feeds: list, dense_feeds: list, threads: i
     finally:
         passes.clear()
         gc.collect()
+
+
+def time_group(members, repeats: int, label: str, console, *pass_args) -> dict[str, float]:
+    """Median ms per batch of each variant of one group, timed interleaved (`open_passes(members, *pass_args)`)."""
+    with open_passes(members, *pass_args) as passes:
+        med = time_interleaved(passes, repeats, console, label)
+    return {v: 1000 * t for v, t in med.items()}
 
 
 def calibrate(model, split, ratio: float, samples: int, tol: float = 0.02):
@@ -287,16 +295,15 @@ def main() -> None:
                            for pv, ids, mask in batches]
             timed = {v: files[v] for v in ("full", "full-opt", *ADAPTIVE, "keep-all")}
             timed.update({"dense": shared.get(key), "dense-opt": shared.get(key + "-opt")})
-            groups = []  # one interleaved run per group: a session holds its weights twice (prepacked)
-            with open_passes(OVERHEAD, timed, feeds, dense_feeds, args.threads) as passes:
-                med = time_interleaved(passes, args.overhead_repeats, console, f"{name} batch {bs}: keep-all overhead")
-            groups.append({v: 1000 * t for v, t in med.items()})
-            if old is not None:
+            pass_args = (timed, feeds, dense_feeds, args.threads)
+            groups = [time_group(OVERHEAD, args.overhead_repeats, f"{name} batch {bs}: keep-all overhead", console,
+                                 *pass_args)]
+            if old is not None:  # --overhead-only: the earlier run's other groups
                 groups += [grp for grp in old["groups_ms"] if set(grp) != set(OVERHEAD)]
-            for members in () if old is not None else GROUPS if not args.openvino else (*GROUPS, OPENVINO_GROUP):
-                with open_passes(members, timed, feeds, dense_feeds, args.threads) as passes:
-                    med = time_interleaved(passes, args.repeats, console, f"{name} batch {bs}: {', '.join(members)}")
-                groups.append({v: 1000 * t for v, t in med.items()})
+            else:
+                for members in (*GROUPS, OPENVINO_GROUP) if args.openvino else GROUPS:
+                    groups.append(time_group(members, args.repeats, f"{name} batch {bs}: {', '.join(members)}",
+                                             console, *pass_args))
             x = rec["runs"][f"{name}/b{bs}"] = row(name, kind, bs, fl, groups, size, dense_ratio)
             x["derived"] = derive(x)
             rec["graph_nodes"][name] = {v: graph_node_counts(f)["total"] for v, f in files.items()}
@@ -316,9 +323,8 @@ def export(model, path, console, reuse: bool, **kw):
 
 def row(name: str, kind: str, bs: int, fl: dict, groups: list[dict], size: int, dense_ratio: float) -> dict:
     """What one table measured (the derived ratios and checks: `derive`)."""
-    return {"model": name, "kind": kind, "batch": bs, **fl, "groups_ms": groups,
-            "latency_ms": {v: t for g in reversed(groups) for v, t in g.items()},  # each variant from its first group
-            "dense_size": size, "dense_ratio": dense_ratio}
+    return {"model": name, "kind": kind, "batch": bs, **fl, "groups_ms": groups, "dense_size": size,
+            "dense_ratio": dense_ratio}
 
 
 # the exports the targets are checked on: the default (packed, heads masked) and packed with heads gathered
@@ -330,6 +336,7 @@ def derive(x: dict) -> dict:
     """Speedups, ceilings and the issue's checks of one table, every ratio taken inside one timing group (or, where
     no group holds both, as the product of two in-group ratios through `full`)."""
     groups = x["groups_ms"]
+    timed = {v for g in groups for v in g}
 
     def ratio(a: str, b: str) -> float:
         both = [g[a] / g[b] for g in groups if a in g and b in g]
@@ -359,17 +366,23 @@ def derive(x: dict) -> dict:
                 checks["keep-all <= 8%"] = out["keep_all"] <= t["keep_all"]
         out["variants"][v] = {"r": r, "exec": x.get(exec_key), "speedup": sp, "speedup_opt": sp_opt, "ideal": 1 / r,
                               "checks": checks}
-    if "ov-full" in x["latency_ms"]:
+    if "ov-full" in timed:
         ov = out["openvino"] = {"ceiling": ratio("ov-full", "ov-dense"), "ov_full_vs_ort_full": ratio("full", "ov-full"),
                                 "variants": {}}
         for v, (_, r_key, _) in HEADLINE.items():
-            if f"ov-{v}" not in x["latency_ms"]:
+            if f"ov-{v}" not in timed:
                 continue  # (a run before the default export was timed on OpenVINO)
             sp, r = ratio("ov-full", f"ov-{v}"), x[r_key]
             check = (("b1 >= 0.85 x ceiling", sp >= OPENVINO_TARGETS["b1_ceiling"] * ov["ceiling"]) if x["batch"] == 1
                      else ("b8 >= 0.8/r", sp >= OPENVINO_TARGETS["b8_ideal"] / r))
             ov["variants"][v] = {"speedup": sp, "checks": dict([check]) if x["kind"] == "untrained" else {}}
     return out
+
+
+def verdict(checks: dict[str, bool]) -> str:
+    """'pass', 'FAIL: <the failed checks>', or '' where nothing is checked."""
+    fails = [k for k, ok in checks.items() if not ok]
+    return "" if not checks else "pass" if not fails else "FAIL: " + ", ".join(fails)
 
 
 def write_markdown(rec: dict) -> None:
@@ -385,12 +398,10 @@ def write_markdown(rec: dict) -> None:
         d = derived[key]
         for v, (label, _, _) in HEADLINE.items():
             y, ms = d["variants"][v], next(g for g in x["groups_ms"] if v in g and "full" in g)  # one group's times
-            fails = [k for k, ok in y["checks"].items() if not ok]
-            verdict = "pass" if not fails else "FAIL: " + ", ".join(fails)
             exec_ps = "—" if y["exec"] is None else f"{y['exec']:.2f}"
             lines.append(f"| {key} | {label} | {y['r']:.3f} | {x['decided']:.3f} | {exec_ps} | {ms['full']:.1f} "
                          f"| {ms[v]:.1f} | {y['speedup']:.2f} | {y['speedup_opt']:.2f} | {y['ideal']:.2f} "
-                         f"| {d['ceiling']:.2f} | {verdict} |")
+                         f"| {d['ceiling']:.2f} | {verdict(y['checks'])} |")
     lines += ["", "Other variants, speedup vs `full` (keep-all: the default export with every trimmer keeping "
               "everything, its overhead over `full`):", ""]
     for key, x in rec["runs"].items():
@@ -398,8 +409,7 @@ def write_markdown(rec: dict) -> None:
         ov = d.get("openvino")
         lines.append(f"- {key}: padded {d['padded']:.2f}× (exec/ps {x['exec_over_sample_padded']:.2f}), full-opt "
                      f"{d['full_opt']:.2f}×, dense-opt ceiling vs full-opt {d['ceiling_opt']:.2f}× "
-                     f"({x['dense_size']} px, ratio {x['dense_ratio']:.3f}), keep-all {100 * d['keep_all']:+.1f}%"
-                     )
+                     f"({x['dense_size']} px, ratio {x['dense_ratio']:.3f}), keep-all {100 * d['keep_all']:+.1f}%")
     ov_rows = [(key, x, derived[key]["openvino"]) for key, x in rec["runs"].items() if "openvino" in derived[key]]
     if ov_rows:
         lines += ["", "OpenVINO (CPU plugin, f32 inference precision, same threads), speedups vs OpenVINO's own `full`:",
@@ -408,10 +418,8 @@ def write_markdown(rec: dict) -> None:
         for key, x, ov in ov_rows:
             for v, y in ov["variants"].items():
                 label, r_key, _ = HEADLINE[v]
-                fails = [k for k, ok in y["checks"].items() if not ok]
-                verdict = ("pass" if not fails else "FAIL: " + ", ".join(fails)) if y["checks"] else ""
                 lines.append(f"| {key} | {label} | {x[r_key]:.3f} | {y['speedup']:.2f} | {1 / x[r_key]:.2f} "
-                             f"| {ov['ceiling']:.2f} | {ov['ov_full_vs_ort_full']:.2f}× | {verdict} |")
+                             f"| {ov['ceiling']:.2f} | {ov['ov_full_vs_ort_full']:.2f}× | {verdict(y['checks'])} |")
     lines += ["", "ONNX graph nodes per variant:", ""]
     lines += [f"- {name}: " + ", ".join(f"{v} {n:,}" for v, n in nodes.items()) for name, nodes in rec["graph_nodes"].items()]
     lines += ["", "Legend: export = the default adaptive export (packed layout, pruned heads masked) or the packed "
