@@ -173,11 +173,11 @@ def select_compact(keep: Tensor) -> tuple[Tensor, Tensor]:
     the new grid, k = the batch's largest keep count: sample b's kept tokens take its slots 0 .. k_b - 1 and
     fillers the rest, so a sample meets its keys in the same order in any batch.
     """
-    count = keep.sum(dim=1)  # (B,)
-    k = count.max().to(torch.int64).item()  # data-dependent: the new grid's width in the exported graph
+    count = keep.sum(dim=1).to(torch.int64)  # (B,) exact: sums of 1.0s; integer once, not per use
+    k = count.max().item()  # data-dependent: the new grid's width in the exported graph
     torch._check(k >= 1)
     torch._check(k <= keep.shape[1])
-    alive = (torch.arange(k, device=keep.device, dtype=keep.dtype) < count[:, None]).to(keep.dtype)  # (B, k)
+    alive = (torch.arange(k, device=keep.device) < count[:, None]).to(keep.dtype)  # (B, k)
     return torch.nonzero(keep.reshape(-1) > 0).squeeze(1), alive
 
 

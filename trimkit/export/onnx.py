@@ -47,6 +47,7 @@ from ..fileio import atomic_path, check_writable, sha256_file
 from ..models import MeterModel
 from ..runtime.onnxruntime import ort_feed, ort_session
 from .inputs import sample_inputs
+from .simplify import simplify
 
 __all__ = ["to_onnx", "OnnxExport", "ExportWrapper", "check_onnx", "parse_keep_ratios", "quiet_logs", "check_opset"]
 
@@ -219,6 +220,7 @@ def to_onnx(source: str | os.PathLike | MeterModel, out: str | os.PathLike, *, m
     t0 = time.perf_counter()
     model = _prepare_model(source, mode, keep_ratios, head_impl, precision, layout)
     proto = _export_proto(model, mode, opset, precision)
+    simplify(proto)
     written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if written != opset:  # the exporter may raise or lower the opset it was asked for
         raise CheckFailedError(f"torch.onnx.export wrote opset {written} when asked for {opset}; nothing written")

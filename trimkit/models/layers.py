@@ -72,7 +72,7 @@ class Packing:
     @property
     def cls_rows(self) -> Tensor:
         """(B,) int64 the row of each sample's [CLS] (grid slot 0)."""
-        return self.src.view(self.weight.shape)[:, 0]
+        return self.src.view(self.weight.shape[0], -1)[:, 0]
 
     @cached_property
     def key_bias(self) -> Tensor:
@@ -82,10 +82,12 @@ class Packing:
 
     def to_grid(self, x: Tensor, *tail: int) -> Tensor:
         """(T, C) packed rows -> (B, k, C) padded view, or (B, k, *tail) (one reshape where a view of the view
-        would add a second); (T,) -> (B, k). A filler holds a copy of a live row of its own sample: finite, never
-        a key (weight 0), and its query output is never read back (`to_rows`), so the result is exact without
-        zero-filling (one Gather in a graph, where a zero-filled scatter costs ten)."""
-        return x.index_select(0, self.src).view(*self.weight.shape, *(tail or x.shape[1:]))
+        would add a second; `tail` has no -1); (T,) -> (B, k). A filler holds a copy of a live row of its own
+        sample: finite, never a key (weight 0), and its query output is never read back (`to_rows`), so the result
+        is exact without zero-filling (one Gather in a graph, where a zero-filled scatter costs ten). The view is
+        (B, -1, *tail): the data-dependent width k stays out of the shape, so every view with the same tail
+        shares one shape tensor in a graph."""
+        return x.index_select(0, self.src).view(self.weight.shape[0], -1, *(tail or x.shape[1:]))
 
     def to_rows(self, g: Tensor) -> Tensor:
         """(B * k, C) rows of the padded view -> (T, C) packed rows."""
@@ -166,7 +168,7 @@ class Attention(nn.Module):
             bias = torch.cat([self.q_proj.bias.view(1, h, dh), self.kv_proj.bias.view(2, h, dh)])  # (3, H, dh)
             if kept is not None:
                 w, bias = w.index_select(1, kept), bias.index_select(1, kept)  # (3, kh, dh, D), (3, kh, dh)
-            qkv = _grid(F.linear(x, w.reshape(-1, d), bias.reshape(-1)), x_pack, 3, -1, dh)  # (B, N, 3, kh, dh)
+            qkv = _grid(F.linear(x, w.reshape(-1, d), bias.reshape(-1)), x_pack, 3, w.shape[1], dh)  # (B, N, 3, kh, dh)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, kh, N, dh) each
         else:
             wq, bq, wkv, bkv = self.q_proj.weight, self.q_proj.bias, self.kv_proj.weight, self.kv_proj.bias
@@ -175,8 +177,9 @@ class Attention(nn.Module):
                 bq = bq.view(h, dh).index_select(0, kept).reshape(-1)  # (kh*dh,)
                 wkv = wkv.view(2, h, dh, dk).index_select(1, kept).reshape(-1, dk)  # (2*kh*dh, Dk)
                 bkv = bkv.view(2, h, dh).index_select(1, kept).reshape(-1)  # (2*kh*dh,)
-            q = _grid(F.linear(x, wq, bq), x_pack, -1, dh).transpose(1, 2)  # (B, kh, Nq, dh)
-            k, v = _grid(F.linear(y, wkv, bkv), y_pack, 2, -1, dh).permute(2, 0, 3, 1, 4).unbind(0)  # (B, kh, Nk, dh)
+            kh = wq.shape[0] // dh
+            q = _grid(F.linear(x, wq, bq), x_pack, kh, dh).transpose(1, 2)  # (B, kh, Nq, dh)
+            k, v = _grid(F.linear(y, wkv, bkv), y_pack, 2, kh, dh).permute(2, 0, 3, 1, 4).unbind(0)  # (B, kh, Nk, dh)
         wo = self.out_proj.weight
         if kept is not None:
             wo = wo.view(-1, h, dh).index_select(1, kept).reshape(wo.shape[0], -1)  # (D, kh*dh)
