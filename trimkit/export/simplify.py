@@ -65,10 +65,10 @@ def simplify(proto) -> dict[str, Any]:
     outputs = {o.name for o in g.output}
     read_before = set(consumers)
     alias: dict[str, str] = {}
-    drop: set[int] = set()
+    drop: list[int] = []  # node indices (protobuf wrappers have no stable identity)
     stats = {"reshape_1d": 0, "nonzero_1d": 0}
 
-    for n in g.node:
+    for i, n in enumerate(g.node):
         if n.op_type == "Transpose" and _perm(n) == [1, 0]:
             src = producer.get(n.input[0])
             users = consumers[n.output[0]]
@@ -77,14 +77,16 @@ def simplify(proto) -> dict[str, Any]:
                     and consts.get(users[0].input[1]) == [1] and n.output[0] not in outputs):
                 squeeze = users[0]
                 squeeze.input[0], squeeze.input[1] = n.input[0], _AXIS0
-                drop.add(id(n))
+                drop.append(i)
                 stats["nonzero_1d"] += 1
         elif (n.op_type == "Reshape" and consts.get(n.input[1]) == [-1] and ranks.get(n.input[0]) == 1
               and n.output[0] not in outputs):
             alias[n.output[0]] = n.input[0]
-            drop.add(id(n))
+            drop.append(i)
             stats["reshape_1d"] += 1
-    if stats["nonzero_1d"] and _AXIS0 not in {i.name for i in g.initializer}:
+    if not drop:
+        return stats
+    if stats["nonzero_1d"] and _AXIS0 not in {t.name for t in g.initializer}:
         g.initializer.append(numpy_helper.from_array(np.array([0], dtype=np.int64), _AXIS0))
 
     def resolve(name: str) -> str:
@@ -92,28 +94,23 @@ def simplify(proto) -> dict[str, Any]:
             name = alias[name]
         return name
 
-    if not drop:
-        return stats
-    kept = [n for n in g.node if id(n) not in drop]
-    for n in kept:
+    removed = {o for i in drop for o in g.node[i].output}
+    for i in reversed(drop):  # in place, back to front: no copies of the graph, indices stay valid
+        del g.node[i]
+    for n in g.node:
         for j, name in enumerate(n.input):
             if name in alias:
                 n.input[j] = resolve(name)
-    removed = {o for n in g.node if id(n) in drop for o in n.output}
-    del g.node[:]
-    g.node.extend(kept)
-    info = [v for v in g.value_info if v.name not in removed]
-    del g.value_info[:]
-    g.value_info.extend(info)
+    for i in reversed(range(len(g.value_info))):
+        if g.value_info[i].name in removed:
+            del g.value_info[i]
     # constants that only the removed nodes read
     read = {i for n in g.node for i in n.input} | outputs
     orphan = (read_before - read) | (removed - read)
-    live = [n for n in g.node if not (n.op_type == "Constant" and n.output[0] in orphan)]
-    if len(live) != len(g.node):
-        del g.node[:]
-        g.node.extend(live)
-    inits = [i for i in g.initializer if i.name not in orphan]
-    if len(inits) != len(g.initializer):
-        del g.initializer[:]
-        g.initializer.extend(inits)
+    for i in reversed(range(len(g.node))):
+        if g.node[i].op_type == "Constant" and g.node[i].output[0] in orphan:
+            del g.node[i]
+    for i in reversed(range(len(g.initializer))):
+        if g.initializer[i].name in orphan:
+            del g.initializer[i]
     return stats
