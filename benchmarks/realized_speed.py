@@ -354,8 +354,6 @@ def derive(x: dict) -> dict:
     ceiling, ceiling_opt = ratio("full", "dense"), ratio("full-opt", "dense-opt")
     out = {"ceiling": ceiling, "ceiling_opt": ceiling_opt, "keep_all": ratio("keep-all", "full") - 1,
            "padded": ratio("full", "padded"), "full_opt": ratio("full", "full-opt"), "variants": {}}
-    # the dense ceiling with the trimmers' fixed cost added: what the adaptive graph could reach if the pruned
-    # layers ran exactly as the dense model and every trimmer and index node cost what it costs keeping everything
     for v, (_, r_key, exec_key) in HEADLINE.items():
         r, sp, sp_opt = x[r_key], ratio("full", v), ratio("full-opt", v)
         ceil, ceil_opt = (ceiling_at(c, x["dense_ratio"], r) for c in (ceiling, ceiling_opt))

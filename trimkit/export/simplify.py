@@ -11,7 +11,6 @@ replaces a node by an identical value, so the graph's outputs are bit-for-bit th
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
 
 __all__ = ["simplify"]
 
@@ -46,7 +45,7 @@ def _perm(node) -> list[int] | None:
     return next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
 
 
-def simplify(proto) -> dict[str, Any]:
+def simplify(proto) -> dict[str, int]:
     """Rewrite `proto` (an onnx.ModelProto, in place); returns what was removed, by rule.
 
     - `reshape_1d`: Reshape(x, [-1]) of a 1-D x -> x.
@@ -106,7 +105,7 @@ def simplify(proto) -> dict[str, Any]:
             del g.value_info[i]
     # constants that only the removed nodes read
     read = {i for n in g.node for i in n.input} | outputs
-    orphan = (read_before - read) | (removed - read)
+    orphan = read_before - read
     for i in reversed(range(len(g.node))):
         if g.node[i].op_type == "Constant" and g.node[i].output[0] in orphan:
             del g.node[i]
