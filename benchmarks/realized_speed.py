@@ -47,7 +47,7 @@ from _common import RESULTS, ort_pass, save_json, time_interleaved, timing_args
 from rich.console import Console
 
 import trimkit
-from trimkit.calibration.budget import match_adaptive_budget
+from trimkit.calibration.budget import match_adaptive_budget, with_head_batch_keep
 from trimkit.config import TrimConfig
 from trimkit.cost import depth_flops, graph_node_counts, projection_flops
 from trimkit.data import load_dataset
@@ -56,7 +56,8 @@ from trimkit.factory import new_model
 from trimkit.models import build_model
 from trimkit.train.loop import randomize_trimmers
 
-ADAPTIVE = {"padded": ("mask", "padded"), "packed": ("gather", "packed"), "packed-mask": ("mask", "packed")}
+ADAPTIVE = {"padded": ("mask", "padded"), "packed": ("gather", "packed"), "packed-mask": ("mask", "packed"),
+            "packed-auto": ("auto", "packed")}
 # the issue's targets: (b8 x(1/r) vs full, b8 x(1/r) vs full-opt, b1 x ceiling, b1 x ceiling (opt), keep-all)
 UNTRAINED_TARGETS = dict(b8_ideal=0.85, b8_ideal_opt=0.8, b1_ceiling=0.9, b1_ceiling_opt=0.85, keep_all=0.03,
                          padding=1.05)
@@ -99,9 +100,10 @@ def alone(pv, ids, mask, i: int):
 
 @torch.no_grad()
 def flops_of(model, batches) -> dict[str, float]:
-    """r (per sample alone, executed work of the packed artifact; `r_heads_masked`: of the packed-mask one, the
-    default export), decided ratio, and executed / per-sample FLOPs of the batches in each adaptive artifact."""
-    sample_exec, sample_decided, sample_full, sample_mask = [], [], [], []
+    """r (per sample alone, executed work of the packed artifact with gathered heads; `r_heads_masked`, `r_auto`:
+    of the packed-mask one and of the default export), decided ratio, and executed / per-sample FLOPs of the
+    batches in each adaptive artifact."""
+    sample_exec, sample_decided, sample_full, sample_mask, sample_auto = [], [], [], [], []
     batch_exec = dict.fromkeys(ADAPTIVE, 0.0)
     for pv, ids, mask in batches:
         for layout, (heads, lay) in ADAPTIVE.items():
@@ -114,24 +116,27 @@ def flops_of(model, batches) -> dict[str, float]:
             sample_exec.append(float(out.executed_layer_flops.sum()))
             sample_decided.append(float(out.layer_flops.sum()))
             sample_full.append(float(out.full_layer_flops.sum()))
-            model.head_impl, model.layout = ADAPTIVE["packed-mask"]
-            sample_mask.append(float(model(*alone(pv, ids, mask, i), mode="prune").executed_layer_flops.sum()))
+            for variant, into in (("packed-mask", sample_mask), ("packed-auto", sample_auto)):
+                model.head_impl, model.layout = ADAPTIVE[variant]
+                into.append(float(model(*alone(pv, ids, mask, i), mode="prune").executed_layer_flops.sum()))
     per_sample = sum(sample_exec)
     return {"r": statistics.mean(e / f for e, f in zip(sample_exec, sample_full)),
             "decided": statistics.mean(d / f for d, f in zip(sample_decided, sample_full)),
             "r_heads_masked": statistics.mean(e / f for e, f in zip(sample_mask, sample_full)),
+            "r_auto": statistics.mean(e / f for e, f in zip(sample_auto, sample_full)),
+            "exec_over_sample_packed_auto": batch_exec["packed-auto"] / sum(sample_auto),
             "exec_over_sample_packed": batch_exec["packed"] / per_sample,
             "exec_over_sample_padded": batch_exec["padded"] / per_sample,
             "exec_over_sample_packed_mask": batch_exec["packed-mask"] / sum(sample_mask)}
 
 
 # Variants timed side by side, a group at a time: an ONNX Runtime session of the `base` graph holds ~2.4 GB (its
-# weights and their prepacked copies), and all nine at once do not fit in 24 GiB (six do). Every ratio is taken inside one
-# group (`row`); `full` is in each group as the reference.
+# weights and their prepacked copies), and all ten at once do not fit in 24 GiB (six do). Every ratio is taken inside
+# one group where one holds both (`derive`); `full` is in each group as the reference.
 OVERHEAD = ("full", "keep-all")  # timed first, with --overhead-repeats: ratios come from the first group holding both
-GROUPS = (("full", "packed", "packed-mask", "keep-all", "dense"),
-          ("full", "full-opt", "padded", "packed-mask", "packed", "dense-opt"))
-OPENVINO_GROUP = ("full", "ov-full", "ov-packed-mask", "ov-packed", "ov-dense")
+GROUPS = (("full", "packed-auto", "packed", "packed-mask", "keep-all", "dense"),
+          ("full", "full-opt", "padded", "packed-auto", "packed", "dense-opt"))
+OPENVINO_GROUP = ("full", "ov-full", "ov-packed-auto", "ov-packed-mask", "ov-packed", "ov-dense")
 
 
 @contextlib.contextmanager
@@ -252,10 +257,19 @@ def main() -> None:
                 model.trim, m = calibrate(model, data.val, ratio, args.calib_samples)
                 console.print(f"  decided FLOPs ratio {m['flops_ratio']:.3f} on {args.calib_samples} questions "
                               f"({m['offsets']} threshold offsets)")
+        if model.trim.head_batch_keep is None:  # as `calibrate budget` and training record them for `--heads auto`
+            console.print(f"{name}: measuring head keep rates on {args.calib_samples} questions ...")
+            model.trim = with_head_batch_keep(model, data.val, samples=args.calib_samples)
+            if ratio is not None:
                 cached.write_text(json.dumps(model.trim.to_dict()))
         g = torch.Generator().manual_seed(0)
         files = {}
+        model.head_impl = "auto"
+        plan = {g for layer in model.heads_gathered() for g in layer}
         for variant, (heads, layout) in ADAPTIVE.items():
+            if variant == "packed-auto" and len(plan) == 1:  # the same graph as every module masked or gathered
+                files[variant] = files["packed" if plan == {True} else "packed-mask"]
+                continue
             files[variant] = export(model, args.workdir / f"{slug}.{variant}.onnx", console, args.reuse,
                                     mode="adaptive", head_impl=heads, layout=layout)
         saved = model.trim
@@ -282,7 +296,7 @@ def main() -> None:
                 size, dense_ratio = dense_size(c, fl["r"], statistics.mean(float(m.sum(1).float().mean())
                                                                            for _, _, m in batches))
             else:  # the earlier run's FLOPs and dense size (its batches are these: same seed, same draws)
-                fl = {k: v for k, v in old.items() if k in ("r", "decided", "r_heads_masked") or k.startswith("exec_")}
+                fl = {k: v for k, v in old.items() if k in ("r", "decided", "r_heads_masked", "r_auto") or k.startswith("exec_")}
                 size, dense_ratio = old["dense_size"], old["dense_ratio"]
             key = f"{base}.dense{size}"
             if key not in shared and old is None:
@@ -327,9 +341,16 @@ def row(name: str, kind: str, bs: int, fl: dict, groups: list[dict], size: int, 
             "dense_ratio": dense_ratio}
 
 
-# the exports the targets are checked on: the default (packed, heads masked) and packed with heads gathered
-HEADLINE = {"packed-mask": ("default (heads masked)", "r_heads_masked", "exec_over_sample_packed_mask"),
+# the exports the targets are checked on: the default (packed, heads auto), and packed with every module's heads
+# masked or gathered (runs from before `--heads auto` have the last two only: their default was heads masked)
+HEADLINE = {"packed-auto": ("default (heads auto)", "r_auto", "exec_over_sample_packed_auto"),
+            "packed-mask": ("heads masked", "r_heads_masked", "exec_over_sample_packed_mask"),
             "packed": ("heads gathered", "r", "exec_over_sample_packed")}
+
+
+def default_variant(x: dict) -> str:
+    """The default export of a run: heads auto, or heads masked in runs from before it."""
+    return "packed-auto" if "r_auto" in x else "packed-mask"
 
 
 def ceiling_at(ceiling: float, dense_ratio: float, r: float) -> float:
@@ -355,6 +376,8 @@ def derive(x: dict) -> dict:
     out = {"ceiling": ceiling, "ceiling_opt": ceiling_opt, "keep_all": ratio("keep-all", "full") - 1,
            "padded": ratio("full", "padded"), "full_opt": ratio("full", "full-opt"), "variants": {}}
     for v, (_, r_key, exec_key) in HEADLINE.items():
+        if r_key not in x:
+            continue
         r, sp, sp_opt = x[r_key], ratio("full", v), ratio("full-opt", v)
         ceil, ceil_opt = (ceiling_at(c, x["dense_ratio"], r) for c in (ceiling, ceiling_opt))
         checks = {}
@@ -383,7 +406,7 @@ def derive(x: dict) -> dict:
         ov = out["openvino"] = {"ceiling": ratio("ov-full", "ov-dense"), "ov_full_vs_ort_full": ratio("full", "ov-full"),
                                 "variants": {}}
         for v, (_, r_key, _) in HEADLINE.items():
-            if f"ov-{v}" not in timed:
+            if f"ov-{v}" not in timed or r_key not in x:
                 continue  # (a run before the default export was timed on OpenVINO)
             sp, r = ratio("ov-full", f"ov-{v}"), x[r_key]
             ceil = ceiling_at(ov["ceiling"], x["dense_ratio"], r)
@@ -412,6 +435,10 @@ def write_markdown(rec: dict) -> None:
     for key, x in rec["runs"].items():
         d = derived[key]
         for v, (label, _, _) in HEADLINE.items():
+            if v not in d["variants"]:
+                continue
+            if v == "packed-mask" and default_variant(x) == v:
+                label = "default (heads masked)"
             y, ms = d["variants"][v], next(g for g in x["groups_ms"] if v in g and "full" in g)  # one group's times
             exec_ps = "—" if y["exec"] is None else f"{y['exec']:.2f}"
             lines.append(f"| {key} | {label} | {y['r']:.3f} | {x['decided']:.3f} | {exec_ps} | {ms['full']:.1f} "
@@ -421,7 +448,7 @@ def write_markdown(rec: dict) -> None:
               "everything, its overhead over `full`):", ""]
     for key, x in rec["runs"].items():
         d = derived[key]
-        y = d["variants"]["packed-mask"]
+        y = d["variants"][default_variant(x)]
         lines.append(f"- {key}: padded {d['padded']:.2f}× (exec/ps {x['exec_over_sample_padded']:.2f}), full-opt "
                      f"{d['full_opt']:.2f}×, dense-opt ceiling vs full-opt {d['ceiling_opt']:.2f}× "
                      f"({x['dense_size']} px, ratio {x['dense_ratio']:.3f}; dense {d['ceiling']:.2f}× vs full), "
@@ -435,12 +462,15 @@ def write_markdown(rec: dict) -> None:
         for key, x, ov in ov_rows:
             for v, y in ov["variants"].items():
                 label, r_key, _ = HEADLINE[v]
+                label = "default (heads masked)" if v == default_variant(x) == "packed-mask" else label
                 lines.append(f"| {key} | {label} | {x[r_key]:.3f} | {y['speedup']:.2f} | {1 / x[r_key]:.2f} "
                              f"| {y['ceiling']:.2f} | {ov['ov_full_vs_ort_full']:.2f}× | {verdict(y['checks'])} |")
     lines += ["", "ONNX graph nodes per variant:", ""]
     lines += [f"- {name}: " + ", ".join(f"{v} {n:,}" for v, n in nodes.items()) for name, nodes in rec["graph_nodes"].items()]
-    lines += ["", "Legend: export = the default adaptive export (packed layout, pruned heads masked) or the packed "
-              "one with the kept heads' weights gathered once per batch; r = its mean per-sample FLOPs ratio "
+    lines += ["", "Legend: export = the default adaptive export (packed layout, `--heads auto`: each attention "
+              "module's kept heads gathered where a batch of 8 keeps at most 3/4 of them, masked elsewhere), or the "
+              "packed one with every module's pruned heads masked, or with every module's kept heads gathered once per "
+              "batch; r = its mean per-sample FLOPs ratio "
               "counting only executed work (each sample alone through it: masked heads count as run); decided = "
               "what the trimmers keep (pruned heads counted as saved); exec/ps = FLOPs the batch executes / the sum "
               "of its samples' r-work (1.00 = no padding; — not recorded by the run); ×full, ×opt = speedup vs "

@@ -55,7 +55,7 @@ ExportFormat = _choices("ExportFormat", "onnx", "trt", "openvino", "triton")
 TritonBackend = _choices("TritonBackend", "onnxruntime", "tensorrt", "openvino")
 ExportMode = _choices("ExportMode", "adaptive", "static", "full")
 ExportPrecision = _choices("ExportPrecision", "fp32", "fp16")
-HeadImpl = _choices("HeadImpl", "gather", "mask")
+HeadImpl = _choices("HeadImpl", "auto", "mask", "gather")
 Layout = _choices("Layout", "packed", "padded")
 Preset = _choices("Preset", "tiny", "small", "base")
 TrimTokens = _choices("TrimTokens", *TOKEN_MODALITIES)
@@ -355,10 +355,12 @@ def export(
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset, 18-25 (20 and up: one Gelu node).")] = DEFAULT_OPSET,
     precision: Annotated[ExportPrecision, typer.Option("--precision", help="fp16: an fp16 graph with fp32 inputs/outputs.")] = ExportPrecision.fp32,
     keep_ratios: Annotated[str | None, typer.Option("--keep-ratios", help="static mode: 'v,t;v,t;...' per trimmed layer (default: calibrated).")] = None,
-    heads: Annotated[HeadImpl, typer.Option("--heads", help="Head pruning: mask pruned heads (default; faster on CPU, "
-                                                            "see the export_speed benchmark) or gather the kept "
-                                                            "heads' weight slices (once per batch, the union of its "
-                                                            "choices, when packed; per sample when padded).")] = HeadImpl.mask,
+    heads: Annotated[HeadImpl, typer.Option("--heads", help="Head pruning: gather the kept heads' weight slices "
+                                                            "(once per batch, the union of its choices, when packed; "
+                                                            "per sample when padded), mask pruned heads, or auto "
+                                                            "(default): per attention module, gather where the "
+                                                            "checkpoint's measured head keep rate says it pays "
+                                                            "(docs/design.md).")] = HeadImpl.auto,
     layout: Annotated[Layout, typer.Option("--layout", help="adaptive: packed (token-wise work on the batch's kept tokens "
                                                             "only; default) or padded (every sample at the batch's "
                                                             "largest keep count; static shapes per layer).")] = Layout.packed,
@@ -383,7 +385,7 @@ def export(
                                            backend is not TritonBackend.onnxruntime):
         raise typer.BadParameter("--backend/--max-batch/--instance-count go with --format triton")
     graph_options = {"--mode": mode is not ExportMode.adaptive, "--precision": precision is not ExportPrecision.fp32,
-                     "--heads": heads is not HeadImpl.mask, "--layout": layout is not Layout.packed,
+                     "--heads": heads is not HeadImpl.auto, "--layout": layout is not Layout.packed,
                      "--keep-ratios": keep_ratios is not None, "--opset": opset != DEFAULT_OPSET}
     given = [name for name, changed in graph_options.items() if changed]
     if source.suffix in (".onnx", ".xml", ".plan", ".engine", ".trt") and given:

@@ -239,6 +239,10 @@ class TrimConfig:
     # ([vision, text]) and the heads kept per attention module; k then depends on input shapes only
     static_keep_ratios: list[list[float]] | None = field(default=None)
     static_head_keep: list[list[int]] | None = field(default=None)
+    # measured with these thresholds (`calibrate budget`, the end of training): per trimmed layer and attention
+    # module, the mean fraction of its heads that at least one sample of a batch of 8 (`contract.HEAD_KEEP_BATCH`) keeps -- the
+    # heads a packed graph gathering for the batch runs; `--heads auto` gathers where it is low (None: not measured)
+    head_batch_keep: list[list[float]] | None = field(default=None)
 
     def __post_init__(self) -> None:
         if self.first_trimmed_layer < 0:

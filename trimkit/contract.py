@@ -19,7 +19,8 @@ from .errors import BadInputError
 if TYPE_CHECKING:
     from .models import MeterModel
 
-__all__ = ["INPUT_NAMES", "OUTPUT_NAMES", "EXPORT_MODES", "TRIM_MODE_OF", "LAYOUTS", "DEFAULT_OPSET", "OPSET_RANGE", "MAX_BATCH",
+__all__ = ["INPUT_NAMES", "OUTPUT_NAMES", "EXPORT_MODES", "TRIM_MODE_OF", "LAYOUTS", "HEAD_IMPLS",
+           "GATHER_MAX_KEEP", "HEAD_KEEP_BATCH", "DEFAULT_OPSET", "OPSET_RANGE", "MAX_BATCH",
            "TOPK_MAX_K", "MAX_PROTO_BYTES", "PRECISIONS", "Tolerance", "TOLERANCES", "tolerance", "ENGINE_SUFFIXES",
            "META_VERSION", "META_MODE", "META_CONFIG", "META_LABELS", "META_WEIGHTS", "META_TOKENIZER",
            "META_CALIBRATION", "META_LAYOUT", "export_metadata", "stamp_metadata", "read_metadata",
@@ -36,6 +37,15 @@ EXPORT_MODES = ("adaptive", "static", "full")
 TRIM_MODE_OF = {"adaptive": "prune", "static": "static", "full": "off"}  # export mode -> MeterModel forward mode
 # How an adaptive graph lays out its kept tokens: one (sum_b k_b, D) matrix, or (B, k_max, D) with filler slots.
 LAYOUTS = ("packed", "padded")
+# How `prune` mode drops heads: gather the kept heads' weight slices (their work is saved), mask them (dense
+# projections, pruned heads zeroed), or per attention module ("auto"): gather where a batch of HEAD_KEEP_BATCH
+# keeps at most GATHER_MAX_KEEP of the module's heads (`TrimConfig.head_batch_keep`), mask elsewhere. A gathered
+# projection copies its kept weight slices on every forward and loses ONNX Runtime's pre-packed weights:
+# `benchmarks/head_gather.py` times it at 1.04-1.4x a dense projection of the kept heads, so gathering pays
+# where fewer than ~3/4 of the heads run, at every row count measured (1-1600 rows).
+HEAD_IMPLS = ("auto", "mask", "gather")
+GATHER_MAX_KEEP = 0.75
+HEAD_KEEP_BATCH = 8
 # Opset 20 has a Gelu operator: one node where opset 18 spells out Div/Erf/Add/Mul/Mul (26 GELUs in the
 # `small` adaptive graph). ONNX Runtime runs it as one kernel; TensorRT 10 parses opsets 9-20, TensorRT 11 up to 25.
 DEFAULT_OPSET = 20
@@ -97,6 +107,8 @@ def export_metadata(model: MeterModel, mode: str, precision: str, extra: dict | 
            "layout": graph_layout(model, mode),
            "dynamic_axes": {"batch": "all inputs/outputs", "text_len": "input_ids, attention_mask"},
            "image_size": model.config.image_size, **(extra or {})}
+    if mode == "adaptive":  # per trimmed layer, one letter per attention module: heads (g)athered or (m)asked
+        cfg["heads_gathered"] = ["".join("gm"[not g] for g in layer) for layer in model.heads_gathered()]
     meta = {META_VERSION: __version__, META_MODE: mode, META_CONFIG: json.dumps(cfg),
             META_LABELS: json.dumps(list(model.labels or [])), META_WEIGHTS: weights_digest(model),
             META_LAYOUT: graph_layout(model, mode)}
@@ -177,7 +189,8 @@ def artifact_metadata(path: str | os.PathLike) -> ArtifactInfo:
 
 # TrimConfig fields that decide which tokens and heads an adaptive artifact keeps
 DECISION_SETTINGS = ("token_threshold", "head_threshold", "layer_threshold_offsets", "token_trimming",
-                     "head_trimming", "token_modalities", "first_trimmed_layer", "local_only")
+                     "head_trimming", "token_modalities", "first_trimmed_layer", "local_only",
+                     "head_batch_keep")  # the last decides which heads `--heads auto` gathers
 
 
 def check_match(model: MeterModel, ckpt: Path, art: Path, info: ArtifactInfo) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import model_from_checkpoint, read_checkpoint
 from .config import TEXT, VISION
-from .contract import META_LAYOUT, META_MODE, read_metadata
+from .contract import META_CONFIG, META_LAYOUT, META_MODE, read_metadata
 from .cost import depth_flops, head_trimmer_flops, projection_flops, token_trimmer_flops
 from .errors import BadInputError
 from .trimmers import Idle
@@ -115,6 +116,19 @@ def describe_onnx(path: str | os.PathLike) -> dict[str, Any]:
         "metadata": meta,
         # exports older than the packed layout carry no key and are padded; None: not a trimkit graph
         "layout": meta.get(META_LAYOUT, "padded" if META_MODE in meta else None),
+        "heads": _heads_summary(meta),
         "ops": dict(sorted(ops.items())),
         "nodes": len(model.graph.node),
     }
+
+
+def _heads_summary(meta: dict[str, str]) -> str | None:
+    """How an adaptive graph drops heads, from its metadata: `auto: gathered in 14 of 46 attention modules`."""
+    try:
+        cfg = json.loads(meta.get(META_CONFIG, "{}"))
+    except ValueError:
+        return None
+    plan = "".join(cfg.get("heads_gathered") or [])
+    if not plan or "head_impl" not in cfg:
+        return None
+    return f"{cfg['head_impl']}: gathered in {plan.count('g')} of {len(plan)} attention modules"

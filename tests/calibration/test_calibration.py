@@ -5,8 +5,10 @@ import json
 import numpy as np
 import onnx
 import pytest
+import torch
 
 import trimkit
+from trimkit.calibration.budget import batch_keep_fraction
 from trimkit.calibration.int8 import _scopes, quantizable_matmuls, trimmer_nodes
 from trimkit.cli import main
 from trimkit.export.inputs import sample_inputs
@@ -54,6 +56,18 @@ def test_budget_calibration_hits_the_target_and_stores_static_ratios(calibrated)
     assert abs(rec["holdout"]["static"]["flops_ratio"] - rec["holdout"]["adaptive"]["flops_ratio"]) <= 0.05
     assert model.trim.static_keep_ratios and len(model.trim.static_keep_ratios) == len(model.token_trimmers)
     assert model.trim.token_threshold == pytest.approx(rec["threshold_offset"])  # base thresholds were 0
+    # the head keep rates `export --heads auto` reads: one per attention module, measured at these thresholds
+    model.head_impl = "mask"
+    rates = model.trim.head_batch_keep
+    assert [len(r) for r in rates] == [len(p) for p in model.heads_gathered()]
+    assert all(0.0 < r <= 1.0 for layer in rates for r in layer)
+
+
+def test_batch_keep_fraction_is_the_union_per_group():
+    mask = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0]] * 3 + [[0, 0, 0, 1]], dtype=torch.float32)
+    # groups of 8 rows: rows 0-7 keep heads {0, 1} (2 of 4), rows 8-9 keep {0, 3} (2 of 4)
+    assert batch_keep_fraction(mask) == (1.0, 2)
+    assert batch_keep_fraction(mask, group=1) == (2.5, 10)
 
 
 def test_static_export_of_a_calibrated_model_has_shape_only_k(calibrated, exported, tmp_path):

@@ -1,5 +1,6 @@
 """The ONNX contract on tiny exports, checked with ONNX Runtime at shapes never traced."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -69,6 +70,30 @@ def test_gathered_heads_export_matches_pytorch(exported, tmp_path):
     assert nonzero[0] > nonzero[1]
     assert json.loads(dict((p.key, p.value) for p in onnx.load(str(res.path)).metadata_props)["trimkit_config"])[
         "head_impl"] == "gather"
+
+
+def test_auto_heads_export_gathers_per_module(exported, tmp_path, capsys):
+    """The default `--heads auto` follows the checkpoint's measured head keep rates module by module, says so in
+    the metadata and in `inspect`, and matches PyTorch; without rates it is the masked-heads graph."""
+    model = trimkit.load_checkpoint(exported["ckpt"])
+    meta = json.loads(dict((p.key, p.value) for p in onnx.load(str(exported["adaptive"])).metadata_props)[
+        "trimkit_config"])
+    assert meta["head_impl"] == "auto" and set("".join(meta["heads_gathered"])) == {"m"}
+    n = [len(layer) for layer in meta["heads_gathered"]]
+    model.trim = dataclasses.replace(model.trim, head_batch_keep=[[(0.4, 0.9)[j % 2] for j in range(k)] for k in n])
+    lines = []
+    res = to_onnx(model, tmp_path / "auto.onnx", mode="adaptive", log=lines.append)
+    assert res.check["passed"]
+    plan = json.loads(dict((p.key, p.value) for p in onnx.load(str(res.path)).metadata_props)["trimkit_config"])[
+        "heads_gathered"]
+    assert plan == ["".join("gm"[j % 2] for j in range(k)) for k in n]
+    assert any(line.startswith(f"heads: gathered in {sum((k + 1) // 2 for k in n)} of {sum(n)}") for line in lines)
+    assert main(["inspect", str(res.path)]) == 0
+    assert f"heads auto: gathered in {sum((k + 1) // 2 for k in n)} of {sum(n)} attention modules" in capsys.readouterr().out
+    bad = dataclasses.replace(model.trim, head_batch_keep=[[0.5]])
+    model.trim = bad
+    with pytest.raises(BadInputError, match="head keep rates"):
+        to_onnx(model, tmp_path / "bad.onnx", mode="adaptive")
 
 
 @pytest.mark.parametrize("mode", ["adaptive", "full", "static"])

@@ -7,12 +7,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trimkit.contract import GATHER_MAX_KEEP
 from trimkit.cost import executed_ratio
 from trimkit.factory import new_model
 
 from ..conftest import make_inputs, randomize_trimmers
 
-VARIANTS = [("packed", "gather"), ("packed", "mask"), ("padded", "gather"), ("padded", "mask")]
+VARIANTS = [(lay, heads) for lay in ("packed", "padded") for heads in ("gather", "mask", "auto")]
 
 
 def run(model, inputs, mode="prune", layout="packed", head_impl="gather"):
@@ -27,7 +28,14 @@ def alone(inputs, i):
     return pv[i:i + 1], ids[i:i + 1, :n], mask[i:i + 1, :n]
 
 
+def alternating_rates(model) -> list[list[float]]:
+    """Head keep rates that make `--heads auto` gather every other attention module (and mask the rest)."""
+    n = [len(layer) for layer in model.heads_gathered()]
+    return [[(0.5, 1.0)[(i + j) % 2] for j in range(k)] for i, k in enumerate(n)]
+
+
 _MODEL = randomize_trimmers(new_model("tiny", "easyvqa", seed=5), seed=5)
+_MODEL.trim = dataclasses.replace(_MODEL.trim, head_batch_keep=alternating_rates(_MODEL))
 
 
 @settings(max_examples=5, deadline=None)
@@ -94,3 +102,24 @@ def test_executed_flops_by_layout():
         model.trim = saved
     executed = float(packed.executed_layer_flops.sum())
     assert alone_sum <= executed <= 1.1 * alone_sum
+
+
+def test_auto_heads_gather_where_the_batch_keeps_few():
+    """`auto` gathers exactly the modules whose measured batch keep rate is at most GATHER_MAX_KEEP, masks the
+    rest, and masks everywhere when no rates were measured; executed work lies between the two uniform choices."""
+    model = _MODEL
+    model.head_impl = "auto"
+    plan = model.heads_gathered()
+    assert plan == [[r <= GATHER_MAX_KEEP for r in layer] for layer in model.trim.head_batch_keep]
+    assert any(map(any, plan)) and not all(map(all, plan))
+    inputs = alone(make_inputs(model, 4, 12, seed=4, ragged=False), 0)
+    executed = {h: float(run(model, inputs, head_impl=h).executed_layer_flops.sum()) for h in ("gather", "auto", "mask")}
+    assert executed["gather"] < executed["auto"] < executed["mask"]
+    model.trim, saved = dataclasses.replace(model.trim, head_batch_keep=None), model.trim
+    try:
+        assert not any(map(any, model.heads_gathered()))
+    finally:
+        model.trim = saved
+    model.head_impl = "shuffle"
+    with pytest.raises(ValueError, match="unknown head pruning"):
+        run(model, inputs, head_impl="shuffle")

@@ -13,22 +13,33 @@ from typing import Any
 import torch
 
 from ..config import TrimConfig
+from ..contract import HEAD_KEEP_BATCH
 from ..data import VQASplit
 from ..evaluate import evaluate, sample_indices, using_trim
 from ..models import MeterModel
 
-__all__ = ["adaptive_profile", "static_trim_config", "match_static_budget", "match_adaptive_budget", "measure",
+__all__ = ["adaptive_profile", "with_head_batch_keep", "batch_keep_fraction", "static_trim_config", "match_static_budget", "match_adaptive_budget", "measure",
            "shift_thresholds"]
+
+
+def batch_keep_fraction(mask: torch.Tensor, group: int = HEAD_KEEP_BATCH) -> tuple[float, int]:
+    """(sum over groups, groups): the fraction of the H heads that at least one sample of each group of `group`
+    consecutive rows of a (B, H) keep mask keeps (the last group may be short)."""
+    kept = [float((chunk > 0).any(dim=0).float().mean()) for chunk in mask.split(group)]
+    return sum(kept), len(kept)
 
 
 @torch.no_grad()
 def adaptive_profile(model: MeterModel, split: VQASplit, *, samples: int | None = 1000, batch_size: int = 256,
                      seed: int = 0) -> dict[str, Any]:
-    """Mean kept fraction per trimmed layer and modality (of the input length) and mean kept heads."""
+    """Mean kept fraction per trimmed layer and modality (of the input length), mean kept heads and, per
+    attention module, the fraction of heads a batch of `HEAD_KEEP_BATCH` keeps (`TrimConfig.head_batch_keep`)."""
+    was_training = model.training
     model.eval()
     idx = sample_indices(len(split), samples, seed)
     frac_sum = None
     head_sum: list[list[float]] | None = None
+    union: list[list[tuple[float, int]]] | None = None
     ratios = []
     for start in range(0, idx.numel(), batch_size):
         pv, ids, mask, _ = split.batch(idx[start: start + batch_size])
@@ -39,10 +50,21 @@ def adaptive_profile(model: MeterModel, split: VQASplit, *, samples: int | None 
         frac_sum = frac if frac_sum is None else frac_sum + frac
         hs = [[float(h.sum(1).sum()) for h in mods] for mods in out.head_masks]
         head_sum = hs if head_sum is None else [[a + b for a, b in zip(x, y)] for x, y in zip(head_sum, hs)]
+        us = [[batch_keep_fraction(h) for h in mods] for mods in out.head_masks]
+        union = us if union is None else [[(a[0] + b[0], a[1] + b[1]) for a, b in zip(x, y)]
+                                          for x, y in zip(union, us)]
         ratios.append(out.flops_ratio)
+    model.train(was_training)
     n = idx.numel()
     return {"samples": n, "flops_ratio": float(torch.cat(ratios).mean()),
-            "token_frac": (frac_sum / n).tolist(), "heads": [[h / n for h in mods] for mods in head_sum]}
+            "token_frac": (frac_sum / n).tolist(), "heads": [[h / n for h in mods] for mods in head_sum],
+            "head_batch_keep": [[round(s / g, 4) for s, g in mods] for mods in union]}
+
+
+def with_head_batch_keep(model: MeterModel, split: VQASplit, *, samples: int | None = 1000, seed: int = 0) -> TrimConfig:
+    """The model's trim config with `head_batch_keep` measured on `split` at its current thresholds."""
+    profile = adaptive_profile(model, split, samples=samples, seed=seed)
+    return dataclasses.replace(model.trim, head_batch_keep=profile["head_batch_keep"])
 
 
 def static_trim_config(model: MeterModel, profile: dict[str, Any], scale: float = 1.0) -> TrimConfig:
@@ -97,9 +119,10 @@ def match_static_budget(model: MeterModel, split: VQASplit, target_ratio: float,
 
 
 def shift_thresholds(trim: TrimConfig, offset: float) -> TrimConfig:
-    """The trimmers' token and head decision thresholds moved by one global offset (logit units)."""
+    """The trimmers' token and head decision thresholds moved by one global offset (logit units); head keep rates
+    measured at the old thresholds are dropped."""
     return dataclasses.replace(trim, token_threshold=trim.token_threshold + offset,
-                               head_threshold=trim.head_threshold + offset)
+                               head_threshold=trim.head_threshold + offset, head_batch_keep=None)
 
 
 @torch.no_grad()
@@ -131,7 +154,7 @@ def match_adaptive_budget(model: MeterModel, split: VQASplit, target_ratio: floa
         mean = sum(spread) / len(spread)
         start = base.layer_threshold_offsets or [0.0] * len(spread)
         make = lambda x: dataclasses.replace(  # noqa: E731
-            base, layer_threshold_offsets=[o + x * s / mean for o, s in zip(start, spread)])
+            base, layer_threshold_offsets=[o + x * s / mean for o, s in zip(start, spread)], head_batch_keep=None)
     lo, hi = _bracket(model, split, make, target_ratio, span, samples=samples, seed=seed)
     return _bisect_budget(model, split, target_ratio, make, lo, hi, "prune", increasing=False, samples=samples,
                           tol=tol, max_iter=max_iter, seed=seed)
@@ -198,6 +221,7 @@ def calibrate_budget(ckpt, data: str, target_ratio: float, out, *, samples: int 
                                                     seed=seed)
     model.trim = dataclasses.replace(trim, static_keep_ratios=static_trim.static_keep_ratios,
                                      static_head_keep=static_trim.static_head_keep)
+    model.trim = with_head_batch_keep(model, task.val, samples=samples, seed=seed)  # for `export --heads auto`
     after = measure(model, task.test, "prune", **held)
     static = measure(model, task.test, "static", **held)
     record = {"data": data, "samples": min(samples, len(task.val)), "split": "val", "seed": seed,

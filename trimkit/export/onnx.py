@@ -30,6 +30,9 @@ from ..checkpoint import load_checkpoint
 from ..contract import (
     DEFAULT_OPSET,
     EXPORT_MODES,
+    GATHER_MAX_KEEP,
+    HEAD_IMPLS,
+    HEAD_KEEP_BATCH,
     INPUT_NAMES,
     LAYOUTS,
     MAX_BATCH,
@@ -103,14 +106,26 @@ def check_opset(opset: int) -> int:
     return opset
 
 
+def heads_line(model: MeterModel) -> str:
+    """One line on how the adaptive graph drops heads (`--heads`)."""
+    plan = [g for layer in model.heads_gathered() for g in layer]
+    if model.head_impl != "auto":
+        return f"heads: {model.head_impl}ed in all {len(plan)} attention modules (--heads {model.head_impl})"
+    if model.trim.head_batch_keep is None:
+        return (f"heads: masked in all {len(plan)} attention modules (--heads auto: the checkpoint records no head "
+                "keep rates; `trimkit calibrate budget` measures them)")
+    return (f"heads: gathered in {sum(plan)} of {len(plan)} attention modules, masked in the rest (--heads auto: "
+            f"gathered where a batch of {HEAD_KEEP_BATCH} keeps <= {GATHER_MAX_KEEP:.0%} of the heads)")
+
+
 def _prepare_model(source: str | os.PathLike | MeterModel, mode: str, keep_ratios, head_impl: str,
                    precision: str, layout: str = "packed") -> MeterModel:
     if mode not in EXPORT_MODES:
         raise BadInputError(f"unknown export mode {mode!r}; choose {', '.join(EXPORT_MODES)}")
     if precision not in PRECISIONS:
         raise BadInputError(f"unknown precision {precision!r}; choose {' or '.join(PRECISIONS)}")
-    if head_impl not in ("gather", "mask"):
-        raise BadInputError(f"unknown head pruning {head_impl!r}; choose gather or mask")
+    if head_impl not in HEAD_IMPLS:
+        raise BadInputError(f"unknown head pruning {head_impl!r}; choose {', '.join(HEAD_IMPLS)}")
     if layout not in LAYOUTS:
         raise BadInputError(f"unknown layout {layout!r}; choose {' or '.join(LAYOUTS)}")
     model = load_checkpoint(source) if not isinstance(source, nn.Module) else source
@@ -119,6 +134,11 @@ def _prepare_model(source: str | os.PathLike | MeterModel, mode: str, keep_ratio
         setattr(model, attr, getattr(source, attr, getattr(model, attr, None)))
     model.head_impl = head_impl
     model.layout = layout
+    try:
+        model.heads_gathered()
+    except ValueError as e:
+        raise BadInputError(f"the checkpoint's head keep rates do not fit it ({e}); measure them again with "
+                            "`trimkit calibrate budget`") from None
     if mode == "static":
         n = len(model.token_trimmers)
         if keep_ratios is not None:
@@ -209,7 +229,7 @@ def check_onnx(model: MeterModel, path: str | os.PathLike, mode: str, *, precisi
 
 def to_onnx(source: str | os.PathLike | MeterModel, out: str | os.PathLike, *, mode: str = "adaptive",
             opset: int = DEFAULT_OPSET, precision: str = "fp32", keep_ratios: str | list | None = None,
-            head_impl: str = "mask", layout: str = "packed", ort_optimize: bool = False, force: bool = False,
+            head_impl: str = "auto", layout: str = "packed", ort_optimize: bool = False, force: bool = False,
             check: bool = True, log=None) -> OnnxExport:
     """Export a checkpoint (or model) to one ONNX file; checked, atomic, never overwriting without force.
     `layout` ("packed" | "padded"): how the adaptive graph lays out kept tokens (`MeterModel.layout`)."""
@@ -226,6 +246,8 @@ def to_onnx(source: str | os.PathLike | MeterModel, out: str | os.PathLike, *, m
         raise CheckFailedError(f"torch.onnx.export wrote opset {written} when asked for {opset}; nothing written")
     t["export"] = time.perf_counter() - t0
     say(f"exported {mode} graph in {t['export']:.1f} s")
+    if mode == "adaptive" and model.trim.head_trimming:
+        say(heads_line(model))
     import onnx
 
     stamp_metadata(proto, export_metadata(model, mode, precision))

@@ -111,7 +111,7 @@ def _check_ir(xml: Path, onnx_path: Path, config, precision: str, seed: int = 0)
 
 
 def to_openvino(source, out: str | os.PathLike, *, mode: str = "adaptive", precision: str = "fp32",
-                opset: int = DEFAULT_OPSET, keep_ratios=None, head_impl: str = "mask", layout: str = "packed",
+                opset: int = DEFAULT_OPSET, keep_ratios=None, head_impl: str = "auto", layout: str = "packed",
                 force: bool = False, log=None) -> OpenVinoExport:
     """Checkpoint (or trimkit ONNX file) -> checked ONNX -> OpenVINO IR (.xml + .bin) + manifest."""
     from ..runtime.openvino import import_openvino

@@ -180,7 +180,7 @@ def _stage_artifact(source: Path, backend: str, version_dir: Path, *, mode, prec
 
 def to_triton(source: str | os.PathLike, out: str | os.PathLike, *, backend: str = "onnxruntime",
               max_batch: int | None = None, instance_count: int = 1, name: str | None = None, mode: str = "adaptive",
-              precision: str = "fp32", opset: int = DEFAULT_OPSET, keep_ratios=None, head_impl: str = "mask",
+              precision: str = "fp32", opset: int = DEFAULT_OPSET, keep_ratios=None, head_impl: str = "auto",
               layout: str = "packed", profiles=None, timing_cache=None, threads: int | None = None,
               force: bool = False, log=None) -> TritonExport:
     """Write `out/<name>/` (config.pbtxt, 1/<artifact> + manifest) from a checkpoint or an artifact."""

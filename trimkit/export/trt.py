@@ -239,7 +239,7 @@ def build_engine(onnx_path: str | os.PathLike, out: str | os.PathLike, *, profil
 
 def export_engine(source, out: str | os.PathLike, *, profiles: list[Profile] | ProfileSpec | None = None,
                   mode: str = "adaptive", precision: str = "fp32", opset: int = DEFAULT_OPSET, keep_ratios=None,
-                  head_impl: str = "mask", layout: str = "packed", onnx_out: str | os.PathLike | None = None,
+                  head_impl: str = "auto", layout: str = "packed", onnx_out: str | os.PathLike | None = None,
                   timing_cache=None, workspace_gib: float = 4.0, force: bool = False, log=None) -> EngineBuild:
     """Checkpoint, model (or trimkit ONNX file) -> checked ONNX -> TensorRT engine + manifest.
 

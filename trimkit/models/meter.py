@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import TEXT, VISION, ModelConfig, TrimConfig
-from ..contract import LAYOUTS
+from ..contract import GATHER_MAX_KEEP, HEAD_IMPLS, LAYOUTS
 from ..cost import depth_flops, executed_depth_flops, projection_flops
 from ..trimmers import (
     Decisions,
@@ -54,7 +54,6 @@ __all__ = ["MeterModel", "TrimOutput", "TRIM_MODES", "LAYOUTS", "HEAD_IMPLS"]
 
 TrimMode = Literal["off", "mask", "prune", "static"]
 TRIM_MODES: tuple[str, ...] = ("off", "mask", "prune", "static")
-HEAD_IMPLS: tuple[str, ...] = ("gather", "mask")
 
 
 @dataclass
@@ -211,9 +210,9 @@ class MeterModel(nn.Module):
                             other_dim=w[1 - m]) if c.active(depth, m) else Idle()
                 for m, _ in c.attention_modules(depth)]))
         # How `prune` mode drops heads: "gather" the kept heads' weight slices (saves the work: once for the
-        # batch, the union of its choices, in the packed layout; per sample in the padded one), or "mask" them
-        # (dense projections, pruned heads zeroed); and how it lays out tokens: "packed" or "padded" (module
-        # docstring). Export-time choices, not weights.
+        # batch, the union of its choices, in the packed layout; per sample in the padded one), "mask" them
+        # (dense projections, pruned heads zeroed), or "auto": per module, as `heads_gathered` says; and how it
+        # lays out tokens: "packed" or "padded" (module docstring). Export-time choices, not weights.
         self.head_impl = "gather"
         self.layout = "packed"
         self._init_weights()
@@ -332,6 +331,8 @@ class MeterModel(nn.Module):
         n_full = [torch.full((b,), float(xv.shape[1]), device=xv.device), wt.sum(dim=1).detach()]
         if mode == "prune" and self.layout not in LAYOUTS:
             raise ValueError(f"unknown layout {self.layout!r}; choose from {', '.join(LAYOUTS)}")
+        if mode == "prune" and self.head_impl not in HEAD_IMPLS:
+            raise ValueError(f"unknown head pruning {self.head_impl!r}; choose from {', '.join(HEAD_IMPLS)}")
         counts: list[Tensor] = []
         flops: list[Tensor] = []
         full_flops: list[Tensor] = []
@@ -450,7 +451,7 @@ class MeterModel(nn.Module):
                 if mode == "static":
                     heads[j] = self._static_heads(logits, trim_index, j)
                 else:
-                    heads[j] = self._choose_heads(logits, mode, noise, trim_index)
+                    heads[j] = self._choose_heads(logits, mode, noise, trim_index, j)
         return heads
 
     @staticmethod
@@ -521,12 +522,28 @@ class MeterModel(nn.Module):
         idx, _ = torch.sort(idx, dim=1)
         return HeadChoice(gate=torch.ones(idx.shape, dtype=logits.dtype, device=logits.device), idx=idx)
 
-    def _choose_heads(self, logits: Tensor, mode: str, noise, trim_index: int) -> HeadChoice:
+    def heads_gathered(self) -> list[list[bool]]:
+        """Per trimmed layer and attention module: does `prune` mode gather its kept heads (else it masks them)?"""
+        c, first, rates = self.config, self.trim.first_trimmed_layer, self.trim.head_batch_keep
+        counts = [len(c.attention_modules(first + ti)) for ti in range(len(self.head_trimmers))]
+        if rates is not None and [len(r) for r in rates] != counts:
+            raise ValueError(f"head_batch_keep has {[len(r) for r in rates]} rates per trimmed layer; the model's "
+                             f"attention modules are {counts}")
+        return [[self._gathers(ti, j) for j in range(n)] for ti, n in enumerate(counts)]
+
+    def _gathers(self, trim_index: int, module: int) -> bool:
+        """"auto": where `TrimConfig.head_batch_keep` is at most `GATHER_MAX_KEEP` (nowhere when not measured)."""
+        if self.head_impl != "auto":
+            return self.head_impl == "gather"
+        rates = self.trim.head_batch_keep
+        return rates is not None and rates[trim_index][module] <= GATHER_MAX_KEEP
+
+    def _choose_heads(self, logits: Tensor, mode: str, noise, trim_index: int, module: int) -> HeadChoice:
         t = self.trim
         training = self.training and mode == "mask"
         gate = head_gate(logits, training=training, tau=t.tau, threshold=t.thresholds(trim_index)[1],
                          uniform=noise(logits.shape) if training and noise else None)  # (B, H)
-        if mode == "mask" or self.head_impl == "mask":
+        if mode == "mask" or not self._gathers(trim_index, module):
             return HeadChoice(gate=gate)
         if self.layout == "packed":  # packed rows mix samples in one matmul: one weight set for the batch
             kept = torch.nonzero(gate.amax(dim=0) > 0).squeeze(1)  # (kh,) union over the batch, ascending

@@ -25,7 +25,8 @@ def render_description(info: dict[str, Any], console) -> None:
     if info["kind"] == "onnx":
         console.print(f"[bold]{info['path']}[/bold]  ONNX ir {info['ir_version']}, opsets {info['opsets']}, "
                       f"{info['nodes']} nodes, producer {info['producer']}"
-                      + (f", {info['layout']} layout" if info.get("layout") else ""))
+                      + (f", {info['layout']} layout" if info.get("layout") else "")
+                      + (f", heads {info['heads']}" if info.get("heads") else ""))
         t = Table(title="inputs / outputs")
         for col in ("", "name", "dtype", "shape"):
             t.add_column(col)

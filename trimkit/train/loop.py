@@ -33,6 +33,7 @@ from ..checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
 from ..config import TrainConfig, TrimConfig
 from ..data import load_dataset
 from ..errors import BadInputError
+from ..calibration.budget import with_head_batch_keep
 from ..evaluate import evaluate
 from ..fileio import check_writable
 from ..models import MeterModel, build_model
@@ -191,7 +192,7 @@ def _prepare(ckpt_path: str | Path, cfg: TrainConfig, resume: bool,
     if not resume:
         check_pretrain_seed(model.meta, cfg.data, cfg.seed, str(ckpt_path))
         trim = TrimConfig.from_dict({**model.trim.to_dict(), "tau": cfg.tau, "local_only": cfg.local_only,
-                                     "token_modalities": cfg.trim_tokens})
+                                     "token_modalities": cfg.trim_tokens, "head_batch_keep": None})
         model = with_trim_config(model, trim)
         if cfg.no_curriculum and not cfg.no_trim:
             randomize_trimmers(model, cfg.seed)
@@ -265,6 +266,8 @@ def _train(ckpt, cfg, *, resume, given, force, console, show_progress, stop_at_s
                 "seconds": earlier + time.perf_counter() - t0}
 
     def save_best(at: int, metrics: dict) -> None:
+        if not cfg.no_trim:  # the head keep rates `export --heads auto` reads, at the saved model's thresholds
+            model.trim = with_head_batch_keep(model, data.val, samples=cfg.eval_samples, seed=cfg.seed)
         save_checkpoint(model, out, force=True, meta={"train": {"step": at, "config": cfg.to_dict(), **metrics}})
 
     perm_epoch, perm = -1, None
