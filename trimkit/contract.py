@@ -41,8 +41,8 @@ LAYOUTS = ("packed", "padded")
 # projections, pruned heads zeroed), or per attention module ("auto"): gather where a batch of HEAD_KEEP_BATCH
 # keeps at most GATHER_MAX_KEEP of the module's heads (`TrimConfig.head_batch_keep`), mask elsewhere. A gathered
 # projection copies its kept weight slices on every forward and loses ONNX Runtime's pre-packed weights:
-# `benchmarks/head_gather.py` times it at 1.04-1.4x a dense projection of the kept heads, so gathering pays
-# where fewer than ~3/4 of the heads run, at every row count measured (1-1600 rows).
+# `benchmarks/head_gather.py` times it at up to 1.25x a dense projection of the same heads, so gathering pays
+# where at most 0.80 of the heads run, at every row count measured (1-1600 rows); 0.75 leaves a margin.
 HEAD_IMPLS = ("auto", "mask", "gather")
 GATHER_MAX_KEEP = 0.75
 HEAD_KEEP_BATCH = 8
