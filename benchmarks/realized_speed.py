@@ -62,6 +62,7 @@ ADAPTIVE = {"padded": ("mask", "padded"), "packed": ("gather", "packed"), "packe
 UNTRAINED_TARGETS = dict(b8_ideal=0.85, b8_ideal_opt=0.8, b1_ceiling=0.9, b1_ceiling_opt=0.85, keep_all=0.03,
                          padding=1.05)
 TRAINED_TARGETS = dict(b8_ceiling=0.9, b1_ceiling=0.9, keep_all=0.08)
+RATE_SAMPLES = 64  # validation questions the head keep rates of `--heads auto` are measured on (8 batches of 8)
 OPENVINO_TARGETS = dict(b8_ideal=0.8, b1_ceiling=0.85)  # untrained (`base`-sized) rows, vs OpenVINO's own full
 
 
@@ -258,8 +259,9 @@ def main() -> None:
                 console.print(f"  decided FLOPs ratio {m['flops_ratio']:.3f} on {args.calib_samples} questions "
                               f"({m['offsets']} threshold offsets)")
         if model.trim.head_batch_keep is None:  # as `calibrate budget` and training record them for `--heads auto`
-            console.print(f"{name}: measuring head keep rates on {args.calib_samples} questions ...")
-            model.trim = with_head_batch_keep(model, data.val, samples=args.calib_samples)
+            n = max(args.calib_samples, RATE_SAMPLES)
+            console.print(f"{name}: measuring head keep rates on {n} questions ...")
+            model.trim = with_head_batch_keep(model, data.val, samples=n)
             if ratio is not None:
                 cached.write_text(json.dumps(model.trim.to_dict()))
         g = torch.Generator().manual_seed(0)
