@@ -107,8 +107,8 @@ def export_metadata(model: MeterModel, mode: str, precision: str, extra: dict | 
            "layout": graph_layout(model, mode),
            "dynamic_axes": {"batch": "all inputs/outputs", "text_len": "input_ids, attention_mask"},
            "image_size": model.config.image_size, **(extra or {})}
-    if mode == "adaptive":  # per trimmed layer, one letter per attention module: heads (g)athered or (m)asked
-        cfg["heads_gathered"] = ["".join("gm"[not g] for g in layer) for layer in model.heads_gathered()]
+    if mode == "adaptive":  # per trimmed layer, one letter per attention module: heads (g)athered, (m)asked, - idle
+        cfg["heads_gathered"] = model.heads_plan()
     meta = {META_VERSION: __version__, META_MODE: mode, META_CONFIG: json.dumps(cfg),
             META_LABELS: json.dumps(list(model.labels or [])), META_WEIGHTS: weights_digest(model),
             META_LAYOUT: graph_layout(model, mode)}

@@ -123,12 +123,12 @@ def describe_onnx(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _heads_summary(meta: dict[str, str]) -> str | None:
-    """How an adaptive graph drops heads, from its metadata: `auto: gathered in 14 of 46 attention modules`."""
+    """How an adaptive graph drops heads, from its metadata: `auto: gathered in 14 of 46 trimmed attention modules`."""
     try:
         cfg = json.loads(meta.get(META_CONFIG, "{}"))
     except ValueError:
         return None
-    plan = "".join(cfg.get("heads_gathered") or [])
+    plan = "".join(cfg.get("heads_gathered") or []).replace("-", "")
     if not plan or "head_impl" not in cfg:
         return None
-    return f"{cfg['head_impl']}: gathered in {plan.count('g')} of {len(plan)} attention modules"
+    return f"{cfg['head_impl']}: gathered in {plan.count('g')} of {len(plan)} trimmed attention modules"

@@ -89,7 +89,7 @@ def test_auto_heads_export_gathers_per_module(exported, tmp_path, capsys):
     assert plan == ["".join("gm"[j % 2] for j in range(k)) for k in n]
     assert any(line.startswith(f"heads: gathered in {sum((k + 1) // 2 for k in n)} of {sum(n)}") for line in lines)
     assert main(["inspect", str(res.path)]) == 0
-    assert f"heads auto: gathered in {sum((k + 1) // 2 for k in n)} of {sum(n)} attention modules" in capsys.readouterr().out
+    assert f"heads auto: gathered in {sum((k + 1) // 2 for k in n)} of {sum(n)} trimmed attention modules" in capsys.readouterr().out
     bad = dataclasses.replace(model.trim, head_batch_keep=[[0.5]])
     model.trim = bad
     with pytest.raises(BadInputError, match="head keep rates"):

@@ -108,14 +108,14 @@ def check_opset(opset: int) -> int:
 
 def heads_line(model: MeterModel) -> str:
     """One line on how the adaptive graph drops heads (`--heads`)."""
-    plan = [g for layer in model.heads_gathered() for g in layer]
+    plan = "".join(model.heads_plan()).replace("-", "")
     if model.head_impl != "auto":
-        return f"heads: {model.head_impl}ed in all {len(plan)} attention modules (--heads {model.head_impl})"
+        return f"heads: {model.head_impl}ed in all {len(plan)} trimmed attention modules (--heads {model.head_impl})"
     if model.trim.head_batch_keep is None:
-        return (f"heads: masked in all {len(plan)} attention modules (--heads auto: the checkpoint records no head "
-                "keep rates; `trimkit calibrate budget` measures them)")
-    return (f"heads: gathered in {sum(plan)} of {len(plan)} attention modules, masked in the rest (--heads auto: "
-            f"gathered where a batch of {HEAD_KEEP_BATCH} keeps <= {GATHER_MAX_KEEP:.0%} of the heads)")
+        return (f"heads: masked in all {len(plan)} trimmed attention modules (--heads auto: the checkpoint records no "
+                "head keep rates; `trimkit calibrate budget` measures them)")
+    return (f"heads: gathered in {plan.count('g')} of {len(plan)} trimmed attention modules, masked in the rest "
+            f"(--heads auto: gathered where a batch of {HEAD_KEEP_BATCH} keeps <= {GATHER_MAX_KEEP:.0%} of the heads)")
 
 
 def _prepare_model(source: str | os.PathLike | MeterModel, mode: str, keep_ratios, head_impl: str,

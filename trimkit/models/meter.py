@@ -531,6 +531,12 @@ class MeterModel(nn.Module):
                              f"attention modules are {counts}")
         return [[self._gathers(ti, j) for j in range(n)] for ti, n in enumerate(counts)]
 
+    def heads_plan(self) -> list[str]:
+        """`heads_gathered` as one letter per attention module of each trimmed layer: g(athered), m(asked), or - where
+        no head trimmer runs (an idle stream, or head trimming off)."""
+        return ["".join("-" if not self.trim.head_trimming or isinstance(self.head_trimmers[ti][j], Idle)
+                        else "gm"[not g] for j, g in enumerate(layer)) for ti, layer in enumerate(self.heads_gathered())]
+
     def _gathers(self, trim_index: int, module: int) -> bool:
         """"auto": where `TrimConfig.head_batch_keep` is at most `GATHER_MAX_KEEP` (nowhere when not measured)."""
         if self.head_impl != "auto":
