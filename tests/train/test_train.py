@@ -11,7 +11,9 @@ import pytest
 import torch
 
 import trimkit
+from trimkit.calibration.budget import adaptive_profile
 from trimkit.checkpoint import read_checkpoint
+from trimkit.data import load_dataset
 from trimkit.cli import main
 from trimkit.errors import BadInputError
 from trimkit.factory import new_model
@@ -79,6 +81,12 @@ def test_ratio_follows_the_curriculum(base_ckpt, jsonl_data, tmp_path):
     assert targets == pytest.approx([1.0 - 0.5 * 19 / 30, 0.5, 0.5])  # target of the last step before each eval
     assert ratios[0] > ratios[-1]  # cost comes down as the target does
     assert abs(ratios[-1] - 0.5) < 0.15
+    # the saved checkpoint carries the head keep rates `export --heads auto` reads, measured at its thresholds
+    saved = trimkit.load_checkpoint(result.out)
+    data = load_dataset(str(jsonl_data), tokenizer=saved.tokenizer, labels=saved.labels,
+                        image_size=saved.config.image_size, seed=cfg.seed, val_fraction=cfg.val_fraction)
+    rates = adaptive_profile(saved, data.val, samples=cfg.eval_samples, seed=cfg.seed)["head_batch_keep"]
+    assert saved.trim.head_batch_keep == rates and len(rates) == len(saved.head_trimmers)
 
 
 def _parts(model, cfg, batch, target=0.6):
