@@ -13,8 +13,8 @@ import torch
 import trimkit
 from trimkit.calibration.budget import adaptive_profile
 from trimkit.checkpoint import read_checkpoint
-from trimkit.data import load_dataset
 from trimkit.cli import main
+from trimkit.data import load_dataset
 from trimkit.errors import BadInputError
 from trimkit.factory import new_model
 from trimkit.train import SmartTrimObjective, TrainConfig, last_path, train

@@ -29,11 +29,11 @@ from typing import Any
 
 import torch
 
+from ..calibration.budget import with_head_batch_keep
 from ..checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
 from ..config import TrainConfig, TrimConfig
 from ..data import load_dataset
 from ..errors import BadInputError
-from ..calibration.budget import with_head_batch_keep
 from ..evaluate import evaluate
 from ..fileio import check_writable
 from ..models import MeterModel, build_model
