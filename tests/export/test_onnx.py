@@ -81,8 +81,9 @@ def test_auto_heads_export_gathers_per_module(exported, tmp_path, capsys):
     assert meta["head_impl"] == "auto" and set("".join(meta["heads_gathered"])) == {"m"}
     n = [len(layer) for layer in meta["heads_gathered"]]
     model.trim = dataclasses.replace(model.trim, head_batch_keep=[[(0.4, 0.9)[j % 2] for j in range(k)] for k in n])
-    lines = []
-    res = to_onnx(model, tmp_path / "auto.onnx", mode="adaptive", log=lines.append)
+    lines, ckpt = [], tmp_path / "auto.pt"
+    trimkit.save_checkpoint(model, ckpt)
+    res = to_onnx(ckpt, tmp_path / "auto.onnx", mode="adaptive", log=lines.append)
     assert res.check["passed"]
     plan = json.loads(dict((p.key, p.value) for p in onnx.load(str(res.path)).metadata_props)["trimkit_config"])[
         "heads_gathered"]
@@ -90,6 +91,10 @@ def test_auto_heads_export_gathers_per_module(exported, tmp_path, capsys):
     assert any(line.startswith(f"heads: gathered in {sum((k + 1) // 2 for k in n)} of {sum(n)}") for line in lines)
     assert main(["inspect", str(res.path)]) == 0
     assert f"heads auto: gathered in {sum((k + 1) // 2 for k in n)} of {sum(n)} trimmed attention modules" in capsys.readouterr().out
+    # verify counts the executed ratio under the artifact's plan; a checkpoint with other rates is not its source
+    assert main(["verify", str(ckpt), str(res.path), "--samples", "12", "--batch-sizes", "1,4", "--repeats", "1"]) == 0
+    assert main(["verify", str(exported["ckpt"]), str(res.path), "--samples", "4", "--repeats", "1"]) == 2
+    assert "head_batch_keep" in capsys.readouterr().err
     bad = dataclasses.replace(model.trim, head_batch_keep=[[0.5]])
     model.trim = bad
     with pytest.raises(BadInputError, match="head keep rates"):
