@@ -23,7 +23,7 @@ __all__ = ["INPUT_NAMES", "OUTPUT_NAMES", "EXPORT_MODES", "TRIM_MODE_OF", "LAYOU
            "GATHER_MAX_KEEP", "HEAD_KEEP_BATCH", "DEFAULT_OPSET", "OPSET_RANGE", "MAX_BATCH",
            "TOPK_MAX_K", "MAX_PROTO_BYTES", "PRECISIONS", "Tolerance", "TOLERANCES", "tolerance", "ENGINE_SUFFIXES",
            "META_VERSION", "META_MODE", "META_CONFIG", "META_LABELS", "META_WEIGHTS", "META_TOKENIZER",
-           "META_CALIBRATION", "META_LAYOUT", "export_metadata", "stamp_metadata", "read_metadata",
+           "META_CALIBRATION", "META_LAYOUT", "export_metadata", "heads_summary", "stamp_metadata", "read_metadata",
            "ArtifactInfo", "artifact_metadata", "check_match"]
 
 # ---------------------------------------------------------------------------- I/O
@@ -185,6 +185,12 @@ def artifact_metadata(path: str | os.PathLike) -> ArtifactInfo:
                             meta.get(META_WEIGHTS), layout_meta=meta.get(META_LAYOUT))
     raise BadInputError(f"{path}: unknown artifact type (expected .onnx, a TensorRT .plan with its manifest or an "
                         "OpenVINO .xml IR)")
+
+
+def heads_summary(plan: list[str]) -> str:
+    """`gathered in N of M trimmed attention modules` from a heads plan (`MeterModel.heads_plan`: g, m, - idle)."""
+    letters = "".join(plan).replace("-", "")
+    return f"gathered in {letters.count('g')} of {len(letters)} trimmed attention modules"
 
 
 # TrimConfig fields that decide which tokens and heads an adaptive artifact keeps

@@ -9,7 +9,7 @@ from typing import Any
 
 from .checkpoint import model_from_checkpoint, read_checkpoint
 from .config import TEXT, VISION
-from .contract import META_CONFIG, META_LAYOUT, META_MODE, read_metadata
+from .contract import META_CONFIG, META_LAYOUT, META_MODE, heads_summary, read_metadata
 from .cost import depth_flops, head_trimmer_flops, projection_flops, token_trimmer_flops
 from .errors import BadInputError
 from .trimmers import Idle
@@ -128,7 +128,7 @@ def _heads_summary(meta: dict[str, str]) -> str | None:
         cfg = json.loads(meta.get(META_CONFIG, "{}"))
     except ValueError:
         return None
-    plan = "".join(cfg.get("heads_gathered") or []).replace("-", "")
-    if not plan or "head_impl" not in cfg:
+    plan = cfg.get("heads_gathered")
+    if not "".join(plan or []).replace("-", "") or "head_impl" not in cfg:
         return None
-    return f"{cfg['head_impl']}: gathered in {plan.count('g')} of {len(plan)} trimmed attention modules"
+    return f"{cfg['head_impl']}: {heads_summary(plan)}"

@@ -217,11 +217,13 @@ def calibrate_budget(ckpt, data: str, target_ratio: float, out, *, samples: int 
         offsets = [trim.token_threshold - native.token_threshold]
     say(f"adaptive: threshold offset{'s' if per_layer else ''} {', '.join(f'{o:+.3f}' for o in offsets)} -> "
         f"FLOPs ratio {calib['flops_ratio']:.3f} on validation; matching static keep ratios ...")
+    # one profile of the calibrated model: the static ratios start from it, `export --heads auto` reads its head rates
+    profile = adaptive_profile(model, task.val, samples=samples, seed=seed)
     static_trim, static_calib = match_static_budget(model, task.val, calib["flops_ratio"], samples=samples,
-                                                    seed=seed)
+                                                    profile=profile, seed=seed)
     model.trim = dataclasses.replace(trim, static_keep_ratios=static_trim.static_keep_ratios,
-                                     static_head_keep=static_trim.static_head_keep)
-    model.trim = with_head_batch_keep(model, task.val, samples=samples, seed=seed)  # for `export --heads auto`
+                                     static_head_keep=static_trim.static_head_keep,
+                                     head_batch_keep=profile["head_batch_keep"])
     after = measure(model, task.test, "prune", **held)
     static = measure(model, task.test, "static", **held)
     record = {"data": data, "samples": min(samples, len(task.val)), "split": "val", "seed": seed,

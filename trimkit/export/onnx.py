@@ -42,6 +42,7 @@ from ..contract import (
     PRECISIONS,
     TRIM_MODE_OF,
     export_metadata,
+    heads_summary,
     stamp_metadata,
     tolerance,
 )
@@ -108,14 +109,14 @@ def check_opset(opset: int) -> int:
 
 def heads_line(model: MeterModel) -> str:
     """One line on how the adaptive graph drops heads (`--heads`)."""
-    plan = "".join(model.heads_plan()).replace("-", "")
+    plan = model.heads_plan()
     if model.head_impl != "auto":
-        return f"heads: {model.head_impl}ed in all {len(plan)} trimmed attention modules (--heads {model.head_impl})"
+        return f"heads: {heads_summary(plan)} (--heads {model.head_impl})"
     if model.trim.head_batch_keep is None:
-        return (f"heads: masked in all {len(plan)} trimmed attention modules (--heads auto: the checkpoint records no "
-                "head keep rates; `trimkit calibrate budget` measures them)")
-    return (f"heads: gathered in {plan.count('g')} of {len(plan)} trimmed attention modules, masked in the rest "
-            f"(--heads auto: gathered where a batch of {HEAD_KEEP_BATCH} keeps <= {GATHER_MAX_KEEP:.0%} of the heads)")
+        return (f"heads: {heads_summary(plan)} (--heads auto: the checkpoint records no head keep rates, so every "
+                "module masks them; `trimkit calibrate budget` measures them)")
+    return (f"heads: {heads_summary(plan)}, masked in the rest (--heads auto: gathered where a batch of "
+            f"{HEAD_KEEP_BATCH} keeps <= {GATHER_MAX_KEEP:.0%} of the heads)")
 
 
 def _prepare_model(source: str | os.PathLike | MeterModel, mode: str, keep_ratios, head_impl: str,
