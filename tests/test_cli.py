@@ -93,13 +93,10 @@ def test_inspect_onnx(tmp_path, capsys):
 
 
 def test_precision_choices_of_export_and_train(tmp_path, capsys):
-    """export --precision is fp32|fp16 (the graph), train/pretrain --precision is fp32|bf16 (autocast)."""
+    """export --precision is fp32|fp16 (the graph; an fp16 export is tests/export/test_onnx.py's), train/pretrain
+    --precision is fp32|bf16 (autocast)."""
     ckpt = tmp_path / "base.pt"
     assert main(["init", "--preset", "tiny", "--data", "easyvqa", "--out", str(ckpt)]) == 0
-    out = tmp_path / "h.onnx"
-    assert main(["export", str(ckpt), "--precision", "fp16", "--out", str(out)]) == 0
-    types = {i.name: i.data_type for i in onnx.load(str(out)).graph.initializer}
-    assert TensorProto.FLOAT16 in types.values()
     for cmd, bad in (("export", "bf16"), ("train", "fp16"), ("pretrain", "fp16")):
         capsys.readouterr()
         assert main([cmd, str(ckpt), "--precision", bad, "--out", str(tmp_path / "x")]) == 2

@@ -113,15 +113,6 @@ def layouts(tmp_path_factory):
                    for lay in ("packed", "padded")}
 
 
-def test_padded_selects_by_topk_packed_by_compaction(layouts):
-    """Padded: TopK -> sort (a second TopK) -> Gather per sample. Packed: NonZero over the keep masks, no TopK
-    (token and head selection alike)."""
-    _, paths = layouts
-    ops = {lay: [n.op_type for n in onnx.load(str(p)).graph.node] for lay, p in paths.items()}
-    assert ops["padded"].count("TopK") >= 2 and "GatherElements" in ops["padded"]
-    assert "TopK" not in ops["packed"] and "NonZero" in ops["packed"]
-
-
 @pytest.mark.slow
 def test_packed_graph_executes_per_sample_work(layouts, tmp_path):
     """On a batch whose samples keep different counts, the packed graph's token-wise MatMuls do exactly the sum
@@ -163,7 +154,11 @@ def test_cli_export_layout_padded(exported, tmp_path):
     out = tmp_path / "padded.onnx"
     assert main(["export", str(exported["ckpt"]), "--out", str(out), "--layout", "padded"]) == 0
     assert metadata(out)["trimkit_layout"] == "padded"
-    assert "NonZero" not in {n.op_type for n in onnx.load(str(out)).graph.node}
+    # padded: TopK -> sort (a second TopK) -> Gather per sample; packed: NonZero over the keep masks, no TopK
+    ops = {"padded": [n.op_type for n in onnx.load(str(out)).graph.node],
+           "packed": [n.op_type for n in onnx.load(str(exported["adaptive"])).graph.node]}
+    assert ops["padded"].count("TopK") >= 2 and "GatherElements" in ops["padded"] and "NonZero" not in ops["padded"]
+    assert "TopK" not in ops["packed"] and "NonZero" in ops["packed"]
     assert main(["inspect", str(out), "--json", str(tmp_path / "info.json")]) == 0
     assert json.loads((tmp_path / "info.json").read_text())["layout"] == "padded"
     assert main(["export", str(exported["ckpt"]), "--out", str(tmp_path / "x.onnx"), "--layout", "ragged"]) == 2
