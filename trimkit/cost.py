@@ -69,11 +69,14 @@ def encoder_layer_flops(n: Number, heads: Number, cfg: Dims) -> Number:
 
 def fusion_stream_flops(
     n_self: Number, n_other: Number, heads_self: Number, heads_cross: Number, cfg: Dims,
-    other_dim: int | None = None, grid: tuple[Number, Number] | None = None,
+    other_dim: int | None = None, grid: tuple[Number, Number] | None = None, self_grid: Number | None = None,
 ) -> Number:
     """One co-attention layer of one stream: self-attn, cross-attn to the other stream, FFN
-    (`grid`: attention-product lengths of this stream and the other, as in `attention_flops`)."""
+    (`grid`: attention-product lengths of this stream and the other, as in `attention_flops`; `self_grid`: this
+    stream's self-attention product length where it differs from grid[0])."""
     g_self, g_cross = (None, None) if grid is None else ((grid[0], grid[0]), grid)
+    if self_grid is not None:
+        g_self = (self_grid, self_grid)
     return (
         attention_flops(n_self, n_self, heads_self, cfg, grid=g_self)
         + attention_flops(n_self, n_other, heads_cross, cfg, kv_dim=other_dim, grid=g_cross)
@@ -82,20 +85,22 @@ def fusion_stream_flops(
 
 
 def depth_flops(cfg: ModelConfig, depth: int, n: list[Number], heads: list[Number],
-                grid: list[Number] | None = None) -> Number:
+                grid: list[Number] | None = None, self_grid: list[Number] | None = None) -> Number:
     """All layers at lockstep `depth`: n = [vision, text] token counts entering it, heads = kept heads per
     attention module in `ModelConfig.attention_modules` order. An idle stream costs nothing. (The fusion
     entry's projections, on the tokens before that depth's trimming: `projection_flops`.) `grid` = [vision,
-    text] lengths the attention products run at, when they differ from n (`executed_depth_flops`)."""
+    text] lengths the attention products run at, when they differ from n (`executed_depth_flops`); `self_grid`
+    the self-attention products' lengths where they differ from `grid` (runs: `Packing.split`)."""
     g = grid if grid is not None else n
+    sg = self_grid if self_grid is not None else [None, None]
     if cfg.is_fusion(depth):
         f = cfg.fusion
         gv, gt = ((g[VISION], g[TEXT]), (g[TEXT], g[VISION])) if grid is not None else (None, None)
         text = fusion_stream_flops(n[TEXT], n[VISION], heads[2], heads[3], f, other_dim=cfg.stream_width(depth, VISION),
-                                   grid=gt)
+                                   grid=gt, self_grid=sg[TEXT])
         if cfg.fusion_style == "text":  # BLIP: only the text stream runs
             return text
-        return fusion_stream_flops(n[VISION], n[TEXT], heads[0], heads[1], f, grid=gv) + text
+        return fusion_stream_flops(n[VISION], n[TEXT], heads[0], heads[1], f, grid=gv, self_grid=sg[VISION]) + text
     total: Number = 0
     for m in (VISION, TEXT):
         if cfg.active(depth, m):
@@ -103,22 +108,24 @@ def depth_flops(cfg: ModelConfig, depth: int, n: list[Number], heads: list[Numbe
             if grid is None:
                 total = total + encoder_layer_flops(n[m], heads[m], spec)
             else:
-                total = total + attention_flops(n[m], n[m], heads[m], spec, grid=(g[m], g[m])) + ffn_flops(n[m], spec)
+                gm = g[m] if sg[m] is None else sg[m]
+                total = total + attention_flops(n[m], n[m], heads[m], spec, grid=(gm, gm)) + ffn_flops(n[m], spec)
     return total
 
 
 def executed_depth_flops(cfg: ModelConfig, depth: int, rows: list[Number], grid: list[Number],
-                         heads: list[Number]) -> Number:
+                         heads: list[Number], self_grid: list[Number | None] | None = None) -> Number:
     """One sample's share of the work its batch executes at `depth`.
 
     rows = [vision, text] tokens the token-wise work (projections, FFN) runs on for this sample: its own
     kept count in the packed layout, the batch's grid width (largest keep count, or the padded text length
     before any trimming) in the padded one; grid = [vision, text] grid widths, where the attention products
     run; heads = heads each attention module projects (all of them when heads are masked, the batch's
-    union when gathered for the batch, the batch's widest choice when gathered per sample). Summed over a
-    batch's samples this is the batch's executed work.
+    union when gathered for the batch, the batch's widest choice when gathered per sample); self_grid = [vision,
+    text] the width of the run each sample's self-attention products run in, where a stream runs them in
+    runs (None: at the grid width). Summed over a batch's samples this is the batch's executed work.
     """
-    return depth_flops(cfg, depth, rows, heads, grid=grid)
+    return depth_flops(cfg, depth, rows, heads, grid=grid, self_grid=self_grid)
 
 
 def executed_ratio(out) -> float:

@@ -117,17 +117,30 @@ def describe_onnx(path: str | os.PathLike) -> dict[str, Any]:
         # exports older than the packed layout carry no key and are padded; None: not a trimkit graph
         "layout": meta.get(META_LAYOUT, "padded" if META_MODE in meta else None),
         "heads": _heads_summary(meta),
+        "attention_runs": _runs_summary(meta),
         "ops": dict(sorted(ops.items())),
         "nodes": len(model.graph.node),
     }
 
 
-def _heads_summary(meta: dict[str, str]) -> str | None:
-    """How an adaptive graph drops heads, from its metadata: `auto: gathered in 14 of 46 trimmed attention modules`."""
+def _config(meta: dict[str, str]) -> dict:
     try:
         cfg = json.loads(meta.get(META_CONFIG, "{}"))
     except ValueError:
-        return None
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _runs_summary(meta: dict[str, str]) -> str | None:
+    """Which packed streams run their self-attention products in runs of samples: `image in 2 runs`."""
+    runs = _config(meta).get("attention_runs") or []
+    parts = [f"{name} in {r} runs" for name, r in zip(("image", "text"), runs) if isinstance(r, int) and r > 1]
+    return ", ".join(parts) or None
+
+
+def _heads_summary(meta: dict[str, str]) -> str | None:
+    """How an adaptive graph drops heads, from its metadata: `auto: gathered in 14 of 46 trimmed attention modules`."""
+    cfg = _config(meta)
     plan = cfg.get("heads_gathered")
     if not "".join(plan or []).replace("-", "") or "head_impl" not in cfg:
         return None

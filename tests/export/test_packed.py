@@ -29,6 +29,7 @@ def test_default_adaptive_export_is_packed(exported):
     assert meta["trimkit_layout"] == "packed" and json.loads(meta["trimkit_config"])["layout"] == "packed"
     assert metadata(exported["full"])["trimkit_layout"] == "padded"  # nothing to pack without pruning
     assert describe_onnx(exported["adaptive"])["layout"] == "packed"
+    assert describe_onnx(exported["adaptive"])["attention_runs"] is None  # 17 image tokens: one view per batch
     assert "NonZero" in {n.op_type for n in onnx.load(str(exported["adaptive"])).graph.node}
 
 
@@ -59,6 +60,33 @@ def test_packed_graph_matches_pytorch_and_batch_of_one(exported, seed, batch, te
                                                                                mask[i:i + 1, :n]))
         np.testing.assert_allclose(logits[i:i + 1], one_logits, atol=2e-5, rtol=1e-4)
         np.testing.assert_array_equal(counts[i:i + 1], one_counts)
+
+
+def test_attention_runs_graph_matches_pytorch_and_batch_of_one(tmp_path):
+    """A geometry whose packed vision stream runs its self-attention products in runs of samples (65 image
+    tokens at width 64): the graph sorts each trimmed grid's samples once (one TopK over the batch per packing
+    of that stream), matches PyTorch at batch 1 (an empty first run) and on mixed batches, and every sample its
+    batch-of-one run."""
+    model = randomize_trimmers(new_model("tiny", "easyvqa", seed=8, image_size=64), seed=8)
+    res = to_onnx(model, tmp_path / "runs.onnx", mode="adaptive")
+    assert res.check["passed"] and [s["batch"] for s in res.check["shapes"]][:2] == [1, 3]
+    ops = [n.op_type for n in onnx.load(str(res.path)).graph.node]
+    assert ops.count("TopK") == len(model.token_trimmers)  # one sort per vision packing, none to select tokens
+    assert json.loads(metadata(res.path)["trimkit_config"])["attention_runs"] == [2, 1]
+    assert describe_onnx(res.path)["attention_runs"] == "image in 2 runs"
+    sess = ort_session(res.path)
+    for batch, seed in ((5, 1), (7, 2)):
+        pv, ids, mask = sample_inputs(model.config, batch, 9, seed=seed)
+        logits, counts = sess.run(["logits", "keep_counts"], ort_feed(pv, ids, mask))
+        with torch.no_grad():
+            ref = model(pv, ids, mask, mode="prune")
+        assert len(set(counts[:, -1, 0].tolist())) > 1  # the runs really differ in width
+        np.testing.assert_allclose(logits, ref.logits.numpy(), atol=1e-4, rtol=1e-3)
+        np.testing.assert_array_equal(counts, ref.keep_counts.numpy())
+        for i in range(batch):
+            n = int(mask[i].sum())
+            one = sess.run(["logits"], ort_feed(pv[i:i + 1], ids[i:i + 1, :n], mask[i:i + 1, :n]))[0]
+            np.testing.assert_allclose(logits[i:i + 1], one, atol=2e-5, rtol=1e-4)
 
 
 def matmul_flops(path, feeds, tmp_path) -> list[dict[str, float]]:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["HeadChoice", "Packing", "masked_softmax", "Attention", "Mlp", "EncoderBlock", "FusionBlock", "ConvStem"]
+__all__ = ["HeadChoice", "Packing", "Split", "masked_softmax", "Attention", "Mlp", "EncoderBlock", "FusionBlock", "ConvStem"]
 
 
 @dataclass
@@ -59,15 +59,52 @@ class Packing:
     sample: Tensor
     src: Tensor
     weight: Tensor
+    runs: int = 1  # the runs this stream's self-attention products are split into (`Packing.split`)
 
     @classmethod
-    def of(cls, weight: Tensor) -> Packing:
+    def of(cls, weight: Tensor, runs: int = 1) -> Packing:
         """The packing of the live slots (weight > 0) of a (B, k) grid whose slot 0 is live in every sample."""
         k = weight.shape[1]
         live = torch.nonzero(weight > 0)  # (T, 2): (sample, slot), sample-major
         sample = live[:, 0]
         src = (weight.reshape(-1).cumsum(dim=0) - 1).to(torch.int64)  # live slots before each slot, minus one
-        return cls(sample * k + live[:, 1], sample, src, weight)
+        return cls(sample * k + live[:, 1], sample, src, weight, runs)
+
+    @cached_property
+    def split(self) -> Split:
+        """The self-attention products in `runs` runs: the samples sorted by keep count and cut into `runs`
+        contiguous runs, each padded only to its own largest count (one view pads every sample to the batch's).
+        A run may be empty (the first, at batch 1): its tensors have no rows and cost a few empty kernels."""
+        b, k = self.weight.shape
+        # each sample's extent: one past its last live slot (its live count: a trimmed grid is live up front; a
+        # stream packed untrimmed may have text padding anywhere)
+        slots = torch.arange(1, k + 1, dtype=self.weight.dtype, device=self.weight.device)
+        count = (self.weight * slots).amax(dim=1)  # (B,) exact small integers
+        # ascending by extent, ties by sample: unique keys make any sort deterministic (exact in float: extents
+        # and batch are far below 2^12 each)
+        order = torch.sort(count * b + torch.arange(b, dtype=count.dtype, device=count.device)).indices  # (B,)
+        ranked = count.index_select(0, order)
+        grid_src, bias = self.src.view(b, k), torch.log(self.weight)
+        members, src, key_bias, starts, widths = [], [], [], [], []
+        offset = torch.zeros((), dtype=torch.int64, device=count.device)  # rows of the runs before this one
+        for r in range(self.runs):
+            lo, hi = b * r // self.runs, b * (r + 1) // self.runs
+            m = order[lo:hi]  # (B_r,)
+            # the run's width: its last (largest) extent; the 1 keeps an empty run's width defined
+            kr = torch.cat([ranked.new_ones(1), ranked[lo:hi]]).amax(dim=0).to(torch.int64)
+            width = kr.item()
+            torch._check(width >= 1)
+            torch._check(width <= k)
+            members.append(m)
+            src.append(grid_src.index_select(0, m)[:, :width])  # (B_r, k_r)
+            key_bias.append(bias.index_select(0, m)[:, None, None, :width])  # (B_r, 1, 1, k_r)
+            starts.append(offset + torch.arange(hi - lo, device=count.device) * kr)  # (B_r,) each sample's first row
+            widths.append(kr.expand(hi - lo))
+            offset = offset + (hi - lo) * kr
+        first = torch.zeros_like(order).scatter(0, order, torch.cat(starts))  # (B,) in sample order
+        width = torch.zeros_like(order).scatter(0, order, torch.cat(widths))
+        slot = self.rows - self.sample * k  # (T,) each row's slot in its sample
+        return Split(members, src, key_bias, first.index_select(0, self.sample) + slot, width)
 
     @property
     def cls_rows(self) -> Tensor:
@@ -92,6 +129,23 @@ class Packing:
     def to_rows(self, g: Tensor) -> Tensor:
         """(B * k, C) rows of the padded view -> (T, C) packed rows."""
         return g.index_select(0, self.rows)  # (T, C)
+
+
+@dataclass
+class Split:
+    """A packed stream's self-attention in runs of samples (`Packing.split`), per run r:
+
+    members[r]: (B_r,) int64 its samples; src[r]: (B_r, k_r) int64 the packed row each slot of its padded view
+    reads (fillers: a live row of the same sample, as in `Packing.src`); key_bias[r]: (B_r, 1, 1, k_r) 0 live,
+    -inf fillers. back: (T,) int64 where each packed row sits in the runs' concatenated (sum_r B_r * k_r) rows;
+    width: (B,) int64 the width of each sample's run (what its attention products run at).
+    """
+
+    members: list[Tensor]
+    src: list[Tensor]
+    key_bias: list[Tensor]
+    back: Tensor
+    width: Tensor
 
 
 def _grid(x: Tensor, pack: Packing | None, *tail: int) -> Tensor:
@@ -168,8 +222,10 @@ class Attention(nn.Module):
             bias = torch.cat([self.q_proj.bias.view(1, h, dh), self.kv_proj.bias.view(2, h, dh)])  # (3, H, dh)
             if kept is not None:
                 w, bias = w.index_select(1, kept), bias.index_select(1, kept)  # (3, kh, dh, D), (3, kh, dh)
-            qkv = _grid(F.linear(x, w.reshape(-1, d), bias.reshape(-1)), x_pack, 3, w.shape[1], dh)  # (B, N, 3, kh, dh)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, kh, N, dh) each
+            qkv = F.linear(x, w.reshape(-1, d), bias.reshape(-1))
+            if x_pack is not None and x_pack is y_pack and x_pack.runs > 1:
+                return self._self_attention_in_runs(qkv.view(-1, 3, w.shape[1], dh), x_pack.split, heads)
+            q, k, v = _grid(qkv, x_pack, 3, w.shape[1], dh).permute(2, 0, 3, 1, 4).unbind(0)  # (B, kh, N, dh) each
         else:
             wq, bq, wkv, bkv = self.q_proj.weight, self.q_proj.bias, self.kv_proj.weight, self.kv_proj.bias
             if kept is not None:
@@ -180,9 +236,7 @@ class Attention(nn.Module):
             kh = wq.shape[0] // dh
             q = _grid(F.linear(x, wq, bq), x_pack, kh, dh).transpose(1, 2)  # (B, kh, Nq, dh)
             k, v = _grid(F.linear(y, wkv, bkv), y_pack, 2, kh, dh).permute(2, 0, 3, 1, 4).unbind(0)  # (B, kh, Nk, dh)
-        wo = self.out_proj.weight
-        if kept is not None:
-            wo = wo.view(-1, h, dh).index_select(1, kept).reshape(wo.shape[0], -1)  # (D, kh*dh)
+        wo = self._out_weight(kept)
         scores = (q @ k.transpose(-1, -2)) * self.scale  # (B, kh, Nq, Nk)
         if y_pack is not None:  # inference only (packing is a prune-mode layout): the grid's shared log-weights
             attn = torch.softmax(scores + y_pack.key_bias.to(scores.dtype), dim=-1)
@@ -197,6 +251,29 @@ class Attention(nn.Module):
         else:
             ctx = ctx.reshape(*ctx.shape[:2], -1)  # (B, Nq, kh*dh)
         return F.linear(ctx, wo, self.out_proj.bias)  # (Tq, D) or (B, Nq, D)
+
+    def _out_weight(self, kept: Tensor | None) -> Tensor:
+        """W_o, or its kept heads' columns (D, kh*dh)."""
+        wo = self.out_proj.weight
+        if kept is None:
+            return wo
+        return wo.view(-1, self.num_heads, self.head_dim).index_select(1, kept).reshape(wo.shape[0], -1)
+
+    def _self_attention_in_runs(self, qkv: Tensor, split: Split, heads: HeadChoice | None) -> Tensor:
+        """Self-attention of packed rows whose products run per run of samples (`Packing.split`): qkv (T, 3, kh,
+        dh) projected rows -> (T, D)."""
+        kh, dh = qkv.shape[2], self.head_dim
+        gate = None if heads is None else heads.gate
+        parts = []
+        for members, src, key_bias in zip(split.members, split.src, split.key_bias):
+            q, k, v = qkv[src].permute(2, 0, 3, 1, 4).unbind(0)  # (B_r, kh, k_r, dh) each
+            attn = torch.softmax((q @ k.transpose(-1, -2)) * self.scale + key_bias.to(q.dtype), dim=-1)
+            ctx = attn @ v  # (B_r, kh, k_r, dh)
+            if gate is not None:
+                ctx = ctx * gate.index_select(0, members)[:, :, None, None].to(ctx.dtype)  # heads it dropped -> 0
+            parts.append(ctx.transpose(1, 2).reshape(-1, kh * dh))  # (B_r * k_r, kh*dh): -1 rows, fine when empty
+        ctx = torch.cat(parts).index_select(0, split.back)  # (T, kh*dh)
+        return F.linear(ctx, self._out_weight(None if heads is None else heads.kept), self.out_proj.bias)
 
     def _project_dense(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, h, dh = x.shape[0], self.num_heads, self.head_dim

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import TEXT, VISION, ModelConfig, TrimConfig
-from ..contract import GATHER_MAX_KEEP, HEAD_IMPLS, LAYOUTS
+from ..contract import GATHER_MAX_KEEP, HEAD_IMPLS, LAYOUTS, attention_runs
 from ..cost import depth_flops, executed_depth_flops, projection_flops
 from ..trimmers import (
     Decisions,
@@ -130,6 +130,7 @@ class _Stream:
     pos: Tensor  # (B, N) int64 original positions of the grid's slots
     n_orig: int  # token count before any pruning
     pack: Packing | None = None  # packed layout: where the rows of x sit in the (B, N) grid
+    runs: int = 1  # packed layout: the runs its self-attention products run in (`contract.attention_runs`)
 
     def cls(self) -> Tensor:
         """(B, D) the [CLS] states (grid slot 0: [CLS] is never pruned)."""
@@ -328,6 +329,9 @@ class MeterModel(nn.Module):
                     torch.arange(xv.shape[1], device=xv.device).expand(b, -1), xv.shape[1]),
             _Stream(xt, wt, torch.arange(xt.shape[1], device=xt.device).expand(b, -1), xt.shape[1]),
         ]
+        if mode == "prune" and self.layout == "packed":
+            for s, runs in zip(streams, self.attention_runs()):
+                s.runs = runs
         n_full = [torch.full((b,), float(xv.shape[1]), device=xv.device), wt.sum(dim=1).detach()]
         if mode == "prune" and self.layout not in LAYOUTS:
             raise ValueError(f"unknown layout {self.layout!r}; choose from {', '.join(LAYOUTS)}")
@@ -457,7 +461,7 @@ class MeterModel(nn.Module):
     @staticmethod
     def _pack(s: _Stream) -> None:
         """Padded (B, N, D) -> packed rows (T, D) of the live tokens (weight > 0)."""
-        s.pack = Packing.of(s.weight)
+        s.pack = Packing.of(s.weight, s.runs)
         s.x = s.x.reshape(-1, s.x.shape[-1]).index_select(0, s.pack.rows)  # (T, D)
 
     def encode_vision(self, pixel_values: Tensor) -> Tensor:
@@ -494,7 +498,7 @@ class MeterModel(nn.Module):
         # the next weights (fillers 0, pruned from here on) without bool round trips in the graph
         if packed:
             slots, alive = select_compact(s.weight * gate)  # (T',) flat slots of the old grid, (B, k) new grid
-            pack = Packing.of(alive)
+            pack = Packing.of(alive, s.runs)
             s.pos = pack.to_grid(s.pos.reshape(-1).index_select(0, slots))  # (B, k); fillers repeat a live position
             src = slots if s.pack is None else s.pack.src.index_select(0, slots)  # old grid slot -> old packed row
             s.x = s.x.reshape(-1, s.x.shape[-1]).index_select(0, src)  # (T', D)
@@ -581,6 +585,13 @@ class MeterModel(nn.Module):
                 for h, (m, _) in zip(heads, c.attention_modules(depth))]
         return depth_flops(c, depth, n, kept)
 
+    def attention_runs(self) -> list[int]:
+        """[vision, text]: the runs of samples each stream's self-attention products run in once packed
+        (`contract.attention_runs`, from the untrimmed token counts: 1 + patches, the longest text)."""
+        c = self.config
+        return [attention_runs(n, c.encoder(m).hidden_size) for m, n in ((VISION, 1 + c.num_patches),
+                                                                         (TEXT, c.max_text_len))]
+
     def _executed_flops(self, depth: int, streams: list[_Stream], heads: list[HeadChoice | None]) -> Tensor:
         """(B,) each sample's share of what the batch runs at `depth` (`cost.executed_depth_flops`)."""
         c = self.config
@@ -588,7 +599,9 @@ class MeterModel(nn.Module):
         rows = [self._rows_run(s) for s in streams]
         run = [c.layer_spec(depth, m).num_heads if h is None else torch.ones_like(h.gate).sum(dim=1)  # projected heads
                for h, (m, _) in zip(heads, c.attention_modules(depth))]
-        return executed_depth_flops(c, depth, rows, grid, run)
+        runs = [s.pack.split.width.to(s.weight.dtype) if s.pack is not None and s.pack.runs > 1 and c.active(depth, m)
+                else None for m, s in enumerate(streams)]
+        return executed_depth_flops(c, depth, rows, grid, run, runs)
 
     @staticmethod
     def _rows_run(s: _Stream) -> Tensor:

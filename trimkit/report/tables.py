@@ -26,7 +26,8 @@ def render_description(info: dict[str, Any], console) -> None:
         console.print(f"[bold]{info['path']}[/bold]  ONNX ir {info['ir_version']}, opsets {info['opsets']}, "
                       f"{info['nodes']} nodes, producer {info['producer']}"
                       + (f", {info['layout']} layout" if info.get("layout") else "")
-                      + (f", heads {info['heads']}" if info.get("heads") else ""))
+                      + (f", heads {info['heads']}" if info.get("heads") else "")
+                      + (f", self-attention products: {info['attention_runs']}" if info.get("attention_runs") else ""))
         t = Table(title="inputs / outputs")
         for col in ("", "name", "dtype", "shape"):
             t.add_column(col)
