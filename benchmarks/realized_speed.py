@@ -469,7 +469,9 @@ def write_markdown(rec: dict) -> None:
                              f"| {y['ceiling']:.2f} | {ov['ov_full_vs_ort_full']:.2f}× | {verdict(y['checks'])} |")
     lines += ["", "ONNX graph nodes per variant:", ""]
     lines += [f"- {name}: " + ", ".join(f"{v} {n:,}" for v, n in nodes.items()) for name, nodes in rec["graph_nodes"].items()]
-    lines += ["", "Legend: export = the default adaptive export (packed layout, `--heads auto`: each attention "
+    lines += ["", "Legend: export = the default adaptive export (packed layout — where attention products are a large "
+              "share of a layer, as in BLIP's 577-token image stream, self-attention products in 2 runs of samples "
+              "sorted by keep count; `--heads auto`: each attention "
               "module's kept heads gathered where a batch of 8 keeps at most 3/4 of them, masked elsewhere), or the "
               "packed one with every module's pruned heads masked, or with every module's kept heads gathered once per "
               "batch; r = its mean per-sample FLOPs ratio "

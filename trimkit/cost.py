@@ -11,7 +11,8 @@ Two quantities per input: *decided* FLOPs (`depth_flops` on the tokens and heads
 for that sample: what the method promises) and *executed* FLOPs (`executed_depth_flops`: what the
 artifact runs, the sample's share of its batch's work). They differ by layout: the padded layout
 runs every sample at the batch's largest keep count, the packed one runs token-wise work on each
-sample's own tokens and only the attention products on the padded (B, k_max) view; and by head
+sample's own tokens and only the attention products on the padded (B, k_max) view (or on its run's view,
+`Packing.split`); and by head
 pruning: masked heads still run, heads gathered for the batch run the union of its choices.
 """
 

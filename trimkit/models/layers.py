@@ -10,7 +10,8 @@ One attention implementation serves every trim mode:
 
 Token layouts: padded (B, N, D) tensors, or packed rows (T, D) of the batch's kept tokens with a
 `Packing` that maps them to the (B, k) grid: token-wise work (norms, projections, MLP) runs on the
-T rows, only the attention products run per sample on the padded (B, k) view.
+T rows, only the attention products run per sample on the padded (B, k) view -- or, for a stream with
+`Packing.runs` > 1, its self-attention products on one padded view per run of samples of similar keep counts.
 Keys are weighted by a (B, Nk) key weight in {0, 1}: pruned tokens and text padding are
 removed from attention. The softmax is written out (no SDPA) because it must export with a
 data-dependent key length.

@@ -15,7 +15,8 @@ Trim modes, all on the same weights:
            path the ONNX export traces. Two token layouts (`model.layout`): "packed" (default) selects by
            an order-preserving compaction (NonZero -> Gather), runs the token-wise work after the first
            trimmed layer on the batch's kept tokens as one (sum_b k_b, D) matrix and only the attention
-           products per sample on the padded (B, k_max) view; "padded" selects by TopK -> sort -> Gather
+           products per sample on the padded (B, k_max) view (a long stream's self-attention products on
+           one view per run of samples: `MeterModel.attention_runs`); "padded" selects by TopK -> sort -> Gather
            and runs everything on (B, k_max, D);
 - `static`: calibrated per-layer keep ratios (`TrimConfig.static_keep_ratios`) and head counts:
            the k highest-scoring tokens/heads, k derived from input shapes only (always padded: k is
