@@ -212,22 +212,13 @@ def test_trimmer_node_budget(exported):
     assert 0 < extra <= 34 * n_tok + 12 * n_head + packing, (extra, n_tok, n_head)
 
 
-def test_conv_stem_exports_and_matches(tmp_path):
+def test_conv_stem_and_pool_product_export_and_match(tmp_path):
+    """A conv stem, and a classifier reading the pooled states' product too (one Mul more): one model with both
+    (one export), same contract."""
     from trimkit.factory import new_model
 
     from ..conftest import randomize_trimmers
 
-    model = randomize_trimmers(new_model("tiny", "easyvqa", seed=5, stem="conv"), seed=5)
+    model = randomize_trimmers(new_model("tiny", "easyvqa", seed=5, stem="conv", pool_product=True), seed=5)
     res = to_onnx(model, tmp_path / "conv.onnx", mode="adaptive")
     assert res.check["passed"] and "Conv" in ops(res.path)
-
-
-def test_pool_product_exports_and_matches(tmp_path):
-    """The classifier reading the pooled states' product too: one Mul more in the graph, same contract."""
-    from trimkit.factory import new_model
-
-    from ..conftest import randomize_trimmers
-
-    model = randomize_trimmers(new_model("tiny", "easyvqa", seed=6, pool_product=True), seed=6)
-    res = to_onnx(model, tmp_path / "product.onnx", mode="adaptive")
-    assert res.check["passed"]
