@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any
 from .errors import BadInputError
 
 if TYPE_CHECKING:
+    from .config import ModelConfig
     from .models import MeterModel
 
 __all__ = ["INPUT_NAMES", "OUTPUT_NAMES", "EXPORT_MODES", "TRIM_MODE_OF", "LAYOUTS", "HEAD_IMPLS",
-           "GATHER_MAX_KEEP", "HEAD_KEEP_BATCH", "ATTENTION_RUNS", "RUNS_MIN_PRODUCT_SHARE", "attention_runs", "DEFAULT_OPSET", "OPSET_RANGE", "MAX_BATCH",
+           "GATHER_MAX_KEEP", "HEAD_KEEP_BATCH", "ATTENTION_RUNS", "RUNS_MIN_PRODUCT_SHARE", "attention_runs",
+           "stream_attention_runs", "DEFAULT_OPSET", "OPSET_RANGE", "MAX_BATCH",
            "TOPK_MAX_K", "MAX_PROTO_BYTES", "PRECISIONS", "Tolerance", "TOLERANCES", "tolerance", "ENGINE_SUFFIXES",
            "META_VERSION", "META_MODE", "META_CONFIG", "META_LABELS", "META_WEIGHTS", "META_TOKENIZER",
            "META_CALIBRATION", "META_LAYOUT", "export_metadata", "heads_summary", "stamp_metadata", "read_metadata",
@@ -48,9 +50,9 @@ GATHER_MAX_KEEP = 0.75
 HEAD_KEEP_BATCH = 8
 # Packed layout: a stream's self-attention products (q k^T, a v) run per sample on a padded view. One view pads
 # every sample to the batch's largest keep count; at 577 image tokens (BLIP-base, 384 px) the products are 11%
-# of a layer's work, and that padding made a batch of 8 execute 1.05-1.09x its samples' own work. Sorting the
-# samples by keep count and running the products in ATTENTION_RUNS runs, each padded to its own largest count,
-# brings it to 1.01-1.02 (`Packing.split`); each run costs a few more nodes per module, which pays only where the
+# of a layer's work, and that padding made a batch of 8 execute 1.07x its samples' own work (FLOPs ratio 0.33,
+# `--heads auto`; 1.11x with masked heads). Sorting the samples by keep count and running the products in
+# ATTENTION_RUNS runs, each padded to its own largest count, brings it to 1.03x (1.05x) (`Packing.split`); each run costs a few more nodes per module, which pays only where the
 # products are a large share of the work: n / (6 width + n) of a layer of n tokens at full length (4 n^2 w of
 # 24 n w^2 + 4 n^2 w) at least RUNS_MIN_PRODUCT_SHARE -- BLIP's 577 image tokens (0.11), not METER's 197 (0.04).
 ATTENTION_RUNS = 2
@@ -61,6 +63,15 @@ def attention_runs(tokens: int, width: int) -> int:
     """The runs a packed stream of `tokens` tokens (untrimmed) and hidden `width` splits its self-attention
     products into."""
     return ATTENTION_RUNS if tokens / (6 * width + tokens) >= RUNS_MIN_PRODUCT_SHARE else 1
+
+
+def stream_attention_runs(config: ModelConfig) -> list[int]:
+    """[vision, text] `attention_runs` of a model's streams, from their untrimmed token counts (1 + patches, the
+    longest text)."""
+    from .config import TEXT, VISION
+
+    return [attention_runs(n, config.encoder(m).hidden_size) for m, n in ((VISION, 1 + config.num_patches),
+                                                                          (TEXT, config.max_text_len))]
 
 
 # Opset 20 has a Gelu operator: one node where opset 18 spells out Div/Erf/Add/Mul/Mul (26 GELUs in the

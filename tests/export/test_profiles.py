@@ -55,6 +55,12 @@ def test_topk_limit():
         parse_profiles(None, None, big)
     ok = preset_config("tiny", image_size=960, patch_size=16)  # 3601 tokens
     assert parse_profiles(None, None, ok)
+    # a graph that sorts the batch's samples (attention runs: 65 image tokens at width 64) bounds the batch too
+    runs = preset_config("tiny", image_size=64)
+    assert parse_profiles(["batch=1:8:3840"], None, runs)
+    with pytest.raises(BadInputError, match="sorts a batch's samples"):
+        parse_profiles(["batch=1:8:3841"], None, runs)
+    assert parse_profiles(["batch=1:8:4096"], None, preset_config("tiny"))  # 17 image tokens: no runs, no sort
 
 
 def test_default_profile_takes_verify_default_shapes(config):

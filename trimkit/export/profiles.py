@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import ModelConfig
-from ..contract import INPUT_NAMES, MAX_BATCH, TOPK_MAX_K
+from ..contract import INPUT_NAMES, MAX_BATCH, TOPK_MAX_K, stream_attention_runs
 from ..errors import BadInputError
 
 __all__ = ["Profile", "ProfileSpec", "resolve_profiles", "parse_profiles", "validate_profiles", "AXES", "DEFAULT_BATCH", "shapes_outside",
@@ -126,6 +126,10 @@ def validate_profiles(profiles: list[Profile], config: ModelConfig, *, num_heads
     if largest_k > TOPK_MAX_K:
         raise BadInputError(f"TopK K can reach {largest_k} here (tokens per layer), above TensorRT's limit of "
                             f"{TOPK_MAX_K}: lower the text length or the image size")
+    batch = max(p.batch[2] for p in profiles)
+    if batch > TOPK_MAX_K and max(stream_attention_runs(config)) > 1:
+        raise BadInputError(f"batch max {batch}: the packed graph sorts a batch's samples by keep count (a TopK "
+                            f"over the batch), and TensorRT's TopK takes at most {TOPK_MAX_K}")
 
 
 def max_topk_k(profiles: list[Profile], config: ModelConfig, *, num_heads: int | None = None) -> int:

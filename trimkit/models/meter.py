@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import TEXT, VISION, ModelConfig, TrimConfig
-from ..contract import GATHER_MAX_KEEP, HEAD_IMPLS, LAYOUTS, attention_runs
+from ..contract import GATHER_MAX_KEEP, HEAD_IMPLS, LAYOUTS, stream_attention_runs
 from ..cost import depth_flops, executed_depth_flops, projection_flops
 from ..trimmers import (
     Decisions,
@@ -588,10 +588,8 @@ class MeterModel(nn.Module):
 
     def attention_runs(self) -> list[int]:
         """[vision, text]: the runs of samples each stream's self-attention products run in once packed
-        (`contract.attention_runs`, from the untrimmed token counts: 1 + patches, the longest text)."""
-        c = self.config
-        return [attention_runs(n, c.encoder(m).hidden_size) for m, n in ((VISION, 1 + c.num_patches),
-                                                                         (TEXT, c.max_text_len))]
+        (`contract.stream_attention_runs`)."""
+        return stream_attention_runs(self.config)
 
     def _executed_flops(self, depth: int, streams: list[_Stream], heads: list[HeadChoice | None]) -> Tensor:
         """(B,) each sample's share of what the batch runs at `depth` (`cost.executed_depth_flops`)."""
