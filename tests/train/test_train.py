@@ -296,7 +296,9 @@ def test_resume_equals_uninterrupted(base_ckpt, jsonl_data, tmp_path):
     # the run's wall time adds up over its sessions
     this_session = resumed.seconds - half_seconds  # resumed.seconds counts from the saved state's seconds
     assert 0 < half_seconds <= half.seconds and this_session > 0
-    assert half_seconds + 0.5 * this_session < b["train_state"]["seconds"] <= resumed.seconds
+    # the saved total counts the earlier session's seconds (how much of this session precedes the save depends on
+    # the machine's load: a share of it made this test flaky)
+    assert half_seconds < b["train_state"]["seconds"] <= resumed.seconds
 
 
 def test_training_gate_ratio_is_recorded_beside_the_deterministic_one(base_ckpt, jsonl_data, tmp_path):
