@@ -52,9 +52,10 @@ HEAD_KEEP_BATCH = 8
 # every sample to the batch's largest keep count; at 577 image tokens (BLIP-base, 384 px) the products are 11%
 # of a layer's work, and that padding made a batch of 8 execute 1.07x its samples' own work (FLOPs ratio 0.33,
 # `--heads auto`; 1.11x with masked heads). Sorting the samples by keep count and running the products in
-# ATTENTION_RUNS runs, each padded to its own largest count, brings it to 1.03x (1.05x) (`Packing.split`); each run costs a few more nodes per module, which pays only where the
-# products are a large share of the work: n / (6 width + n) of a layer of n tokens at full length (4 n^2 w of
-# 24 n w^2 + 4 n^2 w) at least RUNS_MIN_PRODUCT_SHARE -- BLIP's 577 image tokens (0.11), not METER's 197 (0.04).
+# ATTENTION_RUNS runs, each padded to its own largest count, brings it to 1.03x (1.05x) (`Packing.split`). Each
+# run costs a few more nodes per module, which pays only where the products are a large share of the work:
+# n / (6 width + n) of a layer of n tokens at full length (4 n^2 w of 24 n w^2 + 4 n^2 w) at least
+# RUNS_MIN_PRODUCT_SHARE -- BLIP's 577 image tokens (0.11), not METER's 197 (0.04).
 ATTENTION_RUNS = 2
 RUNS_MIN_PRODUCT_SHARE = 0.08
 

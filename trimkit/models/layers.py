@@ -80,14 +80,14 @@ class Packing:
         # each sample's extent: one past its last live slot (its live count: a trimmed grid is live up front; a
         # stream packed untrimmed may have text padding anywhere)
         slots = torch.arange(1, k + 1, dtype=self.weight.dtype, device=self.weight.device)
-        count = (self.weight * slots).amax(dim=1)  # (B,) exact small integers
+        extent = (self.weight * slots).amax(dim=1)  # (B,) exact small integers
         # ascending by extent, ties by sample: unique keys make any sort deterministic (exact in float: extents
         # and batch are far below 2^12 each)
-        order = torch.sort(count * b + torch.arange(b, dtype=count.dtype, device=count.device)).indices  # (B,)
-        ranked = count.index_select(0, order)
-        grid_src, bias = self.src.view(b, k), torch.log(self.weight)
+        order = torch.sort(extent * b + torch.arange(b, dtype=extent.dtype, device=extent.device)).indices  # (B,)
+        ranked = extent.index_select(0, order)
+        grid_src = self.src.view(b, k)
         members, src, key_bias, starts, widths = [], [], [], [], []
-        offset = torch.zeros((), dtype=torch.int64, device=count.device)  # rows of the runs before this one
+        offset = torch.zeros((), dtype=torch.int64, device=extent.device)  # rows of the runs before this one
         for r in range(self.runs):
             lo, hi = b * r // self.runs, b * (r + 1) // self.runs
             m = order[lo:hi]  # (B_r,)
@@ -98,8 +98,8 @@ class Packing:
             torch._check(width <= k)
             members.append(m)
             src.append(grid_src.index_select(0, m)[:, :width])  # (B_r, k_r)
-            key_bias.append(bias.index_select(0, m)[:, None, None, :width])  # (B_r, 1, 1, k_r)
-            starts.append(offset + torch.arange(hi - lo, device=count.device) * kr)  # (B_r,) each sample's first row
+            key_bias.append(self.key_bias.index_select(0, m)[..., :width])  # (B_r, 1, 1, k_r)
+            starts.append(offset + torch.arange(hi - lo, device=extent.device) * kr)  # (B_r,) each sample's first row
             widths.append(kr.expand(hi - lo))
             offset = offset + (hi - lo) * kr
         first = torch.zeros_like(order).scatter(0, order, torch.cat(starts))  # (B,) in sample order
