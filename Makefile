@@ -82,12 +82,13 @@ ci-verify: setup
 		--text-lens 8,16 --max-accuracy-drop 10 --json $(CI)/verify.json --junit $(CI)/verify.xml
 
 # Two pytest-xdist workers, one per core (each test's torch and OpenMP threads split between them).
+# `loadgroup`: the tests of the session fixture `exported` share one worker (tests/conftest.py).
 TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/pytest -m "not slow and not gpu" -q -n $(TEST_WORKERS) --durations=10
+	$(BIN)/pytest -m "not slow and not gpu" -q -n $(TEST_WORKERS) --dist loadgroup --durations=10
 
 test-slow: setup
-	$(BIN)/pytest -m "slow and not gpu" -q -n $(TEST_WORKERS) --durations=10
+	$(BIN)/pytest -m "slow and not gpu" -q -n $(TEST_WORKERS) --dist loadgroup --durations=10
 
 lint: setup
 	$(BIN)/ruff check trimkit tests benchmarks

@@ -33,6 +33,12 @@ def randomize_trimmers(model: MeterModel, *, seed: int = 0, std: float = 0.5) ->
     return model
 
 
+def alternating_rates(model: MeterModel) -> list[list[float]]:
+    """Head keep rates that make `--heads auto` gather every other attention module (and mask the rest)."""
+    n = [len(layer) for layer in model.heads_gathered()]
+    return [[(0.5, 1.0)[(i + j) % 2] for j in range(k)] for i, k in enumerate(n)]
+
+
 @pytest.fixture
 def tiny_model() -> MeterModel:
     return new_model("tiny", "easyvqa", seed=0)
@@ -106,18 +112,24 @@ class _ExportMemo:
         return h.hexdigest()
 
     def __call__(self, model, mode, opset, precision):
+        import fcntl
+
         import onnx
 
         path = self.folder / f"{self.key(model, mode, opset, precision)}.onnx.pb"
-        if path.exists():
-            self.hits += 1
-            return onnx.load_from_string(path.read_bytes())
-        proto = self.export_proto(model, mode, opset, precision)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(proto.SerializeToString())
-        os.replace(tmp, path)  # a worker tracing the same graph at the same time writes the same bytes
-        self.traced += 1
-        return proto
+        # one tracer per graph: a worker that needs a graph another one is tracing waits for it (the wait is never
+        # longer than tracing it again, and the machine's other core stays free for the other worker)
+        with open(path.with_name(path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if path.exists():
+                self.hits += 1
+                return onnx.load_from_string(path.read_bytes())
+            proto = self.export_proto(model, mode, opset, precision)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(proto.SerializeToString())
+            os.replace(tmp, path)
+            self.traced += 1
+            return proto
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -138,7 +150,13 @@ def export_memo(tmp_path_factory):
         onnx_export._export_proto = memo.export_proto
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (`--dist loadgroup`)
 def pytest_collection_modifyitems(config, items):
+    # the session fixture `exported` traces three graphs (~40 s): every test that uses it runs on one worker,
+    # or each worker would trace them again
+    for item in items:
+        if "exported" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("exported"))
     gpu_items = [i for i in items if "gpu" in i.keywords]
     if not gpu_items:
         return
@@ -149,27 +167,34 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory):
-    """A tiny pruning checkpoint and its adaptive, full and static ONNX exports (made once)."""
+def pruning_ckpt(tmp_path_factory):
+    """A tiny checkpoint whose random trimmers prune, with static keep ratios and head counts (the source of
+    `exported`; tests that read only the checkpoint take it alone and stay out of the `exported` group)."""
     import dataclasses
 
     from trimkit import save_checkpoint
-    from trimkit.export.onnx import to_onnx
 
-    root = tmp_path_factory.mktemp("export")
     model = randomize_trimmers(new_model("tiny", "easyvqa", seed=4), seed=4)
     n = len(model.token_trimmers)
     model.trim = dataclasses.replace(model.trim, static_keep_ratios=[[0.6, 0.8], [0.4, 0.7]][:n],
                                      static_head_keep=[[3, 2], [2, 3, 1, 4]][:n])
-    ckpt = root / "model.pt"
+    ckpt = tmp_path_factory.mktemp("ckpt") / "model.pt"
     save_checkpoint(model, ckpt)
-    paths = {"ckpt": ckpt}
+    return ckpt
+
+
+@pytest.fixture(scope="session")
+def exported(pruning_ckpt, tmp_path_factory):
+    """`pruning_ckpt` and its adaptive, full and static ONNX exports (made once)."""
+    from trimkit.export.onnx import to_onnx
+
+    root = tmp_path_factory.mktemp("export")
+    paths = {"ckpt": pruning_ckpt}
     for mode in ("adaptive", "full", "static"):
-        res = to_onnx(ckpt, root / f"{mode}.onnx", mode=mode)
+        res = to_onnx(pruning_ckpt, root / f"{mode}.onnx", mode=mode)
         assert res.check["passed"]
         paths[mode] = res.path
     return paths
-
 
 
 def _tokenizer_state(model):

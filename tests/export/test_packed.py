@@ -17,7 +17,7 @@ from trimkit.export.onnx import ort_feed, ort_session, to_onnx
 from trimkit.factory import new_model
 from trimkit.inspect import describe_onnx
 
-from ..conftest import randomize_trimmers
+from ..conftest import alternating_rates, randomize_trimmers
 
 
 def metadata(path):
@@ -66,13 +66,28 @@ def test_attention_runs_graph_matches_pytorch_and_batch_of_one(tmp_path):
     """A geometry whose packed vision stream runs its self-attention products in runs of samples (65 image
     tokens at width 64): the graph sorts each trimmed grid's samples once (one TopK over the batch per packing
     of that stream), matches PyTorch at batch 1 (an empty first run) and on mixed batches, and every sample its
-    batch-of-one run."""
-    model = randomize_trimmers(new_model("tiny", "easyvqa", seed=8, image_size=64), seed=8)
+    batch-of-one run. The same model (one export) also carries a conv stem, a classifier reading the pooled
+    states' product, per-layer threshold offsets and `--heads auto` gathering every other attention module."""
+    model = randomize_trimmers(new_model("tiny", "easyvqa", seed=11, image_size=64, stem="conv", pool_product=True),
+                               seed=11)
+    model.trim = dataclasses.replace(model.trim, head_batch_keep=alternating_rates(model),
+                                     layer_threshold_offsets=[0.4, -0.4])
+    probe = sample_inputs(model.config, 8, 9, seed=3)
+    with torch.no_grad():
+        offset = model(*probe, mode="prune").keep_counts
+        model.trim = dataclasses.replace(model.trim, layer_threshold_offsets=None)
+        plain = model(*probe, mode="prune").keep_counts
+        model.trim = dataclasses.replace(model.trim, layer_threshold_offsets=[0.4, -0.4])
+    assert not torch.equal(offset, plain)  # the offsets move decisions: the checks below would see them lost
     res = to_onnx(model, tmp_path / "runs.onnx", mode="adaptive")
     assert res.check["passed"] and [s["batch"] for s in res.check["shapes"]][:2] == [1, 3]
     ops = [n.op_type for n in onnx.load(str(res.path)).graph.node]
     assert ops.count("TopK") == len(model.token_trimmers)  # one sort per vision packing, none to select tokens
-    assert json.loads(metadata(res.path)["trimkit_config"])["attention_runs"] == [2, 1]
+    assert "Conv" in ops
+    config = json.loads(metadata(res.path)["trimkit_config"])
+    model.head_impl = "auto"
+    assert config["attention_runs"] == [2, 1] and config["heads_gathered"] == model.heads_plan() == ["gm", "mgmg"]
+    assert config["trim_config"]["layer_threshold_offsets"] == [0.4, -0.4]
     assert describe_onnx(res.path)["attention_runs"] == "image in 2 runs"
     sess = ort_session(res.path)
     for batch, seed in ((5, 1), (7, 2)):

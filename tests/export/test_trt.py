@@ -13,14 +13,14 @@ from trimkit.export.profiles import Profile
 from trimkit.export.trt import check_trt_ready, onnx_model_config
 
 
-def test_missing_tensorrt_is_one_line_exit_2_and_writes_nothing(exported, tmp_path):
+def test_missing_tensorrt_is_one_line_exit_2_and_writes_nothing(pruning_ckpt, tmp_path):
     try:
         check_trt_ready()
         pytest.skip("TensorRT and a GPU are present here")
     except MissingDependencyError:
         pass
     out = tmp_path / "m.plan"
-    r = subprocess.run([sys.executable, "-m", "trimkit.cli", "export", str(exported["ckpt"]), "--format", "trt",
+    r = subprocess.run([sys.executable, "-m", "trimkit.cli", "export", str(pruning_ckpt), "--format", "trt",
                         "--out", str(out), "--profile", "batch=1:4:16", "--profile", "text=2:8:16",
                         "--onnx-out", str(tmp_path / "kept.onnx")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
@@ -29,8 +29,8 @@ def test_missing_tensorrt_is_one_line_exit_2_and_writes_nothing(exported, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bad_profile_is_reported_before_tensorrt(exported, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "trimkit.cli", "export", str(exported["ckpt"]), "--format", "trt",
+def test_bad_profile_is_reported_before_tensorrt(pruning_ckpt, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "trimkit.cli", "export", str(pruning_ckpt), "--format", "trt",
                         "--out", str(tmp_path / "m.plan"), "--profile", "text=2:8:999"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "max_text_len" in r.stderr
@@ -150,15 +150,15 @@ def test_fp16_engine_reuses_the_timing_cache_and_stays_close(engines):
 
 
 @pytest.mark.gpu
-def test_cli_export_trt_with_default_profile_then_verify(exported, tmp_path):
+def test_cli_export_trt_with_default_profile_then_verify(pruning_ckpt, tmp_path):
     plan = tmp_path / "m.plan"
-    r = subprocess.run([sys.executable, "-m", "trimkit.cli", "export", str(exported["ckpt"]), "--format", "trt",
+    r = subprocess.run([sys.executable, "-m", "trimkit.cli", "export", str(pruning_ckpt), "--format", "trt",
                         "--out", str(plan), "--timing-cache", str(tmp_path / "cache.bin")], capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert read_manifest(plan)["profiles"] == [Profile((1, 8, 8), (2, 16, 16))]
     js = tmp_path / "v.json"
-    r = subprocess.run([sys.executable, "-m", "trimkit.cli", "verify", str(exported["ckpt"]), str(plan), "--samples",
+    r = subprocess.run([sys.executable, "-m", "trimkit.cli", "verify", str(pruning_ckpt), str(plan), "--samples",
                         "64", "--repeats", "3", "--json", str(js)], capture_output=True, text=True, timeout=600)
     report = json.loads(js.read_text())
     assert r.returncode == 0 and report["passed"] and report["runtime"] == "tensorrt", r.stdout + r.stderr
@@ -367,8 +367,8 @@ def test_opset_range_is_checked():
 
 
 @pytest.mark.parametrize("opset", ["5", "99"])
-def test_opset_outside_the_supported_range_is_one_line(exported, tmp_path, opset):
-    r = subprocess.run([sys.executable, "-m", "trimkit.cli", "export", str(exported["ckpt"]), "--out",
+def test_opset_outside_the_supported_range_is_one_line(pruning_ckpt, tmp_path, opset):
+    r = subprocess.run([sys.executable, "-m", "trimkit.cli", "export", str(pruning_ckpt), "--out",
                         str(tmp_path / "m.onnx"), "--opset", opset], capture_output=True, text=True, timeout=300)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "supported opsets are 18-25" in lines[0]

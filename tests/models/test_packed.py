@@ -12,7 +12,7 @@ from trimkit.cost import executed_ratio
 from trimkit.factory import new_model
 from trimkit.models.layers import Packing
 
-from ..conftest import make_inputs, randomize_trimmers
+from ..conftest import alternating_rates, make_inputs, randomize_trimmers
 
 VARIANTS = [(lay, heads) for lay in ("packed", "padded") for heads in ("gather", "mask", "auto")]
 
@@ -27,12 +27,6 @@ def alone(inputs, i):
     pv, ids, mask = inputs
     n = int(mask[i].sum())
     return pv[i:i + 1], ids[i:i + 1, :n], mask[i:i + 1, :n]
-
-
-def alternating_rates(model) -> list[list[float]]:
-    """Head keep rates that make `--heads auto` gather every other attention module (and mask the rest)."""
-    n = [len(layer) for layer in model.heads_gathered()]
-    return [[(0.5, 1.0)[(i + j) % 2] for j in range(k)] for i, k in enumerate(n)]
 
 
 _MODEL = randomize_trimmers(new_model("tiny", "easyvqa", seed=5), seed=5)

@@ -21,14 +21,14 @@ def image():
     return easyvqa.image_paths("test")[0]
 
 
-def test_show_draws_the_kept_tokens(exported, tmp_path, image):
+def test_show_draws_the_kept_tokens(pruning_ckpt, tmp_path, image):
     from trimkit.report.show import explain
 
     out = tmp_path / "show.png"
     question = "what color is the shape in the image"
-    assert main(["show", str(exported["ckpt"]), image, question, "--out", str(out)]) == 0
+    assert main(["show", str(pruning_ckpt), image, question, "--out", str(out)]) == 0
     assert is_png(out)
-    model = trimkit.load_checkpoint(exported["ckpt"])
+    model = trimkit.load_checkpoint(pruning_ckpt)
     ex = explain(model, image, question)
     assert len(ex["layers"]) == len(model.token_trimmers)
     assert ex["answer"] in model.labels and 0 < ex["probability"] <= 1
@@ -46,25 +46,25 @@ def test_show_draws_the_kept_tokens(exported, tmp_path, image):
     # this model prunes: some patch, word or head is gone somewhere
     assert any(not layer["patches"].all() or not layer["words"].all() or min(layer["heads"]) < ex["num_heads"]
                for layer in ex["layers"])
-    assert main(["show", str(exported["ckpt"]), image, question, "--out", str(out)]) == 2  # no overwrite
+    assert main(["show", str(pruning_ckpt), image, question, "--out", str(out)]) == 2  # no overwrite
 
 
 @pytest.mark.parametrize("img,question,message", [
     ("missing.png", "what shape", "does not exist"),
     (None, "   ", "empty"),
 ])
-def test_show_bad_input(exported, tmp_path, image, img, question, message, capsys):
+def test_show_bad_input(pruning_ckpt, tmp_path, image, img, question, message, capsys):
     path = str(tmp_path / img) if img else image
-    assert main(["show", str(exported["ckpt"]), path, question, "--out", str(tmp_path / "x.png")]) == 2
+    assert main(["show", str(pruning_ckpt), path, question, "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "x.png").exists()
 
 
-def test_show_flags_unknown_words_and_truncation_and_explains_heads(exported, tmp_path, image, capsys):
+def test_show_flags_unknown_words_and_truncation_and_explains_heads(pruning_ckpt, tmp_path, image, capsys):
     from trimkit.report.show import explain, heads_legend, notes
 
-    model = trimkit.load_checkpoint(exported["ckpt"])
+    model = trimkit.load_checkpoint(pruning_ckpt)
     n = model.tokenizer.max_len
     question = "what zorblax color is the " + " ".join(["shape"] * n)  # one unknown word, and too long
     ex = explain(model, image, question)
@@ -79,20 +79,20 @@ def test_show_flags_unknown_words_and_truncation_and_explains_heads(exported, tm
     assert all(len(layer["heads"]) == len(layer["modules"]) == len(layer["heads_of"]) for layer in ex["layers"])
 
     out = tmp_path / "show.png"
-    assert main(["show", str(exported["ckpt"]), image, question, "--out", str(out)]) == 0
+    assert main(["show", str(pruning_ckpt), image, question, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "note: not in the model's vocabulary, read as unknown ([UNK]): zorblax" in printed
     assert f"note: question truncated: {n + 6} tokens" in printed
     assert is_png(out)
     # a question the model reads whole prints no note
-    assert main(["show", str(exported["ckpt"]), image, "what shape is in the image", "--out", str(out), "--force"]) == 0
+    assert main(["show", str(pruning_ckpt), image, "what shape is in the image", "--out", str(out), "--force"]) == 0
     assert "note:" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("suffix,magic", [(".jpg", b"\xff\xd8\xff"), (".pdf", b"%PDF"), (".svg", b"<?xml")])
-def test_show_writes_the_format_its_suffix_names(exported, tmp_path, image, suffix, magic):
+def test_show_writes_the_format_its_suffix_names(pruning_ckpt, tmp_path, image, suffix, magic):
     out = tmp_path / f"show{suffix}"
-    assert main(["show", str(exported["ckpt"]), image, "what shape", "--out", str(out)]) == 0
+    assert main(["show", str(pruning_ckpt), image, "what shape", "--out", str(out)]) == 0
     assert out.read_bytes().startswith(magic)
 
 

@@ -101,11 +101,11 @@ def test_bad_arguments(exported, tmp_path, args, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_unknown_artifact_type(exported, tmp_path):
+def test_unknown_artifact_type(pruning_ckpt, tmp_path):
     bogus = tmp_path / "x.bin"
     bogus.write_bytes(b"x")
-    assert main(["verify", str(exported["ckpt"]), str(bogus)]) == 2
-    assert main(["verify", str(exported["ckpt"]), str(tmp_path / "none.plan")]) == 2
+    assert main(["verify", str(pruning_ckpt), str(bogus)]) == 2
+    assert main(["verify", str(pruning_ckpt), str(tmp_path / "none.plan")]) == 2
 
 
 @pytest.fixture
@@ -126,28 +126,28 @@ def fake_engine(exported, tmp_path):
     return plan
 
 
-def test_engine_shapes_outside_profiles_are_exit_2(exported, fake_engine, capsys):
-    rc = main(["verify", str(exported["ckpt"]), str(fake_engine), "--batch-sizes", "8", "--text-lens", "8"])
+def test_engine_shapes_outside_profiles_are_exit_2(pruning_ckpt, fake_engine, capsys):
+    rc = main(["verify", str(pruning_ckpt), str(fake_engine), "--batch-sizes", "8", "--text-lens", "8"])
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "batch 8 x text 8" in err[0] and "outside every optimization profile" in err[0]
 
 
-def test_engine_within_profiles_needs_tensorrt(exported, fake_engine, capsys):
+def test_engine_within_profiles_needs_tensorrt(pruning_ckpt, fake_engine, capsys):
     from trimkit.errors import MissingDependencyError
     from trimkit.export.trt import check_trt_ready
 
     try:
         check_trt_ready()
     except MissingDependencyError:
-        rc = main(["verify", str(exported["ckpt"]), str(fake_engine), "--batch-sizes", "1,4", "--text-lens", "8,12"])
+        rc = main(["verify", str(pruning_ckpt), str(fake_engine), "--batch-sizes", "1,4", "--text-lens", "8,12"])
         assert rc == 2
         assert "TensorRT" in capsys.readouterr().err
     else:
         pytest.skip("TensorRT is installed here: the missing-TensorRT path does not apply")
 
 
-def test_engine_from_other_weights_is_exit_2(exported, fake_engine, tmp_path, capsys):
+def test_engine_from_other_weights_is_exit_2(pruning_ckpt, fake_engine, tmp_path, capsys):
     import json as _json
 
     from trimkit.export.manifest import manifest_path
@@ -156,7 +156,7 @@ def test_engine_from_other_weights_is_exit_2(exported, fake_engine, tmp_path, ca
     man = _json.loads(path.read_text())
     man["weights_sha256"] = "f" * 64
     path.write_text(_json.dumps(man))
-    assert main(["verify", str(exported["ckpt"]), str(fake_engine)]) == 2
+    assert main(["verify", str(pruning_ckpt), str(fake_engine)]) == 2
     assert "other weights" in capsys.readouterr().err
 
 
@@ -228,7 +228,7 @@ def test_openvino_ir_and_bf16_with_its_own_tolerance(exported, tmp_path):
     assert next(c for c in report["checks"] if c["name"] == "keep_counts_agreement")["threshold"] == 0.95
 
 
-def test_engine_profiles_are_checked_against_the_data_batches(exported, fake_engine, capsys):
+def test_engine_profiles_are_checked_against_the_data_batches(pruning_ckpt, fake_engine, capsys):
     """--data easyvqa: the batches' text lengths come from the questions; a profile too short for them is
     refused before anything runs (the speed shapes alone would fit)."""
     from trimkit.export.manifest import build_manifest, manifest_path
@@ -242,7 +242,7 @@ def test_engine_profiles_are_checked_against_the_data_batches(exported, fake_eng
                            profiles=[Profile((1, 2, 4), (2, 3, 4))], io=[], precision="fp32",
                            tensorrt_version="10.0", cuda_version=None, gpu_name=None)
     manifest_path(fake_engine).write_text(json.dumps(short))
-    rc = main(["verify", str(exported["ckpt"]), str(fake_engine), "--data", "easyvqa", "--samples", "16",
+    rc = main(["verify", str(pruning_ckpt), str(fake_engine), "--data", "easyvqa", "--samples", "16",
                "--batch-sizes", "1,4", "--text-lens", "4"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "batch 4 x text" in err[0] and "outside every optimization profile" in err[0]
