@@ -100,6 +100,11 @@ def _positive(value: float | int | None) -> float | int | None:
     return value
 
 
+HeadsBatchOpt = Annotated[int | None, typer.Option(
+    "--heads-batch", help="The serving batch whose head keep rates `export --heads auto` plans with (default: the "
+                          "checkpoint's, 8 unless planned otherwise; 1: each sample alone).", callback=_positive)]
+
+
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"trimkit {__version__}")
@@ -572,6 +577,7 @@ def calibrate_budget_cmd(
     holdout: Annotated[int, typer.Option("--holdout", help="Test questions for before/after.")] = 2000,
     per_layer: Annotated[bool, typer.Option("--per-layer/--global", help="Per-layer offsets scaled by each layer's "
                                                                          "score spread, or one global offset.")] = False,
+    heads_batch: HeadsBatchOpt = None,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
 ) -> None:
@@ -580,10 +586,35 @@ def calibrate_budget_cmd(
     from .report.tables import render_budget
 
     console = _console()
-    rec = calibrate_budget(ckpt, data, target, out, samples=samples, holdout=holdout, per_layer=per_layer, seed=seed,
-                           force=force, log=console.print)
+    rec = calibrate_budget(ckpt, data, target, out, samples=samples, holdout=holdout, per_layer=per_layer,
+                           heads_batch=heads_batch, seed=seed, force=force, log=console.print)
     render_budget(rec, console)
-    console.print(f"wrote {out} (static keep ratios stored for `trimkit export --mode static`)")
+    console.print(f"wrote {out} (static keep ratios stored for `trimkit export --mode static`; head keep rates for "
+                  f"`--heads auto` at batch {rec['heads_batch']})")
+
+
+@calibrate_app.command("heads")
+def calibrate_heads_cmd(
+    ckpt: Annotated[Path, typer.Argument(help="A trained trimkit checkpoint.")],
+    heads_batch: Annotated[int, typer.Option("--heads-batch", help="The serving batch to plan `export --heads auto` "
+                                                                   "for (1: each sample alone).",
+                                             callback=_positive)],
+    out: OutOpt,
+    data: DataOpt = "easyvqa",
+    samples: Annotated[int, typer.Option("--samples", help="Validation questions to measure on.",
+                                         callback=_positive)] = 1000,
+    seed: SeedOpt = 0,
+    force: ForceOpt = False,
+) -> None:
+    """Re-plan which attention modules `export --heads auto` gathers, for another serving batch (thresholds kept)."""
+    from .calibration import calibrate_heads
+    from .report.tables import render_heads_plan
+
+    console = _console()
+    rec = calibrate_heads(ckpt, data, out, heads_batch=heads_batch, samples=samples, seed=seed, force=force,
+                          log=console.print)
+    render_heads_plan(rec, console)
+    console.print(f"wrote {out}")
 
 
 @calibrate_app.command("int8")

@@ -239,16 +239,21 @@ class TrimConfig:
     # ([vision, text]) and the heads kept per attention module; k then depends on input shapes only
     static_keep_ratios: list[list[float]] | None = field(default=None)
     static_head_keep: list[list[int]] | None = field(default=None)
-    # measured with these thresholds (`calibrate budget`, the end of training): per trimmed layer and attention
-    # module, the mean fraction of its heads that at least one sample of a batch of 8 (`contract.HEAD_KEEP_BATCH`) keeps -- the
-    # heads a packed graph gathering for the batch runs; `--heads auto` gathers where it is low (None: not measured)
+    # measured with these thresholds (`calibrate budget`/`heads`, the end of training): per trimmed layer and
+    # attention module, the mean fraction of its heads that at least one sample of a batch of `head_keep_batch`
+    # keeps -- the heads a packed graph gathering for the batch runs; `--heads auto` gathers where it is low (None:
+    # not measured). `head_keep_batch`: the serving batch the rates are planned for (`contract.HEAD_KEEP_BATCH`
+    # by default; at batch 1 a rate is a sample's own kept fraction)
     head_batch_keep: list[list[float]] | None = field(default=None)
+    head_keep_batch: int = 8
 
     def __post_init__(self) -> None:
         if self.first_trimmed_layer < 0:
             raise ValueError("first_trimmed_layer must be >= 0")
         if self.tau <= 0:
             raise ValueError("tau must be > 0")
+        if self.head_keep_batch < 1:
+            raise ValueError("head_keep_batch must be >= 1")
         if self.token_modalities not in TOKEN_MODALITIES:
             raise ValueError(f"token_modalities must be one of {', '.join(TOKEN_MODALITIES)}, not {self.token_modalities!r}")
 

@@ -40,7 +40,8 @@ TRIM_MODE_OF = {"adaptive": "prune", "static": "static", "full": "off"}  # expor
 # How an adaptive graph lays out its kept tokens: one (sum_b k_b, D) matrix, or (B, k_max, D) with filler slots.
 LAYOUTS = ("packed", "padded")
 # How `prune` mode drops heads: gather the kept heads' weight slices (their work is saved), mask them (dense
-# projections, pruned heads zeroed), or per attention module ("auto"): gather where a batch of HEAD_KEEP_BATCH
+# projections, pruned heads zeroed), or per attention module ("auto"): gather where a serving batch
+# (`TrimConfig.head_keep_batch`, HEAD_KEEP_BATCH unless planned for another: `calibrate budget/heads --heads-batch`)
 # keeps at most GATHER_MAX_KEEP of the module's heads (`TrimConfig.head_batch_keep`), mask elsewhere. A gathered
 # projection copies its kept weight slices on every forward and loses ONNX Runtime's pre-packed weights:
 # `benchmarks/head_gather.py` times it at up to 1.25x a dense projection of the same heads, so gathering pays

@@ -9,7 +9,7 @@ from typing import Any
 
 from .checkpoint import model_from_checkpoint, read_checkpoint
 from .config import TEXT, VISION
-from .contract import META_CONFIG, META_LAYOUT, META_MODE, heads_summary, read_metadata
+from .contract import HEAD_KEEP_BATCH, META_CONFIG, META_LAYOUT, META_MODE, heads_summary, read_metadata
 from .cost import depth_flops, head_trimmer_flops, projection_flops, token_trimmer_flops
 from .errors import BadInputError
 from .trimmers import Idle
@@ -144,4 +144,7 @@ def _heads_summary(meta: dict[str, str]) -> str | None:
     plan = cfg.get("heads_gathered")
     if not "".join(plan or []).replace("-", "") or "head_impl" not in cfg:
         return None
-    return f"{cfg['head_impl']}: {heads_summary(plan)}"
+    trim = cfg.get("trim_config") if isinstance(cfg.get("trim_config"), dict) else {}
+    planned = (f" (planned for batch {trim.get('head_keep_batch', HEAD_KEEP_BATCH)})"
+               if cfg["head_impl"] == "auto" and trim.get("head_batch_keep") else "")
+    return f"{cfg['head_impl']}: {heads_summary(plan)}{planned}"

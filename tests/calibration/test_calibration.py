@@ -8,10 +8,12 @@ import pytest
 import torch
 
 import trimkit
-from trimkit.calibration.budget import batch_keep_fraction
+from trimkit.calibration.budget import adaptive_profile, batch_keep_fraction
 from trimkit.calibration.int8 import _scopes, quantizable_matmuls, trimmer_nodes
 from trimkit.cli import main
+from trimkit.data import load_dataset
 from trimkit.export.inputs import sample_inputs
+from trimkit.export.onnx import heads_line
 from trimkit.runtime.onnxruntime import ort_session
 
 
@@ -19,7 +21,7 @@ from trimkit.runtime.onnxruntime import ort_session
 def calibrated(pruning_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("cal") / "cal.pt"
     rc = main(["calibrate", "budget", str(pruning_ckpt), "--target", "0.5", "--out", str(out), "--samples", "200",
-               "--holdout", "300"])
+               "--holdout", "300", "--heads-batch", "4"])
     assert rc == 0
     return out
 
@@ -34,10 +36,54 @@ def test_budget_calibration_hits_the_target_and_stores_static_ratios(calibrated)
     assert model.trim.static_keep_ratios and len(model.trim.static_keep_ratios) == len(model.token_trimmers)
     assert model.trim.token_threshold == pytest.approx(rec["threshold_offset"])  # base thresholds were 0
     # the head keep rates `export --heads auto` reads: one per attention module, measured at these thresholds
+    assert rec["heads_batch"] == model.trim.head_keep_batch == 4  # the rates are planned for a serving batch of 4
     model.head_impl = "mask"
     rates = model.trim.head_batch_keep
     assert [len(r) for r in rates] == [len(p) for p in model.heads_gathered()]
     assert all(0.0 < r <= 1.0 for layer in rates for r in layer)
+
+
+def test_head_rates_grow_with_the_serving_batch(pruning_ckpt):
+    """At batch 1 a module's rate is a sample's own kept fraction of its heads; a larger batch keeps the union of
+    its samples' heads, so the rates never fall as the (nested) batches grow."""
+    model = trimkit.load_checkpoint(pruning_ckpt)
+    split = load_dataset("easyvqa", tokenizer=model.tokenizer, labels=model.labels,
+                         image_size=model.config.image_size).val
+    profiles = {b: adaptive_profile(model, split, samples=120, batch_size=48, head_batch=b) for b in (1, 2, 8)}
+    one, c = profiles[1], model.config
+    for ti, layer in enumerate(one["head_batch_keep"]):
+        depth = model.trim.first_trimmed_layer + ti
+        n = [c.layer_spec(depth, m).num_heads for m, _ in c.attention_modules(depth)]
+        assert layer == pytest.approx([h / k for h, k in zip(one["heads"][ti], n)], abs=1e-4)
+    for small, large in ((profiles[1], profiles[2]), (profiles[2], profiles[8])):
+        for a, b in zip(small["head_batch_keep"], large["head_batch_keep"]):
+            assert all(x <= y + 1e-9 for x, y in zip(a, b))
+    assert profiles[8]["head_batch_keep"] != one["head_batch_keep"]  # the union is visible on this model
+    with pytest.raises(ValueError, match="head_batch"):
+        adaptive_profile(model, split, samples=8, head_batch=0)
+
+
+def test_calibrate_heads_replans_auto_for_a_serving_batch(pruning_ckpt, tmp_path, capsys):
+    out = tmp_path / "b1.pt"
+    assert main(["calibrate", "heads", str(pruning_ckpt), "--heads-batch", "1", "--samples", "120",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "--heads auto planned for batch 1" in printed and "heads: gathered in" in printed
+    before, after = trimkit.load_checkpoint(pruning_ckpt), trimkit.load_checkpoint(out)
+    assert after.trim.head_keep_batch == 1 and after.trim.thresholds(0) == before.trim.thresholds(0)
+    split = load_dataset("easyvqa", tokenizer=before.tokenizer, labels=before.labels,
+                         image_size=before.config.image_size).val
+    assert after.trim.head_batch_keep == adaptive_profile(before, split, samples=120, head_batch=1)["head_batch_keep"]
+    rec = after.meta["heads_calibration"]
+    after.head_impl = "auto"
+    assert rec["heads_batch"] == 1 and rec["plan"] == after.heads_plan() and rec["before"] is None
+    assert "a batch of 1 keeps" in heads_line(after)
+    # bad input: one line, exit 2, nothing written
+    for args, msg in ((["--heads-batch", "0"], "must be positive"), (["--heads-batch", "5000"], "1-4096")):
+        assert main(["calibrate", "heads", str(pruning_ckpt), *args, "--out", str(tmp_path / "x.pt")]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_batch_keep_fraction_is_the_union_per_group():

@@ -3,6 +3,7 @@
 from .budget import (
     adaptive_profile,
     calibrate_budget,
+    calibrate_heads,
     match_adaptive_budget,
     match_static_budget,
     measure,
@@ -10,5 +11,5 @@ from .budget import (
     static_trim_config,
 )
 
-__all__ = ["adaptive_profile", "calibrate_budget", "match_adaptive_budget", "match_static_budget", "measure", "shift_thresholds",
+__all__ = ["adaptive_profile", "calibrate_budget", "calibrate_heads", "match_adaptive_budget", "match_static_budget", "measure", "shift_thresholds",
            "static_trim_config"]

@@ -31,11 +31,14 @@ def batch_keep_fraction(mask: torch.Tensor, group: int = HEAD_KEEP_BATCH) -> tup
 
 @torch.no_grad()
 def adaptive_profile(model: MeterModel, split: VQASplit, *, samples: int | None = 1000, batch_size: int = 256,
-                     seed: int = 0) -> dict[str, Any]:
+                     seed: int = 0, head_batch: int = HEAD_KEEP_BATCH) -> dict[str, Any]:
     """Mean kept fraction per trimmed layer and modality (of the input length), mean kept heads and, per
-    attention module, the fraction of heads a batch of `HEAD_KEEP_BATCH` keeps (`TrimConfig.head_batch_keep`)."""
+    attention module, the fraction of heads a serving batch of `head_batch` keeps (`TrimConfig.head_batch_keep`)."""
+    if head_batch < 1:
+        raise ValueError(f"head_batch must be >= 1, not {head_batch}")
     was_training = model.training
     model.eval()
+    batch_size = max(1, batch_size // head_batch) * head_batch  # serving batches never straddle two forwards
     idx = sample_indices(len(split), samples, seed)
     frac_sum = None
     head_sum: list[list[float]] | None = None
@@ -50,7 +53,7 @@ def adaptive_profile(model: MeterModel, split: VQASplit, *, samples: int | None 
         frac_sum = frac if frac_sum is None else frac_sum + frac
         hs = [[float(h.sum(1).sum()) for h in mods] for mods in out.head_masks]
         head_sum = hs if head_sum is None else [[a + b for a, b in zip(x, y)] for x, y in zip(head_sum, hs)]
-        us = [[batch_keep_fraction(h) for h in mods] for mods in out.head_masks]
+        us = [[batch_keep_fraction(h, head_batch) for h in mods] for mods in out.head_masks]
         union = us if union is None else [[(a[0] + b[0], a[1] + b[1]) for a, b in zip(x, y)]
                                           for x, y in zip(union, us)]
         ratios.append(out.flops_ratio)
@@ -61,10 +64,13 @@ def adaptive_profile(model: MeterModel, split: VQASplit, *, samples: int | None 
             "head_batch_keep": [[round(s / g, 4) for s, g in mods] for mods in union]}
 
 
-def with_head_batch_keep(model: MeterModel, split: VQASplit, *, samples: int | None = 1000, seed: int = 0) -> TrimConfig:
-    """The model's trim config with `head_batch_keep` measured on `split` at its current thresholds."""
-    profile = adaptive_profile(model, split, samples=samples, seed=seed)
-    return dataclasses.replace(model.trim, head_batch_keep=profile["head_batch_keep"])
+def with_head_batch_keep(model: MeterModel, split: VQASplit, *, samples: int | None = 1000, seed: int = 0,
+                         head_batch: int | None = None) -> TrimConfig:
+    """The model's trim config with `head_batch_keep` measured on `split` at its current thresholds, for a serving
+    batch of `head_batch` (default: the one the config already plans for)."""
+    head_batch = model.trim.head_keep_batch if head_batch is None else head_batch
+    profile = adaptive_profile(model, split, samples=samples, seed=seed, head_batch=head_batch)
+    return dataclasses.replace(model.trim, head_batch_keep=profile["head_batch_keep"], head_keep_batch=head_batch)
 
 
 def static_trim_config(model: MeterModel, profile: dict[str, Any], scale: float = 1.0) -> TrimConfig:
@@ -178,13 +184,16 @@ def _bracket(model: MeterModel, split: VQASplit, make, target_ratio: float, span
 
 
 def calibrate_budget(ckpt, data: str, target_ratio: float, out, *, samples: int = 1000, holdout: int = 2000,
-                     per_layer: bool = False, seed: int = 0, force: bool = False, log=None) -> dict[str, Any]:
+                     per_layer: bool = False, heads_batch: int | None = None, seed: int = 0, force: bool = False,
+                     log=None) -> dict[str, Any]:
     """`trimkit calibrate budget`: hit a mean FLOPs ratio without retraining.
 
     (a) adaptive: one global offset on the trimmers' decision thresholds (or per-layer offsets scaled
     by each layer's score spread, `per_layer`), bisected on `samples` validation questions; (b) static: per-layer keep ratios (and head counts) that reproduce the
-    calibrated adaptive model's mean cost, stored for `trimkit export --mode static`. Accuracy and
-    FLOPs ratio before/after are measured on `holdout` test questions. Writes `out` (atomic).
+    calibrated adaptive model's mean cost, stored for `trimkit export --mode static`; (c) the head keep rates
+    `export --heads auto` plans with, for a serving batch of `heads_batch` (default: the checkpoint's own, 8 unless
+    planned otherwise). Accuracy and FLOPs ratio before/after are measured on `holdout` test questions. Writes
+    `out` (atomic).
     """
     from ..checkpoint import load_checkpoint, save_checkpoint
     from ..data import load_dataset
@@ -196,8 +205,10 @@ def calibrate_budget(ckpt, data: str, target_ratio: float, out, *, samples: int 
         raise BadInputError(f"--target {target_ratio} is outside (0, 1]")
     if samples < 1 or holdout < 1:
         raise BadInputError("--samples and --holdout must be positive")
+    _check_heads_batch(heads_batch)
     check_writable(out, force=force)
     model = load_checkpoint(ckpt)
+    heads_batch = model.trim.head_keep_batch if heads_batch is None else heads_batch
     if model.tokenizer is None:
         raise BadInputError(f"{ckpt}: checkpoint has no tokenizer for --data {data}")
     task = load_dataset(data, tokenizer=model.tokenizer, labels=model.labels, image_size=model.config.image_size,
@@ -218,20 +229,63 @@ def calibrate_budget(ckpt, data: str, target_ratio: float, out, *, samples: int 
     say(f"adaptive: threshold offset{'s' if per_layer else ''} {', '.join(f'{o:+.3f}' for o in offsets)} -> "
         f"FLOPs ratio {calib['flops_ratio']:.3f} on validation; matching static keep ratios ...")
     # one profile of the calibrated model: the static ratios start from it, `export --heads auto` reads its head rates
-    profile = adaptive_profile(model, task.val, samples=samples, seed=seed)
+    profile = adaptive_profile(model, task.val, samples=samples, seed=seed, head_batch=heads_batch)
     static_trim, static_calib = match_static_budget(model, task.val, calib["flops_ratio"], samples=samples,
                                                     profile=profile, seed=seed)
     model.trim = dataclasses.replace(trim, static_keep_ratios=static_trim.static_keep_ratios,
                                      static_head_keep=static_trim.static_head_keep,
-                                     head_batch_keep=profile["head_batch_keep"])
+                                     head_batch_keep=profile["head_batch_keep"], head_keep_batch=heads_batch)
     after = measure(model, task.test, "prune", **held)
     static = measure(model, task.test, "static", **held)
     record = {"data": data, "samples": min(samples, len(task.val)), "split": "val", "seed": seed,
-              "target": target_ratio,
+              "target": target_ratio, "heads_batch": heads_batch,
               "method": "per-layer threshold offsets" if per_layer else "global threshold offset",
               "threshold_offset": offsets[0] if not per_layer else None, "layer_offsets": offsets if per_layer else None,
               "validation": {"adaptive": calib, "static": static_calib},
               "holdout": {"split": "test", "samples": min(holdout, len(task.test)), "before": before,
                           "adaptive": after, "static": static}}
     save_checkpoint(model, out, force=force, meta={"calibration": record})
+    return record
+
+
+def _check_heads_batch(batch: int | None) -> None:
+    from ..contract import MAX_BATCH
+    from ..errors import BadInputError
+
+    if batch is not None and not 1 <= batch <= MAX_BATCH:
+        raise BadInputError(f"--heads-batch {batch}: a serving batch is 1-{MAX_BATCH}")
+
+
+def calibrate_heads(ckpt, data: str, out, *, heads_batch: int, samples: int = 1000, seed: int = 0,
+                    force: bool = False, log=None) -> dict[str, Any]:
+    """`trimkit calibrate heads`: re-plan `export --heads auto` for a serving batch of `heads_batch` without touching
+    the thresholds: measure, on `samples` validation questions, the fraction of each attention module's heads a
+    batch of that size keeps (`TrimConfig.head_batch_keep`). Writes `out` (atomic) and returns the record."""
+    from ..checkpoint import load_checkpoint, save_checkpoint
+    from ..contract import GATHER_MAX_KEEP
+    from ..data import load_dataset
+    from ..errors import BadInputError
+    from ..fileio import check_writable
+
+    say = log or (lambda msg: None)
+    if samples < 1:
+        raise BadInputError("--samples must be positive")
+    _check_heads_batch(heads_batch)
+    check_writable(out, force=force)
+    model = load_checkpoint(ckpt)
+    if model.tokenizer is None:
+        raise BadInputError(f"{ckpt}: checkpoint has no tokenizer for --data {data}")
+    if not model.trim.head_trimming:
+        raise BadInputError(f"{ckpt}: this checkpoint trims no heads: there is nothing to plan")
+    task = load_dataset(data, tokenizer=model.tokenizer, labels=model.labels, image_size=model.config.image_size,
+                        seed=seed)
+    model.head_impl = "auto"  # the plan `export --heads auto` makes, before and after
+    before = (model.trim.head_keep_batch, model.heads_plan()) if model.trim.head_batch_keep is not None else None
+    say(f"measuring head keep rates for batch {heads_batch} on {min(samples, len(task.val))} validation questions ...")
+    model.trim = with_head_batch_keep(model, task.val, samples=samples, seed=seed, head_batch=heads_batch)
+    record = {"data": data, "samples": min(samples, len(task.val)), "split": "val", "seed": seed,
+              "heads_batch": heads_batch, "head_batch_keep": model.trim.head_batch_keep,
+              "gather_max_keep": GATHER_MAX_KEEP, "plan": model.heads_plan(),
+              "before": None if before is None else {"heads_batch": before[0], "plan": before[1]}}
+    save_checkpoint(model, out, force=force, meta={"heads_calibration": record})
     return record

@@ -32,7 +32,6 @@ from ..contract import (
     EXPORT_MODES,
     GATHER_MAX_KEEP,
     HEAD_IMPLS,
-    HEAD_KEEP_BATCH,
     INPUT_NAMES,
     LAYOUTS,
     MAX_BATCH,
@@ -116,7 +115,8 @@ def heads_line(model: MeterModel) -> str:
         return (f"heads: {heads_summary(plan)} (--heads auto: the checkpoint records no head keep rates, so every "
                 "module masks them; `trimkit calibrate budget` measures them)")
     return (f"heads: {heads_summary(plan)}, masked in the rest (--heads auto: gathered where a batch of "
-            f"{HEAD_KEEP_BATCH} keeps <= {GATHER_MAX_KEEP:.0%} of the heads)")
+            f"{model.trim.head_keep_batch} keeps <= {GATHER_MAX_KEEP:.0%} of the heads; `calibrate heads` plans for "
+            f"another batch)")
 
 
 def _prepare_model(source: str | os.PathLike | MeterModel, mode: str, keep_ratios, head_impl: str,

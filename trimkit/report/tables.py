@@ -8,7 +8,7 @@ from typing import Any
 from ..runtime.timing import NOISY_SPREAD, SPREAD
 
 __all__ = ["render_description", "render_eval", "render_verify", "render_speed", "render_bench", "render_budget",
-           "fmt_flops", "flops_legend", "artifact_label", "bench_runtime_label"]
+           "render_heads_plan", "fmt_flops", "flops_legend", "artifact_label", "bench_runtime_label"]
 
 
 def fmt_flops(x: float) -> str:
@@ -310,3 +310,26 @@ def render_budget(rec: dict[str, Any], console) -> None:
                       ("after (static keep ratios)", "static")):
         t.add_row(name, f"{100 * h[key]['accuracy']:.2f}%", f"{h[key]['flops_ratio']:.3f}")
     console.print(t)
+
+
+def render_heads_plan(rec: dict[str, Any], console) -> None:
+    """`calibrate heads`: per trimmed layer, the fraction of each attention module's heads a serving batch keeps
+    and the plan `export --heads auto` makes from it (g gathered, m masked, - no head trimmer), beside the old one."""
+    from rich.table import Table
+
+    from ..contract import heads_summary
+
+    before = rec.get("before")
+    t = Table(title=f"--heads auto planned for batch {rec['heads_batch']} ({rec['samples']} {rec['split']} questions)")
+    t.add_column("trimmed layer", justify="right")
+    t.add_column(f"heads a batch keeps, per module (gathered <= {rec['gather_max_keep']:.2f})")
+    t.add_column("plan")
+    if before:
+        t.add_column(f"plan at batch {before['heads_batch']}")
+    for i, (rates, plan) in enumerate(zip(rec["head_batch_keep"], rec["plan"])):
+        row = [str(i), "  ".join(f"{r:.2f}" for r in rates), plan]
+        t.add_row(*(row + [before["plan"][i]] if before else row))
+    console.print(t)
+    console.print(f"heads: {heads_summary(rec['plan'])}"
+                  + (f" (was {heads_summary(before['plan']).split(' of ')[0]} at batch {before['heads_batch']})"
+                     if before else ""))
