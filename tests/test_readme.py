@@ -51,7 +51,7 @@ def rewritten(command: str, tmp: Path) -> str:
 def test_the_readme_names_the_commands_this_test_runs():
     commands = readme_commands()
     for expected in ("trimkit export", "trimkit inspect", "trimkit verify", "trimkit show", "trimkit calibrate budget",
-                     "trimkit calibrate int8", "--format openvino", "--format triton"):
+                     "trimkit calibrate heads", "trimkit calibrate int8", "--format openvino", "--format triton"):
         assert any(expected in c for c in commands), expected
     for pattern in SKIPPED:  # no stale skip: each still matches a README command
         assert any(pattern in c for c in commands), pattern
