@@ -169,7 +169,8 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def pruning_ckpt(tmp_path_factory):
     """A tiny checkpoint whose random trimmers prune, with static keep ratios and head counts (the source of
-    `exported`; tests that read only the checkpoint take it alone and stay out of the `exported` group)."""
+    `exported`; tests that read only the checkpoint and trace none of `exported`'s graphs take it alone and stay
+    out of the `exported` group; tests that trace one of them take `exported`, whose memo then serves it)."""
     import dataclasses
 
     from trimkit import save_checkpoint

@@ -11,9 +11,9 @@ def is_png(path) -> bool:
     return path.exists() and path.stat().st_size > 2000 and path.read_bytes()[:8] == PNG
 
 
-def test_bench_writes_report_and_plots(pruning_ckpt, tmp_path):
+def test_bench_writes_report_and_plots(exported, tmp_path):
     out = tmp_path / "bench"
-    rc = main(["bench", str(pruning_ckpt), "--out", str(out), "--targets", "native,0.5", "--batch-sizes", "1,2",
+    rc = main(["bench", str(exported["ckpt"]), "--out", str(out), "--targets", "native,0.5", "--batch-sizes", "1,2",
                "--text-lens", "4,8", "--samples", "96", "--calib-samples", "96", "--repeats", "2", "--threads", "1"])
     assert rc == 0
     for name in ("accuracy_vs_flops.png", "latency_vs_text_len.png", "kept_tokens_per_layer.png"):

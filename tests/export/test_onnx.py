@@ -168,7 +168,7 @@ def test_batch_invariance_in_onnx_runtime(exported, seed, batch, text_len):
         np.testing.assert_array_equal(counts[i:i + 1], one_counts)
 
 
-def test_failed_check_leaves_no_file(pruning_ckpt, tmp_path, monkeypatch):
+def test_failed_check_leaves_no_file(exported, tmp_path, monkeypatch):
     import trimkit.export.onnx as mod
 
     def failing(*a, **k):
@@ -178,7 +178,7 @@ def test_failed_check_leaves_no_file(pruning_ckpt, tmp_path, monkeypatch):
     monkeypatch.setattr(mod, "check_onnx", failing)
     out = tmp_path / "bad.onnx"
     with pytest.raises(CheckFailedError, match="does not match PyTorch"):
-        to_onnx(pruning_ckpt, out, mode="full")
+        to_onnx(exported["ckpt"], out, mode="full")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -197,16 +197,16 @@ def test_refusals(exported, tmp_path):
         parse_keep_ratios("1.5,0.7", 1)
 
 
-def test_cli_export_ort_optimized_and_inspect(pruning_ckpt, tmp_path, capsys):
+def test_cli_export_ort_optimized_and_inspect(exported, tmp_path, capsys):
     out = tmp_path / "opt.onnx"
-    assert main(["export", str(pruning_ckpt), "--format", "onnx", "--mode", "full", "--ort-optimize",
+    assert main(["export", str(exported["ckpt"]), "--format", "onnx", "--mode", "full", "--ort-optimize",
                  "--out", str(out)]) == 0
     assert out.exists()
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert "ort_optimized" in json.loads(meta["trimkit_config"])
     assert main(["inspect", str(out)]) == 0
     assert "trimkit_mode" in capsys.readouterr().out
-    assert main(["export", str(pruning_ckpt), "--out", str(out)]) == 2  # exists, no --force
+    assert main(["export", str(exported["ckpt"]), "--out", str(out)]) == 2  # exists, no --force
 
 
 def test_fp16_graph_keeps_fp32_io(pruning_ckpt, tmp_path):
