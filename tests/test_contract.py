@@ -6,8 +6,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from trimkit.config import preset_config
+from trimkit.config import TrimConfig, preset_config
 from trimkit.contract import (
+    HEAD_KEEP_BATCH,
     INPUT_NAMES,
     LAYOUTS,
     META_CONFIG,
@@ -42,6 +43,9 @@ def test_names_modes_and_tolerances():
     assert LAYOUTS == ("packed", "padded") and META_LAYOUT == "trimkit_layout"
     assert tolerance("fp16") == TOLERANCES["fp16"] and tolerance("bf8") == TOLERANCES["fp32"]
     assert TOLERANCES["int8"].min_agreement < TOLERANCES["fp32"].min_agreement
+    assert TrimConfig().head_keep_batch == HEAD_KEEP_BATCH  # a checkpoint that plans for no batch plans for this one
+    with pytest.raises(ValueError, match="head_keep_batch"):
+        TrimConfig(head_keep_batch=0)
 
 
 def test_stamping_replaces_every_key(tmp_path):
