@@ -16,7 +16,7 @@ class Check:
     passed: bool
     value: float | None
     threshold: float | None
-    comparison: str  # ">=" or "<="
+    comparison: str  # ">=" or "<=" (the logits check: "<= rtol·|ref| +", its threshold the atol)
     detail: str = ""
     runtime: str = ""  # the runtime whose outputs the check judged ("" for checks of no one runtime)
 
