@@ -9,6 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .contract import HEAD_KEEP_BATCH
+
 __all__ = ["EncoderSpec", "ModelConfig", "TrimConfig", "TrainConfig", "PRESETS", "preset_config", "VISION", "TEXT",
            "autocast"]
 
@@ -242,10 +244,10 @@ class TrimConfig:
     # measured with these thresholds (`calibrate budget`/`heads`, the end of training): per trimmed layer and
     # attention module, the mean fraction of its heads that at least one sample of a batch of `head_keep_batch`
     # keeps -- the heads a packed graph gathering for the batch runs; `--heads auto` gathers where it is low (None:
-    # not measured). `head_keep_batch`: the serving batch the rates are planned for (`contract.HEAD_KEEP_BATCH`
-    # by default; at batch 1 a rate is a sample's own kept fraction)
+    # not measured). `head_keep_batch`: the serving batch the rates are planned for (at batch 1 a rate is a
+    # sample's own kept fraction)
     head_batch_keep: list[list[float]] | None = field(default=None)
-    head_keep_batch: int = 8
+    head_keep_batch: int = HEAD_KEEP_BATCH
 
     def __post_init__(self) -> None:
         if self.first_trimmed_layer < 0:

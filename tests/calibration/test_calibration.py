@@ -1,5 +1,6 @@
 """Budget calibration (threshold offset + static keep ratios) and INT8 Q/DQ quantization."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -78,12 +79,43 @@ def test_calibrate_heads_replans_auto_for_a_serving_batch(pruning_ckpt, tmp_path
     after.head_impl = "auto"
     assert rec["heads_batch"] == 1 and rec["plan"] == after.heads_plan() and rec["before"] is None
     assert "a batch of 1 keeps" in heads_line(after)
+    # planned again for batch 8: the old plan is shown beside the new one and recorded
+    again = tmp_path / "b8.pt"
+    assert main(["calibrate", "heads", str(out), "--heads-batch", "8", "--samples", "120", "--out", str(again)]) == 0
+    printed = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    assert "(was gathered in" in printed and "at batch 1)" in printed
+    rec8 = trimkit.load_checkpoint(again).meta["heads_calibration"]
+    assert rec8["before"] == {"heads_batch": 1, "plan": rec["plan"]} and rec8["heads_batch"] == 8
+    # a budget calibration moves the thresholds: the heads record of the old ones goes, its own record stays
+    assert main(["calibrate", "budget", str(again), "--target", "0.6", "--samples", "64", "--holdout", "64",
+                 "--out", str(tmp_path / "cal.pt")]) == 0
+    cal = trimkit.load_checkpoint(tmp_path / "cal.pt")
+    assert "heads_calibration" not in cal.meta and cal.trim.head_keep_batch == 8  # the plan's batch carries over
+    capsys.readouterr()
     # bad input: one line, exit 2, nothing written
-    for args, msg in ((["--heads-batch", "0"], "must be positive"), (["--heads-batch", "5000"], "1-4096")):
-        assert main(["calibrate", "heads", str(pruning_ckpt), *args, "--out", str(tmp_path / "x.pt")]) == 2
+    no_heads = tmp_path / "no-heads.pt"
+    before.trim = dataclasses.replace(before.trim, head_trimming=False)
+    trimkit.save_checkpoint(before, no_heads)
+    for src, args, msg in ((pruning_ckpt, ["--heads-batch", "0"], "must be positive"),
+                           (pruning_ckpt, ["--heads-batch", "5000"], "1-4096"),
+                           (pruning_ckpt, ["--heads-batch", "200", "--samples", "120"], "more than the 120 questions"),
+                           (no_heads, ["--heads-batch", "1"], "trims no heads")):
+        assert main(["calibrate", "heads", str(src), *args, "--out", str(tmp_path / "x.pt")]) == 2
         err = capsys.readouterr().err
         assert msg in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_inspect_names_the_batch_a_heads_plan_is_for():
+    from trimkit.contract import META_CONFIG
+    from trimkit.inspect import _heads_summary
+
+    cfg = {"head_impl": "auto", "heads_gathered": ["gm", "-m"],
+           "trim_config": {"head_batch_keep": [[0.5, 1.0], [1.0, 1.0]], "head_keep_batch": 1}}
+    assert _heads_summary({META_CONFIG: json.dumps(cfg)}) == (
+        "auto: gathered in 1 of 3 trimmed attention modules (planned for batch 1)")
+    cfg["trim_config"] = {"head_batch_keep": None}  # no rates: every module masked, no batch to name
+    assert _heads_summary({META_CONFIG: json.dumps(cfg)}) == "auto: gathered in 1 of 3 trimmed attention modules"
 
 
 def test_batch_keep_fraction_is_the_union_per_group():

@@ -33,16 +33,16 @@ def batch_keep_fraction(mask: torch.Tensor, group: int = HEAD_KEEP_BATCH) -> tup
 def adaptive_profile(model: MeterModel, split: VQASplit, *, samples: int | None = 1000, batch_size: int = 256,
                      seed: int = 0, head_batch: int = HEAD_KEEP_BATCH) -> dict[str, Any]:
     """Mean kept fraction per trimmed layer and modality (of the input length), mean kept heads and, per
-    attention module, the fraction of heads a serving batch of `head_batch` keeps (`TrimConfig.head_batch_keep`)."""
+    attention module, the fraction of heads a serving batch of `head_batch` keeps (`TrimConfig.head_batch_keep`):
+    the sampled questions in consecutive serving batches, across forwards of `batch_size`; a short last batch
+    counts only when there is no full one."""
     if head_batch < 1:
         raise ValueError(f"head_batch must be >= 1, not {head_batch}")
     was_training = model.training
     model.eval()
-    batch_size = max(1, batch_size // head_batch) * head_batch  # serving batches never straddle two forwards
     idx = sample_indices(len(split), samples, seed)
     frac_sum = None
-    head_sum: list[list[float]] | None = None
-    union: list[list[tuple[float, int]]] | None = None
+    head_masks: list[list[list[torch.Tensor]]] | None = None  # per trimmed layer and module: (B, H) per forward
     ratios = []
     for start in range(0, idx.numel(), batch_size):
         pv, ids, mask, _ = split.batch(idx[start: start + batch_size])
@@ -51,17 +51,21 @@ def adaptive_profile(model: MeterModel, split: VQASplit, *, samples: int | None 
                                mask.sum(1).float()], dim=1)  # (B, 2) input lengths
         frac = (out.keep_counts.float() / lengths[:, None, :]).sum(0)  # (T, 2)
         frac_sum = frac if frac_sum is None else frac_sum + frac
-        hs = [[float(h.sum(1).sum()) for h in mods] for mods in out.head_masks]
-        head_sum = hs if head_sum is None else [[a + b for a, b in zip(x, y)] for x, y in zip(head_sum, hs)]
-        us = [[batch_keep_fraction(h, head_batch) for h in mods] for mods in out.head_masks]
-        union = us if union is None else [[(a[0] + b[0], a[1] + b[1]) for a, b in zip(x, y)]
-                                          for x, y in zip(union, us)]
+        if head_masks is None:
+            head_masks = [[[] for _ in mods] for mods in out.head_masks]
+        for into, mods in zip(head_masks, out.head_masks):
+            for parts, h in zip(into, mods):
+                parts.append(h > 0)
         ratios.append(out.flops_ratio)
     model.train(was_training)
     n = idx.numel()
+    full = (n // head_batch) * head_batch or n  # whole serving batches, or the one short batch there is
+    masks = [[torch.cat(parts) for parts in mods] for mods in head_masks]
     return {"samples": n, "flops_ratio": float(torch.cat(ratios).mean()),
-            "token_frac": (frac_sum / n).tolist(), "heads": [[h / n for h in mods] for mods in head_sum],
-            "head_batch_keep": [[round(s / g, 4) for s, g in mods] for mods in union]}
+            "token_frac": (frac_sum / n).tolist(),
+            "heads": [[float(m.sum()) / n for m in mods] for mods in masks],
+            "head_batch_keep": [[round(s / g, 4) for s, g in (batch_keep_fraction(m[:full], head_batch) for m in mods)]
+                                for mods in masks]}
 
 
 def with_head_batch_keep(model: MeterModel, split: VQASplit, *, samples: int | None = 1000, seed: int = 0,
@@ -205,7 +209,7 @@ def calibrate_budget(ckpt, data: str, target_ratio: float, out, *, samples: int 
         raise BadInputError(f"--target {target_ratio} is outside (0, 1]")
     if samples < 1 or holdout < 1:
         raise BadInputError("--samples and --holdout must be positive")
-    _check_heads_batch(heads_batch)
+    _check_heads_batch(heads_batch, samples)
     check_writable(out, force=force)
     model = load_checkpoint(ckpt)
     heads_batch = model.trim.head_keep_batch if heads_batch is None else heads_batch
@@ -244,16 +248,20 @@ def calibrate_budget(ckpt, data: str, target_ratio: float, out, *, samples: int 
               "validation": {"adaptive": calib, "static": static_calib},
               "holdout": {"split": "test", "samples": min(holdout, len(task.test)), "before": before,
                           "adaptive": after, "static": static}}
+    if isinstance(getattr(model, "meta", None), dict):
+        model.meta.pop("heads_calibration", None)  # measured at the old thresholds: the record above replaces it
     save_checkpoint(model, out, force=force, meta={"calibration": record})
     return record
 
 
-def _check_heads_batch(batch: int | None) -> None:
+def _check_heads_batch(batch: int | None, samples: int) -> None:
     from ..contract import MAX_BATCH
     from ..errors import BadInputError
 
     if batch is not None and not 1 <= batch <= MAX_BATCH:
         raise BadInputError(f"--heads-batch {batch}: a serving batch is 1-{MAX_BATCH}")
+    if batch is not None and batch > samples:
+        raise BadInputError(f"--heads-batch {batch} is more than the {samples} questions (--samples) it is measured on")
 
 
 def calibrate_heads(ckpt, data: str, out, *, heads_batch: int, samples: int = 1000, seed: int = 0,
@@ -270,7 +278,7 @@ def calibrate_heads(ckpt, data: str, out, *, heads_batch: int, samples: int = 10
     say = log or (lambda msg: None)
     if samples < 1:
         raise BadInputError("--samples must be positive")
-    _check_heads_batch(heads_batch)
+    _check_heads_batch(heads_batch, samples)
     check_writable(out, force=force)
     model = load_checkpoint(ckpt)
     if model.tokenizer is None:

@@ -172,7 +172,7 @@ def render_verify(report, console) -> None:
     for c in report.checks:
         value = "-" if c.value is None else f"{c.value:.4g}"
         t.add_row(f"{c.name} ({c.runtime})" if c.runtime and len(runtimes) > 1 else c.name, value,
-                  f"{c.comparison} {c.threshold:.4g}", "[green]pass[/green]" if c.passed
+                  c.display or f"{c.comparison} {c.threshold:.4g}", "[green]pass[/green]" if c.passed
                   else "[red]FAIL[/red]")
     console.print(t)
     for c in report.checks:

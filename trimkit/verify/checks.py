@@ -56,11 +56,12 @@ def logits_check(ref_logits: np.ndarray, ref_counts: np.ndarray, art_logits: np.
     worst = float(np.abs(art - ref).max(axis=1).max()) if ref.size else 0.0
     hint = ("" if within or not ref.size else "; non-finite logits: no --atol passes" if math.isinf(needed)
             else f"; passes at this rtol with --atol {ceil_digits(needed)}")
-    # elementwise |artifact - pytorch| <= atol + rtol |pytorch|: the threshold reads "<= 0.001·|ref| + 0.0001", so
-    # a max error above atol that passes on a large logit does not look like a pass against atol alone
-    check = Check("logits_within_tolerance", within, worst, atol, f"<= {rtol:g}·|ref| +",
+    check = Check("logits_within_tolerance", within, worst, atol, "<=",
                   f"Polygraphy elementwise compare over the {int(same.sum())} samples with equal "
-                  f"keep_counts (atol {atol}, rtol {rtol}); max |artifact - pytorch| shown" + hint)
+                  f"keep_counts (atol {atol}, rtol {rtol}); max |artifact - pytorch| shown" + hint,
+                  # elementwise |artifact - pytorch| <= atol + rtol |pytorch|: a max error above atol that passes on
+                  # a large logit must not read as a pass against atol alone
+                  display=f"<= {rtol:g}*|ref| + {atol:g}")
     return check, needed if math.isfinite(needed) else None
 
 

@@ -16,9 +16,10 @@ class Check:
     passed: bool
     value: float | None
     threshold: float | None
-    comparison: str  # ">=" or "<=" (the logits check: "<= rtol·|ref| +", its threshold the atol)
+    comparison: str  # ">=" or "<="
     detail: str = ""
     runtime: str = ""  # the runtime whose outputs the check judged ("" for checks of no one runtime)
+    display: str = ""  # the threshold as a table shows it, where `comparison threshold` says less than the check
 
 
 @dataclass
