@@ -32,6 +32,7 @@ import trimkit
 from trimkit.calibration.budget import with_head_batch_keep
 from trimkit.config import TrimConfig
 from trimkit.contract import GATHER_MAX_KEEP, heads_summary
+from trimkit.cost import executed_ratio
 from trimkit.data import load_dataset
 from trimkit.export.onnx import ort_feed, ort_session, to_onnx
 from trimkit.factory import new_model
@@ -50,14 +51,13 @@ def load(args):
 
 
 @torch.no_grad()
-def executed_ratio(model, batches) -> float:
+def mean_sample_ratio(model, batches) -> float:
     """Mean per-sample executed FLOPs ratio of the packed `--heads auto` graph (each sample alone)."""
     ratios = []
     for pv, ids, mask in batches:
         for i in range(pv.shape[0]):
             n = int(mask[i].sum())
-            out = model(pv[i:i + 1], ids[i:i + 1, :n], mask[i:i + 1, :n], mode="prune")
-            ratios.append(float(out.executed_layer_flops.sum() / out.full_layer_flops.sum()))
+            ratios.append(executed_ratio(model(pv[i:i + 1], ids[i:i + 1, :n], mask[i:i + 1, :n], mode="prune")))
     return statistics.mean(ratios)
 
 
@@ -113,7 +113,7 @@ def main() -> None:
         r_exec = {}
         for b in PLANS:
             model.trim, model.head_impl = plans[b]["trim"], "auto"
-            r_exec[f"plan-b{b}"] = executed_ratio(model, batches)
+            r_exec[f"plan-b{b}"] = mean_sample_ratio(model, batches)
         sessions = {name: ort_session(path, threads=args.threads) for name, path in files.items()}
         secs = time_interleaved({n: ort_pass(s, feeds) for n, s in sessions.items()}, args.repeats, console,
                                 f"batch {bs}: {', '.join(sessions)}")

@@ -199,10 +199,8 @@ def calibrate_budget(ckpt, data: str, target_ratio: float, out, *, samples: int 
     planned otherwise). Accuracy and FLOPs ratio before/after are measured on `holdout` test questions. Writes
     `out` (atomic).
     """
-    from ..checkpoint import load_checkpoint, save_checkpoint
-    from ..data import load_dataset
+    from ..checkpoint import save_checkpoint
     from ..errors import BadInputError
-    from ..fileio import check_writable
 
     say = log or (lambda msg: None)
     if not 0.0 < target_ratio <= 1.0:
@@ -210,13 +208,8 @@ def calibrate_budget(ckpt, data: str, target_ratio: float, out, *, samples: int 
     if samples < 1 or holdout < 1:
         raise BadInputError("--samples and --holdout must be positive")
     _check_heads_batch(heads_batch, samples)
-    check_writable(out, force=force)
-    model = load_checkpoint(ckpt)
+    model, task = _checkpoint_and_data(ckpt, data, out, force=force, seed=seed)
     heads_batch = model.trim.head_keep_batch if heads_batch is None else heads_batch
-    if model.tokenizer is None:
-        raise BadInputError(f"{ckpt}: checkpoint has no tokenizer for --data {data}")
-    task = load_dataset(data, tokenizer=model.tokenizer, labels=model.labels, image_size=model.config.image_size,
-                        seed=seed)
     held = dict(samples=holdout, seed=seed)
     before = measure(model, task.test, "prune", **held)
     say(f"before: accuracy {100 * before['accuracy']:.2f}%, FLOPs ratio {before['flops_ratio']:.3f}; "
@@ -248,10 +241,25 @@ def calibrate_budget(ckpt, data: str, target_ratio: float, out, *, samples: int 
               "validation": {"adaptive": calib, "static": static_calib},
               "holdout": {"split": "test", "samples": min(holdout, len(task.test)), "before": before,
                           "adaptive": after, "static": static}}
-    if isinstance(getattr(model, "meta", None), dict):
-        model.meta.pop("heads_calibration", None)  # measured at the old thresholds: the record above replaces it
+    model.meta.pop("heads_calibration", None)  # measured at the old thresholds: the record above replaces it
     save_checkpoint(model, out, force=force, meta={"calibration": record})
     return record
+
+
+def _checkpoint_and_data(ckpt, data: str, out, *, force: bool, seed: int):
+    """(model, task) for a calibration writing `out`: the output checked writable before anything loads, the
+    checkpoint, and the dataset read with its tokenizer and labels."""
+    from ..checkpoint import load_checkpoint
+    from ..data import load_dataset
+    from ..errors import BadInputError
+    from ..fileio import check_writable
+
+    check_writable(out, force=force)
+    model = load_checkpoint(ckpt)
+    if model.tokenizer is None:
+        raise BadInputError(f"{ckpt}: checkpoint has no tokenizer for --data {data}")
+    return model, load_dataset(data, tokenizer=model.tokenizer, labels=model.labels,
+                               image_size=model.config.image_size, seed=seed)
 
 
 def _check_heads_batch(batch: int | None, samples: int) -> None:
@@ -269,24 +277,17 @@ def calibrate_heads(ckpt, data: str, out, *, heads_batch: int, samples: int = 10
     """`trimkit calibrate heads`: re-plan `export --heads auto` for a serving batch of `heads_batch` without touching
     the thresholds: measure, on `samples` validation questions, the fraction of each attention module's heads a
     batch of that size keeps (`TrimConfig.head_batch_keep`). Writes `out` (atomic) and returns the record."""
-    from ..checkpoint import load_checkpoint, save_checkpoint
+    from ..checkpoint import save_checkpoint
     from ..contract import GATHER_MAX_KEEP
-    from ..data import load_dataset
     from ..errors import BadInputError
-    from ..fileio import check_writable
 
     say = log or (lambda msg: None)
     if samples < 1:
         raise BadInputError("--samples must be positive")
     _check_heads_batch(heads_batch, samples)
-    check_writable(out, force=force)
-    model = load_checkpoint(ckpt)
-    if model.tokenizer is None:
-        raise BadInputError(f"{ckpt}: checkpoint has no tokenizer for --data {data}")
+    model, task = _checkpoint_and_data(ckpt, data, out, force=force, seed=seed)
     if not model.trim.head_trimming:
         raise BadInputError(f"{ckpt}: this checkpoint trims no heads: there is nothing to plan")
-    task = load_dataset(data, tokenizer=model.tokenizer, labels=model.labels, image_size=model.config.image_size,
-                        seed=seed)
     model.head_impl = "auto"  # the plan `export --heads auto` makes, before and after
     before = (model.trim.head_keep_batch, model.heads_plan()) if model.trim.head_batch_keep is not None else None
     say(f"measuring head keep rates for batch {heads_batch} on {min(samples, len(task.val))} validation questions ...")

@@ -331,5 +331,5 @@ def render_heads_plan(rec: dict[str, Any], console) -> None:
         t.add_row(*(row + [before["plan"][i]] if before else row))
     console.print(t)
     console.print(f"heads: {heads_summary(rec['plan'])}"
-                  + (f" (was {heads_summary(before['plan']).split(' of ')[0]} at batch {before['heads_batch']})"
+                  + (f" (was gathered in {''.join(before['plan']).count('g')} at batch {before['heads_batch']})"
                      if before else ""))
