@@ -259,3 +259,36 @@ def test_outputs_without_accounting_say_so(tiny_model):
     for attr in ("flops_ratio", "executed_flops_ratio"):
         with pytest.raises(ValueError, match="accounting=False"):
             getattr(bare, attr)
+
+
+@pytest.mark.parametrize("vision_heads", [4, 2])
+def test_merged_head_gates_are_each_trimmers_own(vision_heads):
+    """Inference computes a depth's head gates in one projection per head count (`DepthHeadTrimmers`): each module's
+    logits equal its own trimmer's up to float rounding, whichever stream it reads first, and its gate is
+    `head_gate` of them; prune mode decides the same with and without details (margins, masks)."""
+    from trimkit.config import TEXT, VISION, EncoderSpec
+    from trimkit.trimmers import head_gate
+
+    vision = EncoderSpec(layers=2, hidden_size=64, num_heads=vision_heads, intermediate_size=128)
+    model = randomize_trimmers(new_model("tiny", "easyvqa", seed=5, vision_encoder=vision), seed=5).eval()
+    c, t = model.config, model.trim
+    g = torch.Generator().manual_seed(5)
+    groups = set()
+    for ti in range(len(model.head_trimmers)):
+        modules = c.attention_modules(t.first_trimmed_layer + ti)
+        cls = [torch.randn(3, c.encoder(m).hidden_size, generator=g) for m in (VISION, TEXT)]
+        merged = model.head_trimmers[ti](cls, [m for m, _ in modules], t.thresholds(ti)[1])
+        assert sorted(merged) == list(range(len(modules)))
+        groups.add(len({c.layer_spec(t.first_trimmed_layer + ti, m).num_heads for m, _ in modules}))
+        for j, (m, _) in enumerate(modules):
+            ref = model.head_trimmers[ti][j](cls[m], cls[1 - m])
+            logits, gate = merged[j]
+            torch.testing.assert_close(logits, ref, atol=1e-5, rtol=1e-5)
+            assert torch.equal(gate, head_gate(logits, training=False, tau=t.tau, threshold=t.thresholds(ti)[1]))
+    assert groups == ({1} if vision_heads == 4 else {1, 2})  # a depth of mixed head counts: two projections
+    inputs = make_inputs(model, 5, 11, seed=5)
+    with torch.no_grad():
+        plain = model(*inputs, mode="prune")
+    detailed = run(model, inputs, "prune")
+    torch.testing.assert_close(plain.logits, detailed.logits, atol=1e-5, rtol=0)
+    assert torch.equal(plain.keep_counts, detailed.keep_counts)

@@ -154,6 +154,11 @@ def _grid(x: Tensor, pack: Packing | None, *tail: int) -> Tensor:
     return x.view(*x.shape[:2], *tail) if pack is None else pack.to_grid(x, *tail)
 
 
+def _parts(x: Tensor, n: int) -> tuple[Tensor, ...]:
+    """x[0], ..., x[n - 1]: one Gather each in a graph, where `unbind` exports as a Slice and a Squeeze each."""
+    return tuple(x[i] for i in range(n))
+
+
 def masked_softmax(scores: Tensor, key_weight: Tensor) -> Tensor:
     """Softmax over the last axis where keys with weight 0 are excluded.
 
@@ -226,7 +231,7 @@ class Attention(nn.Module):
             qkv = F.linear(x, w.reshape(-1, d), bias.reshape(-1))
             if x_pack is not None and x_pack is y_pack and x_pack.runs > 1:
                 return self._self_attention_in_runs(qkv.view(-1, 3, w.shape[1], dh), x_pack.split, heads)
-            q, k, v = _grid(qkv, x_pack, 3, w.shape[1], dh).permute(2, 0, 3, 1, 4).unbind(0)  # (B, kh, N, dh) each
+            q, k, v = _parts(_grid(qkv, x_pack, 3, w.shape[1], dh).permute(2, 0, 3, 1, 4), 3)  # (B, kh, N, dh) each
         else:
             wq, bq, wkv, bkv = self.q_proj.weight, self.q_proj.bias, self.kv_proj.weight, self.kv_proj.bias
             if kept is not None:
@@ -236,7 +241,7 @@ class Attention(nn.Module):
                 bkv = bkv.view(2, h, dh).index_select(1, kept).reshape(-1)  # (2*kh*dh,)
             kh = wq.shape[0] // dh
             q = _grid(F.linear(x, wq, bq), x_pack, kh, dh).transpose(1, 2)  # (B, kh, Nq, dh)
-            k, v = _grid(F.linear(y, wkv, bkv), y_pack, 2, kh, dh).permute(2, 0, 3, 1, 4).unbind(0)  # (B, kh, Nk, dh)
+            k, v = _parts(_grid(F.linear(y, wkv, bkv), y_pack, 2, kh, dh).permute(2, 0, 3, 1, 4), 2)  # (B, kh, Nk, dh)
         wo = self._out_weight(kept)
         scores = (q @ k.transpose(-1, -2)) * self.scale  # (B, kh, Nq, Nk)
         if y_pack is not None:  # inference only (packing is a prune-mode layout): the grid's shared log-weights
@@ -267,7 +272,7 @@ class Attention(nn.Module):
         gate = None if heads is None else heads.gate
         parts = []
         for members, src, key_bias in zip(split.members, split.src, split.key_bias):
-            q, k, v = qkv[src].permute(2, 0, 3, 1, 4).unbind(0)  # (B_r, kh, k_r, dh) each
+            q, k, v = _parts(qkv[src].permute(2, 0, 3, 1, 4), 3)  # (B_r, kh, k_r, dh) each
             attn = torch.softmax((q @ k.transpose(-1, -2)) * self.scale + key_bias.to(q.dtype), dim=-1)
             ctx = attn @ v  # (B_r, kh, k_r, dh)
             if gate is not None:

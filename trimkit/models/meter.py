@@ -37,6 +37,7 @@ from ..contract import GATHER_MAX_KEEP, HEAD_IMPLS, LAYOUTS, stream_attention_ru
 from ..cost import depth_flops, executed_depth_flops, projection_flops
 from ..trimmers import (
     Decisions,
+    DepthHeadTrimmers,
     HeadTrimmer,
     Idle,
     TokenTrimmer,
@@ -207,7 +208,7 @@ class MeterModel(nn.Module):
             self.token_trimmers.append(nn.ModuleList([
                 TokenTrimmer(w[m], other_dim=w[1 - m], **tok) if c.active(depth, m) and t.trims_tokens(m) else Idle()
                 for m in (VISION, TEXT)]))
-            self.head_trimmers.append(nn.ModuleList([
+            self.head_trimmers.append(DepthHeadTrimmers([
                 HeadTrimmer(w[m], c.layer_spec(depth, m).num_heads, init_keep_logit=t.init_keep_logit,
                             other_dim=w[1 - m]) if c.active(depth, m) else Idle()
                 for m, _ in c.attention_modules(depth)]))
@@ -442,21 +443,27 @@ class MeterModel(nn.Module):
                 if s.pack is None:
                     self._pack(s)
         if t.head_trimming:
+            # deterministic gates (every mode but training's): every module of the depth in one projection and
+            # one gate computation, the same with or without `decisions`
+            merged = ({} if self.training and mode == "mask" else
+                      self.head_trimmers[trim_index](cls, [m for m, _ in modules], t.thresholds(trim_index)[1]))
             for j, (m, _) in enumerate(modules):
                 trimmer = self.head_trimmers[trim_index][j]
                 if isinstance(trimmer, Idle):
                     continue
+                logits, gate = merged.get(j, (None, None))
                 if decisions is not None:
-                    logits, scale = trimmer.scored(cls[m], cls[1 - m])  # (B, H) each
+                    own, scale = trimmer.scored(cls[m], cls[1 - m])  # (B, H) each
+                    logits = own if logits is None else logits
                     decisions.append(Decisions(logits - t.thresholds(trim_index)[1],
                                                torch.ones_like(logits, dtype=torch.bool), scale,
                                                trim_index, "heads", m))
-                else:
+                elif logits is None:
                     logits = trimmer(cls[m], cls[1 - m])  # (B, H)
                 if mode == "static":
                     heads[j] = self._static_heads(logits, trim_index, j)
                 else:
-                    heads[j] = self._choose_heads(logits, mode, noise, trim_index, j)
+                    heads[j] = self._choose_heads(logits, mode, noise, trim_index, j, gate)
         return heads
 
     @staticmethod
@@ -549,11 +556,14 @@ class MeterModel(nn.Module):
         rates = self.trim.head_batch_keep
         return rates is not None and rates[trim_index][module] <= GATHER_MAX_KEEP
 
-    def _choose_heads(self, logits: Tensor, mode: str, noise, trim_index: int, module: int) -> HeadChoice:
+    def _choose_heads(self, logits: Tensor, mode: str, noise, trim_index: int, module: int,
+                      gate: Tensor | None = None) -> HeadChoice:
+        """`gate`: the deterministic gate of `logits` when already computed (`DepthHeadTrimmers`)."""
         t = self.trim
         training = self.training and mode == "mask"
-        gate = head_gate(logits, training=training, tau=t.tau, threshold=t.thresholds(trim_index)[1],
-                         uniform=noise(logits.shape) if training and noise else None)  # (B, H)
+        if gate is None:
+            gate = head_gate(logits, training=training, tau=t.tau, threshold=t.thresholds(trim_index)[1],
+                             uniform=noise(logits.shape) if training and noise else None)  # (B, H)
         if mode == "mask" or not self._gathers(trim_index, module):
             return HeadChoice(gate=gate)
         if self.layout == "packed":  # packed rows mix samples in one matmul: one weight set for the batch
