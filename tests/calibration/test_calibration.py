@@ -66,7 +66,7 @@ def test_head_rates_grow_with_the_serving_batch(pruning_ckpt):
 
 def test_calibrate_heads_replans_auto_for_a_serving_batch(pruning_ckpt, tmp_path, capsys):
     out = tmp_path / "b1.pt"
-    assert main(["calibrate", "heads", str(pruning_ckpt), "--heads-batch", "1", "--samples", "120",
+    assert main(["calibrate", "heads", str(pruning_ckpt), "--heads-batch", "1", "--samples", "48",
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "--heads auto planned for batch 1" in printed and "heads: gathered in" in printed
@@ -74,14 +74,14 @@ def test_calibrate_heads_replans_auto_for_a_serving_batch(pruning_ckpt, tmp_path
     assert after.trim.head_keep_batch == 1 and after.trim.thresholds(0) == before.trim.thresholds(0)
     split = load_dataset("easyvqa", tokenizer=before.tokenizer, labels=before.labels,
                          image_size=before.config.image_size).val
-    assert after.trim.head_batch_keep == adaptive_profile(before, split, samples=120, head_batch=1)["head_batch_keep"]
+    assert after.trim.head_batch_keep == adaptive_profile(before, split, samples=48, head_batch=1)["head_batch_keep"]
     rec = after.meta["heads_calibration"]
     after.head_impl = "auto"
     assert rec["heads_batch"] == 1 and rec["plan"] == after.heads_plan() and rec["before"] is None
     assert "a batch of 1 keeps" in heads_line(after)
     # planned again for batch 8: the old plan is shown beside the new one and recorded
     again = tmp_path / "b8.pt"
-    assert main(["calibrate", "heads", str(out), "--heads-batch", "8", "--samples", "120", "--out", str(again)]) == 0
+    assert main(["calibrate", "heads", str(out), "--heads-batch", "8", "--samples", "48", "--out", str(again)]) == 0
     printed = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
     assert "(was gathered in" in printed and "at batch 1)" in printed
     rec8 = trimkit.load_checkpoint(again).meta["heads_calibration"]

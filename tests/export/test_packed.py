@@ -62,12 +62,14 @@ def test_packed_graph_matches_pytorch_and_batch_of_one(exported, seed, batch, te
         np.testing.assert_array_equal(counts[i:i + 1], one_counts)
 
 
-def test_attention_runs_graph_matches_pytorch_and_batch_of_one(tmp_path):
+def test_attention_runs_graph_matches_pytorch_and_batch_of_one(tmp_path, capsys):
     """A geometry whose packed vision stream runs its self-attention products in runs of samples (65 image
     tokens at width 64): the graph sorts each trimmed grid's samples once (one TopK over the batch per packing
     of that stream), matches PyTorch at batch 1 (an empty first run) and on mixed batches, and every sample its
     batch-of-one run. The same model (one export) also carries a conv stem, a classifier reading the pooled
-    states' product, per-layer threshold offsets and `--heads auto` gathering every other attention module."""
+    states' product, per-layer threshold offsets and `--heads auto` gathering every other attention module
+    (the union over the batch, picked with no TopK), which the export's log, its metadata and `inspect`
+    say, and which verify holds against the checkpoint's rates."""
     model = randomize_trimmers(new_model("tiny", "easyvqa", seed=11, image_size=64, stem="conv", pool_product=True),
                                seed=11)
     model.trim = dataclasses.replace(model.trim, head_batch_keep=alternating_rates(model),
@@ -79,16 +81,28 @@ def test_attention_runs_graph_matches_pytorch_and_batch_of_one(tmp_path):
         plain = model(*probe, mode="prune").keep_counts
         model.trim = dataclasses.replace(model.trim, layer_threshold_offsets=[0.4, -0.4])
     assert not torch.equal(offset, plain)  # the offsets move decisions: the checks below would see them lost
-    res = to_onnx(model, tmp_path / "runs.onnx", mode="adaptive")
+    lines = []
+    res = to_onnx(model, tmp_path / "runs.onnx", mode="adaptive", log=lines.append)
     assert res.check["passed"] and [s["batch"] for s in res.check["shapes"]][:2] == [1, 3]
     ops = [n.op_type for n in onnx.load(str(res.path)).graph.node]
-    assert ops.count("TopK") == len(model.token_trimmers)  # one sort per vision packing, none to select tokens
+    # one sort per vision packing; none to select tokens or heads
+    assert ops.count("TopK") == len(model.token_trimmers)
     assert "Conv" in ops
     config = json.loads(metadata(res.path)["trimkit_config"])
     model.head_impl = "auto"
     assert config["attention_runs"] == [2, 1] and config["heads_gathered"] == model.heads_plan() == ["gm", "mgmg"]
     assert config["trim_config"]["layer_threshold_offsets"] == [0.4, -0.4]
     assert describe_onnx(res.path)["attention_runs"] == "image in 2 runs"
+    assert any(line.startswith("heads: gathered in 3 of 6") for line in lines)
+    assert main(["inspect", str(res.path)]) == 0
+    assert "heads auto: gathered in 3 of 6 trimmed attention modules" in capsys.readouterr().out
+    # a checkpoint with other head keep rates is not the artifact's source: verify refuses it before running
+    saved, other = model.trim, tmp_path / "other.pt"
+    model.trim = dataclasses.replace(saved, head_batch_keep=[[0.9] * 2, [0.9] * 4])
+    trimkit.save_checkpoint(model, other)
+    model.trim = saved
+    assert main(["verify", str(other), str(res.path), "--samples", "4", "--repeats", "1"]) == 2
+    assert "head_batch_keep" in capsys.readouterr().err
     sess = ort_session(res.path)
     for batch, seed in ((5, 1), (7, 2)):
         pv, ids, mask = sample_inputs(model.config, batch, 9, seed=seed)
