@@ -310,9 +310,12 @@ class HeadTrimmer(nn.Module):
 
     def scored(self, cls_self: Tensor, cls_other: Tensor) -> tuple[Tensor, Tensor]:
         """(logits, scale), (B, H) each: the logits and, detached, the sum of the absolute values of their terms."""
-        c = torch.cat([cls_self, cls_other], dim=-1)
-        scale = c.detach().abs() @ self.fc.weight.detach().abs().t() + self.fc.bias.detach().abs()
-        return self.fc(c), scale
+        return self(cls_self, cls_other), self.scale(cls_self, cls_other)
+
+    def scale(self, cls_self: Tensor, cls_other: Tensor) -> Tensor:
+        """(B, H) detached: the sum of the absolute values of each logit's terms (`scored`)."""
+        c = torch.cat([cls_self, cls_other], dim=-1).detach()
+        return c.abs() @ self.fc.weight.detach().abs().t() + self.fc.bias.detach().abs()
 
 
 class DepthHeadTrimmers(nn.ModuleList):
@@ -338,14 +341,12 @@ class DepthHeadTrimmers(nn.ModuleList):
         out = {}
         for h, members in groups.items():
             logits = F.linear(c, torch.cat([w for _, w, _ in members]), torch.cat([b for _, _, b in members]))
-            if len(members) > 1:
-                logits = logits.view(c.shape[0], len(members), h)  # (B, M, H): the gate's max is per module
-            gate = head_gate(logits, training=False, tau=1.0, threshold=threshold)
-            if len(members) == 1:
-                out[members[0][0]] = logits, gate
+            if len(members) == 1:  # no (B, 1, H) view to take apart
+                out[members[0][0]] = logits, head_gate(logits, training=False, tau=1.0, threshold=threshold)
                 continue
-            for i, (j, _, _) in enumerate(members):
-                out[j] = logits[:, i], gate[:, i]
+            logits = logits.view(c.shape[0], len(members), h)  # (B, M, H): the gate's max is per module
+            gate = head_gate(logits, training=False, tau=1.0, threshold=threshold)
+            out.update((j, (logits[:, i], gate[:, i])) for i, (j, _, _) in enumerate(members))
         return out
 
 

@@ -453,8 +453,10 @@ class MeterModel(nn.Module):
                     continue
                 logits, gate = merged.get(j, (None, None))
                 if decisions is not None:
-                    own, scale = trimmer.scored(cls[m], cls[1 - m])  # (B, H) each
-                    logits = own if logits is None else logits
+                    if logits is None:
+                        logits, scale = trimmer.scored(cls[m], cls[1 - m])  # (B, H) each
+                    else:
+                        scale = trimmer.scale(cls[m], cls[1 - m])
                     decisions.append(Decisions(logits - t.thresholds(trim_index)[1],
                                                torch.ones_like(logits, dtype=torch.bool), scale,
                                                trim_index, "heads", m))
