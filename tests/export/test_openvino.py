@@ -1,8 +1,6 @@
 """`trimkit export --format openvino`: IR + metadata + manifest, checked; INT8 graphs on OpenVINO."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -48,9 +46,9 @@ def test_cli_export_openvino_from_checkpoint(exported, tmp_path, capsys):
     assert "OpenVINO" in capsys.readouterr().out and (tmp_path / "m.bin").exists()
     assert read_ir_manifest(tmp_path / "m.xml")["trimkit_mode"] == "adaptive"
     assert ir_metadata(tmp_path / "m.xml")["trimkit_layout"] == "padded"  # --layout reaches the graph
-    r = subprocess.run([sys.executable, "-m", "trimkit.cli", "export", str(exported["adaptive"]), "--format",
-                        "openvino", "--out", str(tmp_path / "m.xml")], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "already exists" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert main(["export", str(exported["adaptive"]), "--format", "openvino", "--out", str(tmp_path / "m.xml")]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and len(err.strip().splitlines()) == 1
 
 
 def test_refusals_write_nothing(exported, tmp_path):

@@ -2,8 +2,6 @@
 and whose I/O matches the artifact. No Triton server runs on this machine (no package provides one)."""
 
 import hashlib
-import subprocess
-import sys
 
 import pytest
 
@@ -12,6 +10,7 @@ pytest.importorskip("tritonclient.grpc", reason="needs tritonclient (pip install
 from google.protobuf import text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 
+from trimkit.cli import main  # noqa: E402
 from trimkit.errors import BadInputError  # noqa: E402
 from trimkit.export.triton import check_repository, to_triton  # noqa: E402
 
@@ -108,17 +107,14 @@ def test_check_repository_finds_a_config_that_does_not_match(exported, tmp_path)
     assert "does not parse" in check_repository(tmp_path / "repo", "trim")[0]
 
 
-def test_cli_triton_and_its_refusals(exported, tmp_path):
+def test_cli_triton_and_its_refusals(exported, tmp_path, capsys):
     repo = tmp_path / "repo"
-    cmd = [sys.executable, "-m", "trimkit.cli", "export", str(exported["adaptive"]), "--format", "triton", "--out",
-           str(repo)]
-    r = subprocess.run(cmd + ["--max-batch", "4"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    cmd = ["export", str(exported["adaptive"]), "--format", "triton", "--out", str(repo)]
+    assert main(cmd + ["--max-batch", "4"]) == 0, capsys.readouterr().err
     assert _parse(repo / "adaptive" / "config.pbtxt").max_batch_size == 4
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "already exists; pass --force" in r.stderr
-    r = subprocess.run(cmd[:7] + ["--out", str(tmp_path / "repo2"), "--backend", "tensorrt"], capture_output=True,
-                       text=True, timeout=300)
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and "TensorRT" in lines[0]
+    capsys.readouterr()
+    assert main(cmd) == 2 and "already exists; pass --force" in capsys.readouterr().err
+    assert main(cmd[:4] + ["--out", str(tmp_path / "repo2"), "--backend", "tensorrt"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "TensorRT" in lines[0]
     assert not (tmp_path / "repo2").exists()  # nothing created

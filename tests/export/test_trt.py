@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from trimkit.cli import main
 from trimkit.errors import BadInputError, MissingDependencyError
 from trimkit.export.manifest import build_manifest, manifest_path, read_manifest, write_manifest
 from trimkit.export.profiles import Profile
@@ -29,11 +30,10 @@ def test_missing_tensorrt_is_one_line_exit_2_and_writes_nothing(pruning_ckpt, tm
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bad_profile_is_reported_before_tensorrt(pruning_ckpt, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "trimkit.cli", "export", str(pruning_ckpt), "--format", "trt",
-                        "--out", str(tmp_path / "m.plan"), "--profile", "text=2:8:999"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "max_text_len" in r.stderr
+def test_bad_profile_is_reported_before_tensorrt(pruning_ckpt, tmp_path, capsys):
+    assert main(["export", str(pruning_ckpt), "--format", "trt", "--out", str(tmp_path / "m.plan"),
+                 "--profile", "text=2:8:999"]) == 2
+    assert "max_text_len" in capsys.readouterr().err
 
 
 def test_manifest_round_trip(exported, tmp_path):
@@ -367,9 +367,8 @@ def test_opset_range_is_checked():
 
 
 @pytest.mark.parametrize("opset", ["5", "99"])
-def test_opset_outside_the_supported_range_is_one_line(pruning_ckpt, tmp_path, opset):
-    r = subprocess.run([sys.executable, "-m", "trimkit.cli", "export", str(pruning_ckpt), "--out",
-                        str(tmp_path / "m.onnx"), "--opset", opset], capture_output=True, text=True, timeout=300)
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and "supported opsets are 18-25" in lines[0]
+def test_opset_outside_the_supported_range_is_one_line(pruning_ckpt, tmp_path, opset, capsys):
+    assert main(["export", str(pruning_ckpt), "--out", str(tmp_path / "m.onnx"), "--opset", opset]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "supported opsets are 18-25" in lines[0]
     assert list(tmp_path.iterdir()) == []

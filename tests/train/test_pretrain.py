@@ -1,14 +1,16 @@
 """`trimkit pretrain`: labels from the data; --task tokens trains the vision encoder only, --task match the
 backbone (not the classifier, not the trimmers)."""
 
+import contextlib
+import io
 import subprocess
-import sys
 
 import pytest
 import torch
 
 import trimkit
 from trimkit.checkpoint import read_checkpoint
+from trimkit.cli import main
 from trimkit.config import TEXT, VISION
 from trimkit.data import load_dataset
 from trimkit.factory import new_model
@@ -91,7 +93,12 @@ def test_easyvqa_questions_read_with_their_negation():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "trimkit.cli", *map(str, args)], capture_output=True, text=True)
+    """`trimkit ARGS` through `main`, as the console script runs it, in this process (a new process would pay
+    torch's import again; tests/test_cli.py checks the real process): its exit code and what it printed."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in args])
+    return subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
 
 
 def _pretrain_shapes(tmp_path, *args, **model_options):
