@@ -174,11 +174,12 @@ def select_compact(keep: Tensor) -> tuple[Tensor, Tensor]:
     the new grid, k = the batch's largest keep count: sample b's kept tokens take its slots 0 .. k_b - 1 and
     fillers the rest, so a sample meets its keys in the same order in any batch.
     """
-    count = keep.sum(dim=1).to(torch.int64)  # (B,) exact: sums of 1.0s; integer once, not per use
+    # (B, 1) exact: sums of 1.0s; integer once, not per use; a column, so the comparison below needs no Unsqueeze
+    count = keep.sum(dim=1, keepdim=True).to(torch.int64)
     k = count.max().item()  # data-dependent: the new grid's width in the exported graph
     torch._check(k >= 1)
     torch._check(k <= keep.shape[1])
-    alive = (torch.arange(k, device=keep.device) < count[:, None]).to(keep.dtype)  # (B, k)
+    alive = (torch.arange(k, device=keep.device) < count).to(keep.dtype)  # (B, k)
     return torch.nonzero(keep.reshape(-1) > 0).squeeze(1), alive
 
 
@@ -322,9 +323,11 @@ class DepthHeadTrimmers(nn.ModuleList):
     """The head trimmers of one trimmed depth (`ModelConfig.attention_modules` order; `Idle` where a module has
     none). Calling it gives every module's deterministic logits and gates at once."""
 
-    def forward(self, cls: list[Tensor], streams: list[int], threshold: float) -> dict[int, tuple[Tensor, Tensor]]:
+    def forward(self, cls: list[Tensor], streams: list[int],
+                threshold: float) -> dict[int, tuple[Tensor, Tensor, Tensor | None]]:
         """cls: [CLS] of each stream, (B, D_m) in stream order; streams: the stream each module reads ->
-        {module: (logits, gate)}, (B, H) each (`head_gate`, inference).
+        {module: (logits, gate, column)}: (B, H) each (`head_gate`, inference), and the gate as (B, H, 1, 1) where
+        several modules share the computation (`HeadChoice.column`; None for a module alone).
 
         Modules with the same head count share one projection of [CLS_0 ; CLS_1] (a stream-1 trimmer's weight
         columns swapped to that order: a constant the runtime folds) and one gate computation on their
@@ -342,11 +345,12 @@ class DepthHeadTrimmers(nn.ModuleList):
         for h, members in groups.items():
             logits = F.linear(c, torch.cat([w for _, w, _ in members]), torch.cat([b for _, _, b in members]))
             if len(members) == 1:  # no (B, 1, H) view to take apart
-                out[members[0][0]] = logits, head_gate(logits, training=False, tau=1.0, threshold=threshold)
+                out[members[0][0]] = logits, head_gate(logits, training=False, tau=1.0, threshold=threshold), None
                 continue
             logits = logits.view(c.shape[0], len(members), h)  # (B, M, H): the gate's max is per module
             gate = head_gate(logits, training=False, tau=1.0, threshold=threshold)
-            out.update((j, (logits[:, i], gate[:, i])) for i, (j, _, _) in enumerate(members))
+            column = gate[..., None, None]  # (B, M, H, 1, 1): one Unsqueeze for the group, not one per module
+            out.update((j, (logits[:, i], gate[:, i], column[:, i])) for i, (j, _, _) in enumerate(members))
         return out
 
 

@@ -265,7 +265,8 @@ def test_outputs_without_accounting_say_so(tiny_model):
 def test_merged_head_gates_are_each_trimmers_own(vision_heads):
     """Inference computes a depth's head gates in one projection per head count (`DepthHeadTrimmers`): each module's
     logits equal its own trimmer's up to float rounding, whichever stream it reads first, and its gate is
-    `head_gate` of them; prune mode decides the same with and without details (margins, masks)."""
+    `head_gate` of them (also as the (B, H, 1, 1) column a shared group hands out); prune mode decides the same with
+    and without details (margins, masks)."""
     from trimkit.config import TEXT, VISION, EncoderSpec
     from trimkit.trimmers import head_gate
 
@@ -282,9 +283,10 @@ def test_merged_head_gates_are_each_trimmers_own(vision_heads):
         groups.add(len({c.layer_spec(t.first_trimmed_layer + ti, m).num_heads for m, _ in modules}))
         for j, (m, _) in enumerate(modules):
             ref = model.head_trimmers[ti][j](cls[m], cls[1 - m])
-            logits, gate = merged[j]
+            logits, gate, column = merged[j]
             torch.testing.assert_close(logits, ref, atol=1e-5, rtol=1e-5)
             assert torch.equal(gate, head_gate(logits, training=False, tau=t.tau, threshold=t.thresholds(ti)[1]))
+            assert column is None or torch.equal(column, gate[:, :, None, None])  # the shaped gate is the gate
     assert groups == ({1} if vision_heads == 4 else {1, 2})  # a depth of mixed head counts: two projections
     inputs = make_inputs(model, 5, 11, seed=5)
     with torch.no_grad():

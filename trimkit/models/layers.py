@@ -38,11 +38,18 @@ class HeadChoice:
     idx: None (dense heads), or (B, kh) int64 head indices (sorted) to gather per sample.
     kept: None, or (kh,) int64 head indices (sorted) gathered once for the whole batch; `gate` is then
           (B, kh): each sample's own choice among them.
+    column: None, or `gate` as (B, H, 1, 1), the shape that multiplies a (B, H, N, dh) output, when it comes
+          ready-made (`DepthHeadTrimmers` shapes a whole depth's gates at once: no Unsqueeze per module).
     """
 
     gate: Tensor | None = None
     idx: Tensor | None = None
     kept: Tensor | None = None
+    column: Tensor | None = None
+
+    def columns(self) -> Tensor:
+        """`gate` as (B, H, 1, 1)."""
+        return self.gate[:, :, None, None] if self.column is None else self.column
 
 
 @dataclass
@@ -206,7 +213,7 @@ class Attention(nn.Module):
         attn = masked_softmax(scores, key_weight[:, None, None, :].to(scores.dtype))
         ctx = attn @ v  # (B, h, Nq, dh)
         if heads is not None and heads.gate is not None:
-            ctx = ctx * heads.gate[:, :, None, None].to(ctx.dtype)  # pruned / filler heads -> 0
+            ctx = ctx * heads.columns().to(ctx.dtype)  # pruned / filler heads -> 0
         if heads is not None and heads.idx is not None:
             out = self._out_gathered(ctx, heads.idx)
         else:
@@ -250,7 +257,7 @@ class Attention(nn.Module):
             attn = masked_softmax(scores, key_weight[:, None, None, :].to(scores.dtype))
         ctx = attn @ v  # (B, kh, Nq, dh)
         if heads is not None and heads.gate is not None:
-            ctx = ctx * heads.gate[:, :, None, None].to(ctx.dtype)  # heads this sample dropped -> 0
+            ctx = ctx * heads.columns().to(ctx.dtype)  # heads this sample dropped -> 0
         ctx = ctx.transpose(1, 2)  # (B, Nq, kh, dh)
         if x_pack is not None:
             ctx = x_pack.to_rows(ctx.reshape(-1, ctx.shape[2] * dh))  # (Tq, kh*dh)
@@ -269,14 +276,14 @@ class Attention(nn.Module):
         """Self-attention of packed rows whose products run per run of samples (`Packing.split`): qkv (T, 3, kh,
         dh) projected rows -> (T, D)."""
         kh, dh = qkv.shape[2], self.head_dim
-        gate = None if heads is None else heads.gate
+        gate = None if heads is None or heads.gate is None else heads.columns()  # (B, kh, 1, 1)
         parts = []
         for members, src, key_bias in zip(split.members, split.src, split.key_bias):
             q, k, v = _parts(qkv[src].permute(2, 0, 3, 1, 4), 3)  # (B_r, kh, k_r, dh) each
             attn = torch.softmax((q @ k.transpose(-1, -2)) * self.scale + key_bias.to(q.dtype), dim=-1)
             ctx = attn @ v  # (B_r, kh, k_r, dh)
             if gate is not None:
-                ctx = ctx * gate.index_select(0, members)[:, :, None, None].to(ctx.dtype)  # heads it dropped -> 0
+                ctx = ctx * gate.index_select(0, members).to(ctx.dtype)  # heads it dropped -> 0
             parts.append(ctx.transpose(1, 2).reshape(-1, kh * dh))  # (B_r * k_r, kh*dh): -1 rows, fine when empty
         ctx = torch.cat(parts).index_select(0, split.back)  # (T, kh*dh)
         return F.linear(ctx, self._out_weight(None if heads is None else heads.kept), self.out_proj.bias)

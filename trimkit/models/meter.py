@@ -451,7 +451,7 @@ class MeterModel(nn.Module):
                 trimmer = self.head_trimmers[trim_index][j]
                 if isinstance(trimmer, Idle):
                     continue
-                logits, gate = merged.get(j, (None, None))
+                logits, gate, column = merged.get(j, (None, None, None))
                 if decisions is not None:
                     if logits is None:
                         logits, scale = trimmer.scored(cls[m], cls[1 - m])  # (B, H) each
@@ -465,7 +465,7 @@ class MeterModel(nn.Module):
                 if mode == "static":
                     heads[j] = self._static_heads(logits, trim_index, j)
                 else:
-                    heads[j] = self._choose_heads(logits, mode, noise, trim_index, j, gate)
+                    heads[j] = self._choose_heads(logits, mode, noise, trim_index, j, gate, column)
         return heads
 
     @staticmethod
@@ -559,15 +559,16 @@ class MeterModel(nn.Module):
         return rates is not None and rates[trim_index][module] <= GATHER_MAX_KEEP
 
     def _choose_heads(self, logits: Tensor, mode: str, noise, trim_index: int, module: int,
-                      gate: Tensor | None = None) -> HeadChoice:
-        """`gate`: the deterministic gate of `logits` when already computed (`DepthHeadTrimmers`)."""
+                      gate: Tensor | None = None, column: Tensor | None = None) -> HeadChoice:
+        """`gate`: the deterministic gate of `logits` when already computed (`DepthHeadTrimmers`), `column`: the
+        same as (B, H, 1, 1) when it comes shaped (`HeadChoice.column`)."""
         t = self.trim
         training = self.training and mode == "mask"
         if gate is None:
             gate = head_gate(logits, training=training, tau=t.tau, threshold=t.thresholds(trim_index)[1],
                              uniform=noise(logits.shape) if training and noise else None)  # (B, H)
         if mode == "mask" or not self._gathers(trim_index, module):
-            return HeadChoice(gate=gate)
+            return HeadChoice(gate=gate, column=column)
         if self.layout == "packed":  # packed rows mix samples in one matmul: one weight set for the batch
             kept = torch.nonzero(gate.amax(dim=0) > 0).squeeze(1)  # (kh,) union over the batch, ascending
             torch._check(kept.shape[0] >= 1)  # every sample keeps a head (`head_gate`): reshapes by kh are safe
