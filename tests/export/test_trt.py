@@ -21,6 +21,7 @@ def test_missing_tensorrt_is_one_line_exit_2_and_writes_nothing(pruning_ckpt, tm
     except MissingDependencyError:
         pass
     out = tmp_path / "m.plan"
+    # a real process: the optional import fails as a user meets it, with nothing else of the test loaded
     r = subprocess.run([sys.executable, "-m", "trimkit.cli", "export", str(pruning_ckpt), "--format", "trt",
                         "--out", str(out), "--profile", "batch=1:4:16", "--profile", "text=2:8:16",
                         "--onnx-out", str(tmp_path / "kept.onnx")], capture_output=True, text=True, timeout=300)

@@ -39,7 +39,8 @@ class HeadChoice:
     kept: None, or (kh,) int64 head indices (sorted) gathered once for the whole batch; `gate` is then
           (B, kh): each sample's own choice among them.
     column: None, or `gate` as (B, H, 1, 1), the shape that multiplies a (B, H, N, dh) output, when it comes
-          ready-made (`DepthHeadTrimmers` shapes a whole depth's gates at once: no Unsqueeze per module).
+          ready-made (`DepthHeadTrimmers` shapes the gates of a group of modules with equal head counts in one
+          Unsqueeze, not one per module). Only for dense heads: it is `gate` itself, reshaped.
     """
 
     gate: Tensor | None = None
@@ -47,8 +48,8 @@ class HeadChoice:
     kept: Tensor | None = None
     column: Tensor | None = None
 
-    def columns(self) -> Tensor:
-        """`gate` as (B, H, 1, 1)."""
+    def gate_column(self) -> Tensor:
+        """`gate` as (B, H, 1, 1), or (B, kh, 1, 1) for gathered heads."""
         return self.gate[:, :, None, None] if self.column is None else self.column
 
 
@@ -213,7 +214,7 @@ class Attention(nn.Module):
         attn = masked_softmax(scores, key_weight[:, None, None, :].to(scores.dtype))
         ctx = attn @ v  # (B, h, Nq, dh)
         if heads is not None and heads.gate is not None:
-            ctx = ctx * heads.columns().to(ctx.dtype)  # pruned / filler heads -> 0
+            ctx = ctx * heads.gate_column().to(ctx.dtype)  # pruned / filler heads -> 0
         if heads is not None and heads.idx is not None:
             out = self._out_gathered(ctx, heads.idx)
         else:
@@ -257,7 +258,7 @@ class Attention(nn.Module):
             attn = masked_softmax(scores, key_weight[:, None, None, :].to(scores.dtype))
         ctx = attn @ v  # (B, kh, Nq, dh)
         if heads is not None and heads.gate is not None:
-            ctx = ctx * heads.columns().to(ctx.dtype)  # heads this sample dropped -> 0
+            ctx = ctx * heads.gate_column().to(ctx.dtype)  # heads this sample dropped -> 0
         ctx = ctx.transpose(1, 2)  # (B, Nq, kh, dh)
         if x_pack is not None:
             ctx = x_pack.to_rows(ctx.reshape(-1, ctx.shape[2] * dh))  # (Tq, kh*dh)
@@ -276,7 +277,7 @@ class Attention(nn.Module):
         """Self-attention of packed rows whose products run per run of samples (`Packing.split`): qkv (T, 3, kh,
         dh) projected rows -> (T, D)."""
         kh, dh = qkv.shape[2], self.head_dim
-        gate = None if heads is None or heads.gate is None else heads.columns()  # (B, kh, 1, 1)
+        gate = None if heads is None or heads.gate is None else heads.gate_column()  # (B, kh, 1, 1)
         parts = []
         for members, src, key_bias in zip(split.members, split.src, split.key_bias):
             q, k, v = _parts(qkv[src].permute(2, 0, 3, 1, 4), 3)  # (B_r, kh, k_r, dh) each
