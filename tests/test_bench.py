@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from trimkit.cli import main
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -11,6 +13,7 @@ def is_png(path) -> bool:
     return path.exists() and path.stat().st_size > 2000 and path.read_bytes()[:8] == PNG
 
 
+@pytest.mark.slow  # bench exports and times four graphs: ~35 s
 def test_bench_writes_report_and_plots(exported, tmp_path):
     out = tmp_path / "bench"
     rc = main(["bench", str(exported["ckpt"]), "--out", str(out), "--targets", "native,0.5", "--batch-sizes", "1,2",

@@ -64,6 +64,7 @@ def test_head_rates_grow_with_the_serving_batch(pruning_ckpt):
         adaptive_profile(model, split, samples=8, head_batch=0)
 
 
+@pytest.mark.slow  # re-measures head rates and re-exports: ~15 s
 def test_calibrate_heads_replans_auto_for_a_serving_batch(pruning_ckpt, tmp_path, capsys):
     out = tmp_path / "b1.pt"
     assert main(["calibrate", "heads", str(pruning_ckpt), "--heads-batch", "1", "--samples", "48",

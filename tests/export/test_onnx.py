@@ -195,6 +195,7 @@ def test_cli_export_ort_optimized_and_inspect(exported, tmp_path, capsys):
     assert main(["export", str(exported["ckpt"]), "--out", str(out)]) == 2  # exists, no --force
 
 
+@pytest.mark.slow  # its own fp16 trace: ~30 s
 def test_fp16_graph_keeps_fp32_io(pruning_ckpt, tmp_path):
     """`export --precision fp16`: fp16 weights inside, fp32 inputs and outputs (the export's check passes)."""
     out = tmp_path / "h.onnx"

@@ -37,6 +37,7 @@ def test_ir_export_carries_metadata_and_manifest(exported, tmp_path):
     np.testing.assert_allclose(a[0], b[0], atol=1e-6)
 
 
+@pytest.mark.slow  # a fresh ONNX trace and an OpenVINO conversion through the CLI: ~35 s
 def test_cli_export_openvino_from_checkpoint(exported, tmp_path, capsys):
     from trimkit.cli import main
     from trimkit.export.openvino import ir_metadata

@@ -62,6 +62,7 @@ def test_packed_graph_matches_pytorch_and_batch_of_one(exported, seed, batch, te
         np.testing.assert_array_equal(counts[i:i + 1], one_counts)
 
 
+@pytest.mark.slow  # its own export of a 65-token conv-stem model: ~45 s; the packed property tests stay in make test
 def test_attention_runs_graph_matches_pytorch_and_batch_of_one(tmp_path, capsys):
     """A geometry whose packed vision stream runs its self-attention products in runs of samples (65 image
     tokens at width 64): the graph sorts each trimmed grid's samples once (one TopK over the batch per packing

@@ -185,7 +185,9 @@ def test_match_texts_are_balanced_and_true():
     assert labels.all()
 
 
-@pytest.mark.parametrize("pool_product", [False, True], ids=["concat-head", "product-head"])
+# the product head (the one the classifier recipe uses) in make test; the concat head with the slow tests
+@pytest.mark.parametrize("pool_product", [pytest.param(False, marks=pytest.mark.slow), True],
+                         ids=["concat-head", "product-head"])
 def test_pretrain_match_trains_the_backbone_not_the_classifier(tmp_path, pool_product):
     """(With --pool-product the matching head reads the pooled states' product too, as the classifier does.)"""
     a, b, stdout, meta = _pretrain_shapes(tmp_path, "--task", "match", "--steps", "10", pool_product=pool_product)

@@ -388,6 +388,7 @@ def test_ctrl_c_leaves_a_usable_checkpoint(base_ckpt, jsonl_data, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow  # starts two training processes: ~20 s
 def test_two_process_ddp_equals_one_process(base_ckpt, jsonl_data, tmp_path):
     common = ["train", str(base_ckpt), "--data", str(jsonl_data), "--steps", "4", "--batch-size", "16",
               "--eval-every", "4", "--eval-samples", "20", "--quiet",
