@@ -186,15 +186,16 @@ def pruning_ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported(pruning_ckpt, tmp_path_factory):
-    """`pruning_ckpt` and its adaptive, full and static ONNX exports (made once)."""
+    """`pruning_ckpt` and its adaptive (packed and padded layouts), full and static ONNX exports (made once)."""
     from trimkit.export.onnx import to_onnx
 
     root = tmp_path_factory.mktemp("export")
     paths = {"ckpt": pruning_ckpt}
-    for mode in ("adaptive", "full", "static"):
-        res = to_onnx(pruning_ckpt, root / f"{mode}.onnx", mode=mode)
+    for name, mode, layout in (("adaptive", "adaptive", "packed"), ("padded", "adaptive", "padded"),
+                               ("full", "full", "packed"), ("static", "static", "packed")):
+        res = to_onnx(pruning_ckpt, root / f"{name}.onnx", mode=mode, layout=layout)
         assert res.check["passed"]
-        paths[mode] = res.path
+        paths[name] = res.path
     return paths
 
 

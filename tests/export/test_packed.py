@@ -38,28 +38,32 @@ _CACHE = {}
 
 @settings(max_examples=6, deadline=None)
 @given(seed=st.integers(0, 10_000), batch=st.integers(2, 7), text_len=st.integers(2, 16))
-def test_packed_graph_matches_pytorch_and_batch_of_one(exported, seed, batch, text_len):
+def test_packed_and_padded_graphs_match_pytorch_and_batch_of_one(exported, seed, batch, text_len):
     """Random batch compositions at batch sizes and text lengths never traced (the export traced batch 2,
-    text length 6): logits and keep counts equal PyTorch's packed and padded `prune` runs, and every sample
-    its batch-of-one run."""
+    text length 6): both layouts' graphs give the logits and keep counts of PyTorch's packed and padded
+    `prune` runs, and every sample its batch-of-one run."""
     if not _CACHE:
-        _CACHE["sess"] = ort_session(exported["adaptive"])
+        _CACHE["sess"] = {lay: ort_session(exported[name]) for lay, name in (("packed", "adaptive"),
+                                                                             ("padded", "padded"))}
         _CACHE["model"] = trimkit.load_checkpoint(exported["ckpt"])
-    sess, model = _CACHE["sess"], _CACHE["model"]
+    model = _CACHE["model"]
     pv, ids, mask = sample_inputs(model.config, batch, text_len, seed=seed)
-    logits, counts = sess.run(["logits", "keep_counts"], ort_feed(pv, ids, mask))
+    refs = {}
     for layout in ("packed", "padded"):
         model.layout, model.head_impl = layout, "mask"
         with torch.no_grad():
-            ref = model(pv, ids, mask, mode="prune")
-        np.testing.assert_allclose(logits, ref.logits.numpy(), atol=1e-4, rtol=1e-3)
-        np.testing.assert_array_equal(counts, ref.keep_counts.numpy())
-    for i in range(batch):
-        n = int(mask[i].sum())
-        one_logits, one_counts = sess.run(["logits", "keep_counts"], ort_feed(pv[i:i + 1], ids[i:i + 1, :n],
-                                                                               mask[i:i + 1, :n]))
-        np.testing.assert_allclose(logits[i:i + 1], one_logits, atol=2e-5, rtol=1e-4)
-        np.testing.assert_array_equal(counts[i:i + 1], one_counts)
+            refs[layout] = model(pv, ids, mask, mode="prune")
+    for sess in _CACHE["sess"].values():
+        logits, counts = sess.run(["logits", "keep_counts"], ort_feed(pv, ids, mask))
+        for ref in refs.values():
+            np.testing.assert_allclose(logits, ref.logits.numpy(), atol=1e-4, rtol=1e-3)
+            np.testing.assert_array_equal(counts, ref.keep_counts.numpy())
+        for i in range(batch):
+            n = int(mask[i].sum())
+            one_logits, one_counts = sess.run(["logits", "keep_counts"],
+                                              ort_feed(pv[i:i + 1], ids[i:i + 1, :n], mask[i:i + 1, :n]))
+            np.testing.assert_allclose(logits[i:i + 1], one_logits, atol=2e-5, rtol=1e-4)
+            np.testing.assert_array_equal(counts[i:i + 1], one_counts)
 
 
 @pytest.mark.slow  # its own export of a 65-token conv-stem model: ~45 s; the packed property tests stay in make test
