@@ -152,7 +152,7 @@ def export_memo(tmp_path_factory):
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (`--dist loadgroup`)
 def pytest_collection_modifyitems(config, items):
-    # the session fixture `exported` traces three graphs (~40 s): every test that uses it runs on one worker,
+    # the session fixture `exported` traces four graphs (~60 s): every test that uses it runs on one worker,
     # or each worker would trace them again
     for item in items:
         if "exported" in item.fixturenames:

@@ -53,17 +53,19 @@ def test_packed_and_padded_graphs_match_pytorch_and_batch_of_one(exported, seed,
         model.layout, model.head_impl = layout, "mask"
         with torch.no_grad():
             refs[layout] = model(pv, ids, mask, mode="prune")
-    for sess in _CACHE["sess"].values():
+    for graph, sess in _CACHE["sess"].items():
         logits, counts = sess.run(["logits", "keep_counts"], ort_feed(pv, ids, mask))
-        for ref in refs.values():
-            np.testing.assert_allclose(logits, ref.logits.numpy(), atol=1e-4, rtol=1e-3)
-            np.testing.assert_array_equal(counts, ref.keep_counts.numpy())
+        for layout, ref in refs.items():
+            why = f"{graph} graph vs PyTorch {layout}"
+            np.testing.assert_allclose(logits, ref.logits.numpy(), atol=1e-4, rtol=1e-3, err_msg=why)
+            np.testing.assert_array_equal(counts, ref.keep_counts.numpy(), err_msg=why)
         for i in range(batch):
             n = int(mask[i].sum())
             one_logits, one_counts = sess.run(["logits", "keep_counts"],
                                               ort_feed(pv[i:i + 1], ids[i:i + 1, :n], mask[i:i + 1, :n]))
-            np.testing.assert_allclose(logits[i:i + 1], one_logits, atol=2e-5, rtol=1e-4)
-            np.testing.assert_array_equal(counts[i:i + 1], one_counts)
+            why = f"{graph} graph, sample {i} vs its batch of one"
+            np.testing.assert_allclose(logits[i:i + 1], one_logits, atol=2e-5, rtol=1e-4, err_msg=why)
+            np.testing.assert_array_equal(counts[i:i + 1], one_counts, err_msg=why)
 
 
 @pytest.mark.slow  # its own export of a 65-token conv-stem model: ~45 s; the packed property tests stay in make test
