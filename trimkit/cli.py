@@ -6,6 +6,7 @@ set TRIMKIT_DEBUG=1 for the traceback.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import math
@@ -83,6 +84,17 @@ def _console():
     from rich.console import Console
 
     return Console()
+
+
+@contextlib.contextmanager
+def _working(console, what: str):
+    """A spinner with the elapsed time under a long step without a count (a trace, an engine build); log lines
+    print above it, and it leaves nothing behind (nor draws anything when the output is not a terminal)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn(what), TimeElapsedColumn(), console=console, transient=True) as prog:
+        prog.add_task(what, total=None)
+        yield
 
 
 def _write_json(path: Path | None, data) -> None:
@@ -404,38 +416,42 @@ def export(
                                                 source.suffix not in (".plan", ".engine", ".trt"))
     if not builds_engine and (profile or profile_set or timing_cache or onnx_out):
         raise typer.BadParameter("--profile/--profile-set/--timing-cache/--onnx-out go with a TensorRT engine build")
-    if fmt is ExportFormat.onnx:
-        from .export.onnx import to_onnx
+    # the spinner ends before the summary line: a plain write under a live spinner would land on its line
+    with _working(console, f"exporting ({fmt.value})"):
+        if fmt is ExportFormat.onnx:
+            from .export.onnx import to_onnx
 
-        res = to_onnx(source, out, mode=mode.value, opset=opset, precision=precision.value, keep_ratios=keep_ratios,
-                      head_impl=heads.value, layout=layout.value, ort_optimize=ort_optimize, force=force, log=log)
-        typer.echo(f"wrote {res.path} ({res.size_bytes / 2**20:.1f} MiB, {res.mode}, opset {res.opset}, "
-                   f"{res.precision}), sha256 {res.sha256[:16]}…")
-        return
-    if fmt is ExportFormat.openvino:
-        from .export.openvino import to_openvino
+            res = to_onnx(source, out, mode=mode.value, opset=opset, precision=precision.value, keep_ratios=keep_ratios,
+                          head_impl=heads.value, layout=layout.value, ort_optimize=ort_optimize, force=force, log=log)
+            done = (f"wrote {res.path} ({res.size_bytes / 2**20:.1f} MiB, {res.mode}, opset {res.opset}, "
+                    f"{res.precision}), sha256 {res.sha256[:16]}…")
+        elif fmt is ExportFormat.openvino:
+            from .export.openvino import to_openvino
 
-        ov = to_openvino(source, out, mode=mode.value, precision=precision.value, opset=opset, keep_ratios=keep_ratios,
-                         head_impl=heads.value, layout=layout.value, force=force, log=log)
-        typer.echo(f"wrote {ov.xml}, {ov.bin.name} and {ov.manifest.name} (OpenVINO {ov.openvino_version})")
-        return
-    from .export.profiles import ProfileSpec
-    from .export.trt import export_engine
+            ov = to_openvino(source, out, mode=mode.value, precision=precision.value, opset=opset, keep_ratios=keep_ratios,
+                             head_impl=heads.value, layout=layout.value, force=force, log=log)
+            done = f"wrote {ov.xml}, {ov.bin.name} and {ov.manifest.name} (OpenVINO {ov.openvino_version})"
+        else:
+            from .export.profiles import ProfileSpec
 
-    profiles = ProfileSpec(tuple(profile or ()), tuple(profile_set or ())) if builds_engine else None
-    if fmt is ExportFormat.triton:
-        from .export.triton import to_triton
+            profiles = ProfileSpec(tuple(profile or ()), tuple(profile_set or ())) if builds_engine else None
+            if fmt is ExportFormat.triton:
+                from .export.triton import to_triton
 
-        tri = to_triton(source, out, backend=backend.value, max_batch=max_batch, instance_count=instance_count,
-                        mode=mode.value, precision=precision.value, opset=opset, keep_ratios=keep_ratios,
-                        head_impl=heads.value, layout=layout.value, profiles=profiles, timing_cache=timing_cache,
-                        force=force, log=log)
-        typer.echo(f"wrote {tri.config} and {tri.artifact} (Triton, {tri.backend}, max_batch_size {tri.max_batch})")
-        return
-    res = export_engine(source, out, profiles=profiles, mode=mode.value, precision=precision.value, opset=opset,
-                        keep_ratios=keep_ratios, head_impl=heads.value, layout=layout.value, onnx_out=onnx_out,
-                        timing_cache=timing_cache, workspace_gib=workspace, force=force, log=log)
-    typer.echo(f"wrote {res.path} and {res.manifest} (TensorRT {res.tensorrt_version}, {res.seconds:.1f} s)")
+                tri = to_triton(source, out, backend=backend.value, max_batch=max_batch, instance_count=instance_count,
+                                mode=mode.value, precision=precision.value, opset=opset, keep_ratios=keep_ratios,
+                                head_impl=heads.value, layout=layout.value, profiles=profiles,
+                                timing_cache=timing_cache, force=force, log=log)
+                done = f"wrote {tri.config} and {tri.artifact} (Triton, {tri.backend}, max_batch_size {tri.max_batch})"
+            else:
+                from .export.trt import export_engine
+
+                res = export_engine(source, out, profiles=profiles, mode=mode.value, precision=precision.value,
+                                    opset=opset, keep_ratios=keep_ratios, head_impl=heads.value, layout=layout.value,
+                                    onnx_out=onnx_out, timing_cache=timing_cache, workspace_gib=workspace, force=force,
+                                    log=log)
+                done = f"wrote {res.path} and {res.manifest} (TensorRT {res.tensorrt_version}, {res.seconds:.1f} s)"
+    typer.echo(done)
 
 
 def _int_list(text: str, name: str) -> tuple[int, ...]:

@@ -214,9 +214,11 @@ def test_keep_everything_packed_graph_reproduces_full(exported, tmp_path):
     assert (counts[:, :, 0] == 17).all()
 
 
-def test_cli_export_layout_padded(exported, tmp_path):
+def test_cli_export_layout_padded(exported, tmp_path, capsys):
     out = tmp_path / "padded.onnx"
     assert main(["export", str(exported["ckpt"]), "--out", str(out), "--layout", "padded"]) == 0
+    said = capsys.readouterr().out  # the long trace is announced before it starts, its time after it
+    assert 0 <= said.index("tracing the adaptive graph with torch.export") < said.index("exported adaptive graph in")
     assert metadata(out)["trimkit_layout"] == "padded"
     # padded: TopK -> sort (a second TopK) -> Gather per sample; packed: NonZero over the keep masks, no TopK
     ops = {"padded": [n.op_type for n in onnx.load(str(out)).graph.node],

@@ -240,6 +240,8 @@ def to_onnx(source: str | os.PathLike | MeterModel, out: str | os.PathLike, *, m
     t = {}
     t0 = time.perf_counter()
     model = _prepare_model(source, mode, keep_ratios, head_impl, precision, layout)
+    # the trace is the export's longest silent step (about a minute for `small`, minutes at BLIP's size)
+    say(f"tracing the {mode} graph with torch.export ...")
     proto = _export_proto(model, mode, opset, precision)
     simplify(proto)
     written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
