@@ -416,41 +416,41 @@ def export(
                                                 source.suffix not in (".plan", ".engine", ".trt"))
     if not builds_engine and (profile or profile_set or timing_cache or onnx_out):
         raise typer.BadParameter("--profile/--profile-set/--timing-cache/--onnx-out go with a TensorRT engine build")
-    # the spinner ends before the summary line: a plain write under a live spinner would land on its line
-    with _working(console, f"exporting ({fmt.value})"):
+    def run() -> str:
+        """The export; its one-line summary."""
         if fmt is ExportFormat.onnx:
             from .export.onnx import to_onnx
 
             res = to_onnx(source, out, mode=mode.value, opset=opset, precision=precision.value, keep_ratios=keep_ratios,
                           head_impl=heads.value, layout=layout.value, ort_optimize=ort_optimize, force=force, log=log)
-            done = (f"wrote {res.path} ({res.size_bytes / 2**20:.1f} MiB, {res.mode}, opset {res.opset}, "
+            return (f"wrote {res.path} ({res.size_bytes / 2**20:.1f} MiB, {res.mode}, opset {res.opset}, "
                     f"{res.precision}), sha256 {res.sha256[:16]}…")
-        elif fmt is ExportFormat.openvino:
+        if fmt is ExportFormat.openvino:
             from .export.openvino import to_openvino
 
             ov = to_openvino(source, out, mode=mode.value, precision=precision.value, opset=opset, keep_ratios=keep_ratios,
                              head_impl=heads.value, layout=layout.value, force=force, log=log)
-            done = f"wrote {ov.xml}, {ov.bin.name} and {ov.manifest.name} (OpenVINO {ov.openvino_version})"
-        else:
-            from .export.profiles import ProfileSpec
+            return f"wrote {ov.xml}, {ov.bin.name} and {ov.manifest.name} (OpenVINO {ov.openvino_version})"
+        from .export.profiles import ProfileSpec
+        from .export.trt import export_engine
 
-            profiles = ProfileSpec(tuple(profile or ()), tuple(profile_set or ())) if builds_engine else None
-            if fmt is ExportFormat.triton:
-                from .export.triton import to_triton
+        profiles = ProfileSpec(tuple(profile or ()), tuple(profile_set or ())) if builds_engine else None
+        if fmt is ExportFormat.triton:
+            from .export.triton import to_triton
 
-                tri = to_triton(source, out, backend=backend.value, max_batch=max_batch, instance_count=instance_count,
-                                mode=mode.value, precision=precision.value, opset=opset, keep_ratios=keep_ratios,
-                                head_impl=heads.value, layout=layout.value, profiles=profiles,
-                                timing_cache=timing_cache, force=force, log=log)
-                done = f"wrote {tri.config} and {tri.artifact} (Triton, {tri.backend}, max_batch_size {tri.max_batch})"
-            else:
-                from .export.trt import export_engine
+            tri = to_triton(source, out, backend=backend.value, max_batch=max_batch, instance_count=instance_count,
+                            mode=mode.value, precision=precision.value, opset=opset, keep_ratios=keep_ratios,
+                            head_impl=heads.value, layout=layout.value, profiles=profiles, timing_cache=timing_cache,
+                            force=force, log=log)
+            return f"wrote {tri.config} and {tri.artifact} (Triton, {tri.backend}, max_batch_size {tri.max_batch})"
+        res = export_engine(source, out, profiles=profiles, mode=mode.value, precision=precision.value, opset=opset,
+                            keep_ratios=keep_ratios, head_impl=heads.value, layout=layout.value, onnx_out=onnx_out,
+                            timing_cache=timing_cache, workspace_gib=workspace, force=force, log=log)
+        return f"wrote {res.path} and {res.manifest} (TensorRT {res.tensorrt_version}, {res.seconds:.1f} s)"
 
-                res = export_engine(source, out, profiles=profiles, mode=mode.value, precision=precision.value,
-                                    opset=opset, keep_ratios=keep_ratios, head_impl=heads.value, layout=layout.value,
-                                    onnx_out=onnx_out, timing_cache=timing_cache, workspace_gib=workspace, force=force,
-                                    log=log)
-                done = f"wrote {res.path} and {res.manifest} (TensorRT {res.tensorrt_version}, {res.seconds:.1f} s)"
+    # the summary prints after the spinner ends: a plain write under a live spinner lands on its line
+    with _working(console, f"exporting ({fmt.value})"):
+        done = run()
     typer.echo(done)
 
 
